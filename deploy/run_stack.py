@@ -1,0 +1,105 @@
+"""Start the whole stack under supervisord, wait until it is ready, print the URL.
+
+    python deploy/run_stack.py            # what `make run` does
+    python deploy/run_stack.py --quiet    # only our own lines (tests use this)
+
+Ctrl-C (or SIGTERM) stops supervisord, which stops every service cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+HERE = Path(__file__).resolve().parent
+
+
+def stack_environment() -> dict[str, str]:
+    """The environment supervisord and every service get: PARLEY_* with defaults filled."""
+    from parley.settings import CommonSettings
+
+    env = dict(os.environ)
+    common = CommonSettings()
+    state_dir = common.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    nats = urlparse(common.nats_url.split(",")[0])
+    env.update(
+        PARLEY_STATE_DIR=str(state_dir),
+        PARLEY_BIN=str(Path(sys.executable).parent),
+        PARLEY_NATS_HOST=nats.hostname or "127.0.0.1",
+        PARLEY_NATS_PORT=str(nats.port or 4222),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def gateway_url() -> str:
+    from parley_gateway.config import GatewaySettings
+
+    gateway = GatewaySettings()
+    host = "127.0.0.1" if gateway.host in {"0.0.0.0", "::"} else gateway.host
+    return f"http://{host}:{gateway.port}"
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for /readyz")
+    parser.add_argument("--quiet", action="store_true", help="send the services' logs to the state dir")
+    args = parser.parse_args()
+
+    env = stack_environment()
+    url = gateway_url()
+    output = None
+    if args.quiet:
+        output = open(Path(env["PARLEY_STATE_DIR"]) / "stack.log", "ab")  # noqa: SIM115 (lives as long as the stack)
+    supervisord = subprocess.Popen(
+        [str(Path(env["PARLEY_BIN"]) / "supervisord"), "-c", str(HERE / "supervisord.conf")],
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+    )
+
+    def stop(*_: object) -> None:
+        if supervisord.poll() is None:
+            supervisord.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    started = time.monotonic()
+    if wait_ready(url, supervisord, args.timeout):
+        print(
+            f"\nParley is ready after {time.monotonic() - started:.1f} s: {url}\n(Ctrl-C stops everything)", flush=True
+        )
+    else:
+        print(f"Parley did not become ready within {args.timeout:.0f} s; see {url}/readyz", file=sys.stderr, flush=True)
+        stop()
+    while True:
+        try:
+            return supervisord.wait()
+        except KeyboardInterrupt:
+            stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Reading client audio streams and per-stream options on the server side."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TypeVar
+
+import grpc
+from pydantic import BaseModel, ValidationError
+
+from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.pcm import BYTES_PER_SAMPLE
+
+OPTION_PREFIX = "parley-"
+Options = TypeVar("Options", bound=BaseModel)
+
+
+class StreamAborted(Exception):
+    """The client stream ended without its end_of_stream marker (cancelled)."""
+
+
+async def audio_chunks(
+    requests: AsyncIterable[AudioChunk], context: grpc.aio.ServicerContext, max_chunk_bytes: int
+) -> AsyncIterator[AudioChunk]:
+    """Yield validated chunks up to and including the end marker.
+
+    Aborts the call with INVALID_ARGUMENT for malformed audio, and raises
+    StreamAborted when the stream ends without `end_of_stream`.
+    """
+    async for chunk in requests:
+        if len(chunk.pcm) % BYTES_PER_SAMPLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pcm must hold whole 16-bit samples")
+        if len(chunk.pcm) > max_chunk_bytes:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"chunk of {len(chunk.pcm)} bytes exceeds {max_chunk_bytes}"
+            )
+        if chunk.pcm and not 8000 <= chunk.sample_rate <= 48000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sample_rate must be 8000..48000")
+        yield chunk
+        if chunk.end_of_stream:
+            return
+    raise StreamAborted
+
+
+async def stream_options(context: grpc.aio.ServicerContext, model: type[Options]) -> Options:
+    """Per-stream options from `parley-*` request metadata, validated by `model`."""
+    values = {
+        key[len(OPTION_PREFIX) :].replace("-", "_"): value
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(key, str) and key.startswith(OPTION_PREFIX) and isinstance(value, str)
+    }
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad stream options: {exc.errors()[0]['msg']}")
+        raise  # abort raises; this keeps type checkers aware
+
+
+def options_metadata(options: BaseModel) -> tuple[tuple[str, str], ...]:
+    """The client side of `stream_options`: a model as request metadata."""
+    return tuple(
+        (OPTION_PREFIX + key.replace("_", "-"), str(value))
+        for key, value in options.model_dump(exclude_none=True).items()
+    )

@@ -1,0 +1,1 @@
+"""Parley ASR service: `SpeechRecognition/Transcribe` over gRPC."""

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from parley.settings import ServiceSettings
+
+
+class AsrSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_ASR_", extra="ignore", populate_by_name=True)
+
+    port: int = 50051
+    metrics_port: int = 9151
+    model_path: Path | None = Field(
+        default=None,
+        description="CTranslate2 Whisper model directory; empty means the embedded tiny.en "
+        "(e.g. /workspace/models/whisper-large-v3-turbo on a GPU pod).",
+    )
+    device: str = Field(default="cpu", pattern="^(cpu|cuda|auto)$")
+    compute_type: str = Field(default="int8", description="CTranslate2 compute type: int8, float16, ...")
+    threads: int = Field(default=0, ge=0, description="CPU threads for decoding; 0 lets CTranslate2 choose.")
+    beam_size: int = Field(default=1, ge=1, le=10)
+    default_language: str = Field(default="", description="ISO 639-1 code; empty means detect.")
+    max_utterance_s: float = Field(default=60.0, gt=0, description="Longest utterance accepted in one stream.")
+    max_chunk_ms: int = Field(default=1000, ge=10, description="Largest audio chunk accepted.")
+    partial_interval_s: float = Field(
+        default=0.5, gt=0, description="New audio between two partial decodes, when partials are asked for."
+    )

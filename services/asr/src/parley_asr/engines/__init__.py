@@ -1,0 +1,1 @@
+"""Speech recognisers. A new ASR model is one new module here."""

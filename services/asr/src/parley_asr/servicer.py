@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+
+import grpc
+import numpy as np
+from prometheus_client import Histogram
+from pydantic import BaseModel, Field
+
+from parley.asr.v1 import asr_pb2, asr_pb2_grpc
+from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.pcm import Float32Array, StreamResampler, pcm16_to_float
+from parley.server import Busy, ServiceRuntime
+from parley.streams import StreamAborted, audio_chunks, stream_options
+from parley_asr.config import AsrSettings
+from parley_asr.engines.base import Recognition, SpeechRecognizer
+
+DECODE_SECONDS = Histogram(
+    "parley_asr_decode_seconds",
+    "Time to decode one result",
+    ["final"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5),
+)
+REAL_TIME_FACTOR = Histogram(
+    "parley_asr_real_time_factor",
+    "Decode time / audio duration of final results",
+    buckets=(0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+)
+
+
+class TranscribeOptions(BaseModel):
+    """`parley-*` request metadata accepted by Transcribe."""
+
+    language: str | None = Field(default=None, pattern="^[a-z]{2,3}$|^$")
+    partials: bool = False
+
+
+class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
+    def __init__(self, settings: AsrSettings, runtime: ServiceRuntime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.recognizer: SpeechRecognizer | None = None  # set once loaded
+
+    async def _decode(
+        self, recognizer: SpeechRecognizer, audio: Float32Array, language: str | None, final: bool
+    ) -> asr_pb2.Transcript:
+        started = time.perf_counter()
+        result: Recognition = await asyncio.to_thread(recognizer.transcribe, audio, language)
+        elapsed = time.perf_counter() - started
+        duration = audio.size / recognizer.sample_rate
+        DECODE_SECONDS.labels(str(final).lower()).observe(elapsed)
+        if final and duration > 0:
+            REAL_TIME_FACTOR.observe(elapsed / duration)
+        return asr_pb2.Transcript(
+            text=result.text, is_final=final, language=result.language, audio_duration_s=duration, processing_s=elapsed
+        )
+
+    async def Transcribe(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterable[AudioChunk], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[asr_pb2.Transcript]:
+        recognizer = self.recognizer
+        if recognizer is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "ASR model is still loading")
+            return
+        options = await stream_options(context, TranscribeOptions)
+        language = options.language or self.settings.default_language or None
+        max_samples = int(self.settings.max_utterance_s * recognizer.sample_rate)
+        partial_every = int(self.settings.partial_interval_s * recognizer.sample_rate)
+        max_bytes = 48000 * 2 * self.settings.max_chunk_ms // 1000
+        pieces: list[Float32Array] = []
+        total = 0
+        decoded_at = 0  # samples covered by the last partial decode
+        partial: asyncio.Task[asr_pb2.Transcript] | None = None
+        last_partial_text = ""
+        resampler: StreamResampler | None = None
+        try:
+            with self.runtime.stream("Transcribe"):
+                async for chunk in audio_chunks(request_iterator, context, max_bytes):
+                    if chunk.pcm:
+                        if resampler is None or resampler.from_rate != chunk.sample_rate:
+                            resampler = StreamResampler(chunk.sample_rate, recognizer.sample_rate)
+                        samples = resampler.push(pcm16_to_float(chunk.pcm))
+                        pieces.append(samples)
+                        total += samples.size
+                        if total > max_samples:
+                            await context.abort(
+                                grpc.StatusCode.OUT_OF_RANGE,
+                                f"utterance longer than {self.settings.max_utterance_s:.0f} s",
+                            )
+                    if partial is not None and partial.done():
+                        result = partial.result()
+                        partial = None
+                        if result.text and result.text != last_partial_text:
+                            last_partial_text = result.text
+                            yield result
+                    if chunk.end_of_stream:
+                        break
+                    if options.partials and partial is None and total - decoded_at >= partial_every:
+                        decoded_at = total
+                        partial = asyncio.create_task(
+                            self._decode(recognizer, np.concatenate(pieces), language, final=False)
+                        )
+                if partial is not None:
+                    # One model runs one decode at a time; the final pass follows it.
+                    await partial
+                audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+                yield await self._decode(recognizer, audio, language, final=True)
+        except Busy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except StreamAborted:
+            return
+        finally:
+            if partial is not None and not partial.done():
+                partial.cancel()

@@ -1,0 +1,1 @@
+"""Parley gateway: the browser-facing edge of the conversation pipeline."""

@@ -1,0 +1,225 @@
+"""The gateway's HTTP and WebSocket surface."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from nats.aio.client import Client as NatsClient
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from parley.registry import connect
+from parley_gateway.config import GatewaySettings
+from parley_gateway.discovery import ServiceDirectory
+from parley_gateway.metrics import ERRORS_TOTAL, SESSIONS_ACTIVE, SESSIONS_TOTAL
+from parley_gateway.protocol import (
+    AudioPlayed,
+    ErrorCode,
+    ProtocolError,
+    ResponseCancel,
+    SessionEnd,
+    SessionStart,
+    TextInput,
+    error_event,
+    event,
+    parse_client_event,
+)
+from parley_gateway.session import ConversationSession
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class Outbox:
+    """The single writer of one WebSocket, so events keep the order they were queued in."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.queue: asyncio.Queue[dict[str, Any] | bytes | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        if isinstance(message, dict) and message.get("type") == "error":
+            ERRORS_TOTAL.labels(message.get("code", "")).inc()
+        self.queue.put_nowait(message)
+
+    async def _run(self) -> None:
+        while (message := await self.queue.get()) is not None:
+            if isinstance(message, bytes):
+                await self.websocket.send_bytes(message)
+            else:
+                await self.websocket.send_json(message)
+
+    async def close(self) -> None:
+        """Deliver what is queued, then stop."""
+        self.queue.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, timeout=5)
+        self.task.cancel()
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.nats: NatsClient | None = None
+        self.directory: ServiceDirectory | None = None
+        self.sessions: set[ConversationSession] = set()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._join_nats()))
+
+    async def _join_nats(self) -> None:
+        self.nats = await connect(self.settings.nats_url, "parley-gateway")
+        s = self.settings
+        self.directory = ServiceDirectory(self.nats, s.discovery_interval_s, s.discovery_window_s, s.instance_ttl_s)
+        log.info("connected to NATS; discovering services")
+        await self.directory.run()
+
+    async def stop(self) -> None:
+        for session in list(self.sessions):
+            await session.close()
+        for task in self._tasks:
+            task.cancel()
+        if self.directory is not None:
+            await self.directory.close()
+        if self.nats is not None and self.nats.is_connected:
+            await self.nats.close()
+
+    def missing(self) -> list[str]:
+        if self.directory is None or self.nats is None or not self.nats.is_connected:
+            return ["nats"]
+        return self.directory.missing()
+
+    async def converse(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        outbox = Outbox(websocket)
+        session: ConversationSession | None = None
+        pinger = asyncio.create_task(self._ping(outbox))
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    if message.get("bytes") is not None:
+                        if session is None:
+                            raise ProtocolError(ErrorCode.SESSION_NOT_STARTED, "send session.start before audio")
+                        session.on_audio(message["bytes"])
+                        continue
+                    client_event = parse_client_event(message.get("text") or "")
+                    if isinstance(client_event, SessionStart):
+                        if session is not None:
+                            raise ProtocolError(
+                                ErrorCode.SESSION_ALREADY_STARTED, "this connection already has a session"
+                            )
+                        session = self._open_session(client_event, outbox)
+                    elif session is None:
+                        raise ProtocolError(ErrorCode.SESSION_NOT_STARTED, "send session.start first")
+                    elif isinstance(client_event, TextInput):
+                        session.on_text(client_event.text)
+                    elif isinstance(client_event, ResponseCancel):
+                        await session.cancel_reply()
+                    elif isinstance(client_event, AudioPlayed):
+                        session.on_audio_played(client_event)
+                    elif isinstance(client_event, SessionEnd):
+                        outbox.send(event("session.ended", session_id=session.id))
+                        break
+                except ProtocolError as exc:
+                    outbox.send(error_event(exc.code, exc.message))
+                    if exc.code == ErrorCode.TOO_MANY_SESSIONS:
+                        break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            pinger.cancel()
+            if session is not None:
+                await session.close()
+                self.sessions.discard(session)
+                SESSIONS_ACTIVE.dec()
+                log.info("session %s closed", session.id)
+            await outbox.close()
+            if websocket.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await websocket.close()
+
+    def _open_session(self, start: SessionStart, outbox: Outbox) -> ConversationSession:
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SESSIONS, f"the gateway is at its limit of {self.settings.max_sessions} sessions"
+            )
+        if self.directory is None:
+            raise ProtocolError(ErrorCode.SERVICE_UNAVAILABLE, "the gateway is not connected to NATS yet")
+        session = ConversationSession(self.settings, self.directory, outbox.send, start)
+        self.sessions.add(session)
+        SESSIONS_TOTAL.inc()
+        SESSIONS_ACTIVE.inc()
+        log.info("session %s started", session.id)
+        outbox.send(
+            event(
+                "session.started",
+                session_id=session.id,
+                output_sample_rate=self.settings.output_sample_rate,
+                input_sample_rate=start.input_sample_rate,
+            )
+        )
+        return session
+
+    async def _ping(self, outbox: Outbox) -> None:
+        # Proxies (RunPod's Cloudflare) drop sockets idle for ~100 s.
+        while True:
+            await asyncio.sleep(self.settings.ping_interval_s)
+            outbox.send(event("ping"))
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    gateway = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        yield
+        await gateway.stop()
+
+    app = FastAPI(title="Parley gateway", lifespan=lifespan)
+    app.state.gateway = gateway
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        missing = gateway.missing()
+        if missing:
+            return JSONResponse({"status": "not ready", "missing": missing}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/services")
+    async def services() -> dict[str, Any]:
+        """Every known model-service instance, its address and its load."""
+        return gateway.directory.snapshot() if gateway.directory else {}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.websocket("/v1/conversation")
+    async def conversation(websocket: WebSocket) -> None:
+        await gateway.converse(websocket)
+
+    return app

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from parley.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=1, le=65535)
+    # Audio
+    output_sample_rate: int = Field(
+        default=24000, ge=8000, le=48000, description="Rate of reply audio sent to clients."
+    )
+    max_frame_ms: int = Field(default=1000, ge=10, le=5000, description="Longest binary audio frame accepted.")
+    preroll_s: float = Field(default=3.0, gt=0, description="Audio kept to feed ASR from the VAD's speech start.")
+    # Sessions
+    max_sessions: int = Field(default=32, ge=1, description="Concurrent conversation sessions.")
+    max_text_chars: int = Field(default=2000, ge=1, description="Longest text.input accepted.")
+    history_turns: int = Field(default=20, ge=0, description="Past user/assistant turns sent to the LLM.")
+    ping_interval_s: float = Field(
+        default=20.0, gt=0, description="Keep-alive event interval (RunPod's proxy drops sockets idle ~100 s)."
+    )
+    first_clause_min_chars: int = Field(
+        default=20, ge=1, description="The first TTS request leaves at the first clause boundary past this length."
+    )
+    voice: str = Field(default="", description="Default TTS voice; empty means the TTS service's default.")
+    llm_max_tokens: int = Field(default=0, ge=0, description="Reply length limit; 0 means the LLM service's default.")
+    # Service discovery over NATS
+    discovery_interval_s: float = Field(default=1.0, gt=0, description="How often instances are polled.")
+    discovery_window_s: float = Field(default=0.25, gt=0, description="How long replies to one poll are collected.")
+    instance_ttl_s: float = Field(default=3.5, gt=0, description="An instance silent this long is forgotten.")
+    stream_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for a model service's answer.")

@@ -1,0 +1,1 @@
+"""Parley LLM service: `Conversation/Generate` over gRPC."""

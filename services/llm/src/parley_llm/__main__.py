@@ -1,0 +1,49 @@
+"""`python -m parley_llm`: serve Conversation on gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from parley.llm.v1 import llm_pb2, llm_pb2_grpc
+from parley.server import ServiceRuntime, ServiceSpec, run_service
+from parley_llm.config import LlmSettings
+from parley_llm.engines.llama_cpp import LlamaCppGenerator
+from parley_llm.servicer import ConversationServicer
+
+
+def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
+    servicer = ConversationServicer(settings, runtime)
+    loop = asyncio.get_running_loop()
+
+    def load_model() -> None:
+        for _ in range(settings.instances):
+            generator = LlamaCppGenerator(
+                settings.model_path,
+                settings.prompt_format,
+                settings.context_tokens,
+                settings.threads,
+                settings.gpu_layers,
+            )
+            loop.call_soon_threadsafe(servicer.instances.put_nowait, generator)
+
+    def add_servicers(server: grpc.aio.Server) -> None:
+        llm_pb2_grpc.add_ConversationServicer_to_server(servicer, server)
+
+    return ServiceSpec(
+        kind="llm",
+        grpc_services=[llm_pb2.DESCRIPTOR.services_by_name["Conversation"].full_name],
+        add_servicers=add_servicers,
+        load_model=load_model,
+        metadata={"engine": "llama.cpp", "model": str(settings.model_path or "gemma-3-270m (embedded)")},
+    )
+
+
+def main() -> None:
+    settings = LlmSettings()
+    run_service("llm", settings, lambda runtime: build(settings, runtime))
+
+
+if __name__ == "__main__":
+    main()

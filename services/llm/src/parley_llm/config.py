@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from parley.settings import ServiceSettings
+
+DEFAULT_SYSTEM_PROMPT = (
+    "The following is a spoken conversation between a User and Parley, a friendly voice Assistant. "
+    "The Assistant answers in one or two short, simple sentences."
+)
+
+
+class LlmSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_LLM_", extra="ignore", populate_by_name=True)
+
+    port: int = 50052
+    metrics_port: int = 9152
+    model_path: Path | None = Field(
+        default=None, description="GGUF file; empty means the embedded Gemma 3 270M base model."
+    )
+    prompt_format: str = Field(
+        default="auto",
+        pattern="^(auto|chat|transcript)$",
+        description="chat: the GGUF's own chat template; transcript: a 'User:/Assistant:' dialogue "
+        "for base models; auto: chat when the GGUF has a template.",
+    )
+    context_tokens: int = Field(default=2048, ge=256, description="llama.cpp context size (n_ctx).")
+    threads: int = Field(default=0, ge=0, description="CPU threads per instance; 0 means llama.cpp's default.")
+    gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU (-1 = all).")
+    instances: int = Field(
+        default=1, ge=1, description="Model copies; one llama.cpp instance serves one stream at a time."
+    )
+    max_tokens: int = Field(default=80, ge=1, description="Default reply length limit in tokens.")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="Used when a request has none.")
+    max_request_chars: int = Field(default=32_000, ge=1, description="Largest conversation accepted, in characters.")

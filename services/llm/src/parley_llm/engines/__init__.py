@@ -1,0 +1,1 @@
+"""Text generators. A new LLM backend is one new module here."""

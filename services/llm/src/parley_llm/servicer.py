@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from prometheus_client import Histogram
+
+from parley.llm.v1 import llm_pb2, llm_pb2_grpc
+from parley.server import Busy, ServiceRuntime
+from parley.threads import iterate_in_thread
+from parley_llm.config import LlmSettings
+from parley_llm.engines.base import ChatMessage, TextGenerator
+
+FIRST_TOKEN_SECONDS = Histogram(
+    "parley_llm_first_token_seconds", "Request to first token", buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5)
+)
+TOKENS_PER_SECOND = Histogram("parley_llm_tokens_per_second", "Generation speed", buckets=(5, 10, 20, 40, 80, 160, 320))
+ROLES = {"system", "user", "assistant"}
+
+
+class ConversationServicer(llm_pb2_grpc.ConversationServicer):
+    def __init__(self, settings: LlmSettings, runtime: ServiceRuntime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        # Free model instances; a stream takes one and gives it back when done.
+        self.instances: asyncio.Queue[TextGenerator] = asyncio.Queue()
+
+    def _messages(self, request: llm_pb2.GenerateRequest) -> list[ChatMessage] | str:
+        """The validated conversation, or the reason it is refused."""
+        if not request.messages:
+            return "messages is empty"
+        if sum(len(m.content) for m in request.messages) > self.settings.max_request_chars:
+            return f"conversation exceeds {self.settings.max_request_chars} characters"
+        messages = [ChatMessage(m.role, m.content) for m in request.messages]
+        unknown = {m.role for m in messages} - ROLES
+        if unknown:
+            return f"unknown role(s) {sorted(unknown)}; use system, user or assistant"
+        if messages[-1].role != "user":
+            return "the last message must be the user's"
+        if not any(m.role == "system" for m in messages):
+            messages.insert(0, ChatMessage("system", self.settings.system_prompt))
+        return messages
+
+    async def Generate(  # noqa: N802 (gRPC method name)
+        self, request: llm_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[llm_pb2.TextDelta]:
+        if not self.runtime.slots.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "LLM model is still loading")
+        messages = self._messages(request)
+        if isinstance(messages, str):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, messages)
+            return
+        max_tokens = request.max_tokens or self.settings.max_tokens
+        temperature = request.temperature if request.temperature >= 0 else self.settings.temperature
+        try:
+            with self.runtime.stream("Generate"):
+                generator = await self.instances.get()
+                started = time.perf_counter()
+                first_at: float | None = None
+                tokens = 0
+                try:
+                    async for delta in iterate_in_thread(lambda: generator.stream(messages, max_tokens, temperature)):
+                        if first_at is None:
+                            first_at = time.perf_counter()
+                            FIRST_TOKEN_SECONDS.observe(first_at - started)
+                        tokens = delta.completion_tokens
+                        yield llm_pb2.TextDelta(
+                            text=delta.text,
+                            finish_reason=delta.finish_reason,
+                            completion_tokens=delta.completion_tokens,
+                            prompt_tokens=delta.prompt_tokens,
+                        )
+                finally:
+                    self.instances.put_nowait(generator)
+                if first_at is not None and tokens > 1:
+                    TOKENS_PER_SECOND.observe((tokens - 1) / max(1e-6, time.perf_counter() - first_at))
+        except Busy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

@@ -1,0 +1,1 @@
+"""Parley TTS service: `TextToSpeech/Synthesize` and `ListVoices` over gRPC."""

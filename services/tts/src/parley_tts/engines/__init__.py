@@ -1,0 +1,1 @@
+"""Speech synthesisers. A new TTS model is one new module here."""

@@ -1,0 +1,1 @@
+"""Parley VAD service: `VoiceActivity/Detect` over gRPC."""

@@ -1,0 +1,1 @@
+"""Speech-probability engines. A new VAD model is one new module here."""

@@ -1,0 +1,88 @@
+"""Turns per-frame speech probabilities into speech started/stopped events.
+
+Model-agnostic: it sees only probabilities and frame times. Hysteresis (a
+lower threshold to stay in speech), a minimum speech duration so that short
+noises never start a turn, and a minimum silence that ends it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(Enum):
+    SPEECH_STARTED = 1
+    SPEECH_STOPPED = 2
+
+
+@dataclass(frozen=True)
+class SegmentEvent:
+    kind: Kind
+    timestamp_s: float  # start of speech (padded) or end of last speech
+    decided_at_s: float  # stream time when the event was decided
+    probability: float
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    threshold: float = 0.5
+    min_silence_ms: int = 500
+    min_speech_ms: int = 200
+    speech_pad_ms: int = 300
+
+    @property
+    def release_threshold(self) -> float:
+        return max(0.01, self.threshold - 0.15)
+
+
+class SpeechSegmenter:
+    def __init__(self, options: SegmenterOptions, frame_s: float) -> None:
+        self.options = options
+        self.frame_s = frame_s
+        self._now = 0.0  # end time of the last frame seen
+        self._candidate_start: float | None = None  # speech seen, not yet long enough
+        self._speaking = False
+        self._silence_since: float | None = None  # end of the last speech frame
+
+    def push(self, probability: float) -> SegmentEvent | None:
+        start, self._now = self._now, self._now + self.frame_s
+        opts = self.options
+        if not self._speaking:
+            if probability >= opts.threshold:
+                if self._candidate_start is None:
+                    self._candidate_start = start
+                if self._now - self._candidate_start >= opts.min_speech_ms / 1000:
+                    self._speaking = True
+                    self._silence_since = None
+                    begin = max(0.0, self._candidate_start - opts.speech_pad_ms / 1000)
+                    self._candidate_start = None
+                    return SegmentEvent(Kind.SPEECH_STARTED, begin, self._now, probability)
+            elif probability < opts.release_threshold:
+                self._candidate_start = None  # a blip, not speech
+            return None
+        if probability >= opts.threshold:
+            self._silence_since = None
+            return None
+        if probability >= opts.release_threshold:
+            return None  # in between: neither resets nor starts the silence
+        if self._silence_since is None:
+            self._silence_since = start
+        if self._now - self._silence_since >= opts.min_silence_ms / 1000:
+            self._speaking = False
+            ended = self._silence_since
+            self._silence_since = None
+            return SegmentEvent(Kind.SPEECH_STOPPED, ended, self._now, probability)
+        return None
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    def flush(self) -> SegmentEvent | None:
+        """End of stream: close an open speech segment."""
+        if not self._speaking:
+            return None
+        self._speaking = False
+        ended = self._silence_since if self._silence_since is not None else self._now
+        return SegmentEvent(Kind.SPEECH_STOPPED, ended, self._now, 0.0)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+import grpc
+import numpy as np
+from pydantic import BaseModel, Field
+
+from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.pcm import StreamResampler, pcm16_to_float
+from parley.server import Busy, ServiceRuntime
+from parley.streams import StreamAborted, audio_chunks, stream_options
+from parley.vad.v1 import vad_pb2, vad_pb2_grpc
+from parley_vad.config import VadSettings
+from parley_vad.engines.base import SpeechDetector
+from parley_vad.segmenter import Kind, SegmenterOptions, SegmentEvent, SpeechSegmenter
+
+_KINDS = {Kind.SPEECH_STARTED: vad_pb2.VadEvent.SPEECH_STARTED, Kind.SPEECH_STOPPED: vad_pb2.VadEvent.SPEECH_STOPPED}
+
+
+class DetectOptions(BaseModel):
+    """`parley-*` request metadata accepted by Detect."""
+
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    min_silence_ms: int | None = Field(default=None, ge=0, le=10_000)
+    min_speech_ms: int | None = Field(default=None, ge=0, le=10_000)
+    speech_pad_ms: int | None = Field(default=None, ge=0, le=2_000)
+
+
+def _to_proto(event: SegmentEvent) -> vad_pb2.VadEvent:
+    return vad_pb2.VadEvent(
+        kind=_KINDS[event.kind],
+        timestamp_s=event.timestamp_s,
+        decided_at_s=event.decided_at_s,
+        probability=event.probability,
+    )
+
+
+class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
+    def __init__(self, settings: VadSettings, runtime: ServiceRuntime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.detector: SpeechDetector | None = None  # set once loaded
+
+    def _segmenter_options(self, asked: DetectOptions) -> SegmenterOptions:
+        s = self.settings
+        return SegmenterOptions(
+            threshold=asked.threshold if asked.threshold is not None else s.threshold,
+            min_silence_ms=asked.min_silence_ms if asked.min_silence_ms is not None else s.min_silence_ms,
+            min_speech_ms=asked.min_speech_ms if asked.min_speech_ms is not None else s.min_speech_ms,
+            speech_pad_ms=asked.speech_pad_ms if asked.speech_pad_ms is not None else s.speech_pad_ms,
+        )
+
+    async def Detect(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterable[AudioChunk], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[vad_pb2.VadEvent]:
+        detector = self.detector
+        if detector is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "VAD model is still loading")
+            return
+        options = self._segmenter_options(await stream_options(context, DetectOptions))
+        try:
+            with self.runtime.stream("Detect"):
+                score = detector.new_stream()
+                segmenter = SpeechSegmenter(options, detector.frame_samples / detector.sample_rate)
+                resampler: StreamResampler | None = None
+                pending = np.zeros(0, dtype=np.float32)
+                max_bytes = 48000 * 2 * self.settings.max_chunk_ms // 1000
+                async for chunk in audio_chunks(request_iterator, context, max_bytes):
+                    if chunk.pcm:
+                        if resampler is None or resampler.from_rate != chunk.sample_rate:
+                            resampler = StreamResampler(chunk.sample_rate, detector.sample_rate)
+                        samples = resampler.push(pcm16_to_float(chunk.pcm))
+                        pending = np.concatenate([pending, samples])
+                    while pending.size >= detector.frame_samples:
+                        frame, pending = pending[: detector.frame_samples], pending[detector.frame_samples :]
+                        event = segmenter.push(score(frame))
+                        if event is not None:
+                            yield _to_proto(event)
+                    if chunk.end_of_stream:
+                        final = segmenter.flush()
+                        if final is not None:
+                            yield _to_proto(final)
+        except Busy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except StreamAborted:
+            return  # the client went away; nothing to report to anyone

@@ -1,0 +1,63 @@
+"""Malformed client input gets an `error` event; the session and services survive."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from parley_gateway.client import ConversationClient
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+async def next_error(conv: ConversationClient, after: int) -> dict[str, str]:
+    return await conv.wait_for("error", timeout_s=10, after=after)
+
+
+async def test_audio_before_session_start(stack: Stack) -> None:
+    async with ConversationClient(stack.ws_url, start_session=False) as conv:
+        await conv.send_raw(bytes(3200))
+        error = await next_error(conv, 0)
+        assert error["code"] == "session_not_started"
+        # The connection is still usable: a session can start now.
+        await conv.send_event({"type": "session.start"})
+        await conv.wait_for("session.started")
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (bytes(32000 * 2), "frame_too_large"),  # 2 s in one frame; the limit is 1 s
+        (bytes(3201), "bad_audio"),  # half a sample
+        ("{not json", "invalid_json"),
+        ('{"type": "session.teleport"}', "unknown_event"),
+        ('{"type": "text.input"}', "invalid_event"),
+        ('["session.start"]', "invalid_event"),
+        ('{"type": "session.start"}', "session_already_started"),
+    ],
+)
+async def test_bad_frames_get_errors_and_the_session_survives(stack: Stack, payload: str | bytes, code: str) -> None:
+    async with ConversationClient(stack.ws_url) as conv:
+        seen = len(conv.received.events)
+        await conv.send_raw(payload)
+        error = await next_error(conv, seen)
+        assert error["code"] == code, error
+        assert error["message"]
+        # Still alive: a typed turn is answered.
+        await conv.send_event({"type": "text.input", "text": "Are you still there?"})
+        await conv.wait_for("response.done", timeout_s=60, after=seen)
+    with urllib.request.urlopen(f"{stack.url}/readyz") as response:
+        assert response.status == 200
+
+
+async def test_wrong_input_sample_rate_is_refused(stack: Stack) -> None:
+    async with ConversationClient(stack.ws_url, input_sample_rate=16000) as conv:
+        seen = len(conv.received.events)
+        await conv.send_event({"type": "session.end"})
+        await conv.wait_for("session.ended", after=seen)
+    async with ConversationClient(stack.ws_url, start_session=False) as bad:
+        await bad.send_event({"type": "session.start", "input_sample_rate": 1000})
+        error = await next_error(bad, 0)
+        assert error["code"] == "invalid_event" and "input_sample_rate" in error["message"]

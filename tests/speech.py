@@ -1,0 +1,31 @@
+"""Spoken test audio made at test time with espeak-ng and sox (Debian packages)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def speak(text: str, sample_rate: int = 16000, voice: str = "en-us", words_per_minute: int = 160) -> bytes:
+    """PCM16 mono of `text`, with leading and trailing silence trimmed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, out = Path(tmp) / "raw.wav", Path(tmp) / "out.raw"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(raw), text], check=True)
+        subprocess.run(
+            ["sox", str(raw), "-r", str(sample_rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", str(out),
+             "silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%", "reverse"],
+            check=True,
+        )
+        return out.read_bytes()
+
+
+def silence(seconds: float, sample_rate: int = 16000) -> bytes:
+    return bytes(int(seconds * sample_rate) * 2)
+
+
+def rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
+    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
