@@ -15,8 +15,31 @@ def speak(text: str, sample_rate: int = 16000, voice: str = "en-us", words_per_m
         raw, out = Path(tmp) / "raw.wav", Path(tmp) / "out.raw"
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(raw), text], check=True)
         subprocess.run(
-            ["sox", str(raw), "-r", str(sample_rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", str(out),
-             "silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%", "reverse"],
+            [
+                "sox",
+                str(raw),
+                "-r",
+                str(sample_rate),
+                "-c",
+                "1",
+                "-b",
+                "16",
+                "-e",
+                "signed-integer",
+                "-t",
+                "raw",
+                str(out),
+                "silence",
+                "1",
+                "0.02",
+                "0.5%",
+                "reverse",
+                "silence",
+                "1",
+                "0.02",
+                "0.5%",
+                "reverse",
+            ],
             check=True,
         )
         return out.read_bytes()

@@ -69,8 +69,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if ready:
             break
         time.sleep(0.5)
-    stack = Stack(url, f"ws://127.0.0.1:{ports['gateway']}/v1/conversation", env["PARLEY_NATS_URL"],
-                  {**ports, **{f"{k}_metrics": v for k, v in metrics.items()}}, state_dir, process)
+    stack = Stack(
+        url,
+        f"ws://127.0.0.1:{ports['gateway']}/v1/conversation",
+        env["PARLEY_NATS_URL"],
+        {**ports, **{f"{k}_metrics": v for k, v in metrics.items()}},
+        state_dir,
+        process,
+    )
     if not ready:
         process.send_signal(signal.SIGTERM)
         process.wait(30)

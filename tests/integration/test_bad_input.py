@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 
 import pytest
@@ -48,8 +49,8 @@ async def test_bad_frames_get_errors_and_the_session_survives(stack: Stack, payl
         # Still alive: a typed turn is answered.
         await conv.send_event({"type": "text.input", "text": "Are you still there?"})
         await conv.wait_for("response.done", timeout_s=60, after=seen)
-    with urllib.request.urlopen(f"{stack.url}/readyz") as response:
-        assert response.status == 200
+    ready = await asyncio.to_thread(urllib.request.urlopen, f"{stack.url}/readyz")
+    assert ready.status == 200
 
 
 async def test_wrong_input_sample_rate_is_refused(stack: Stack) -> None:

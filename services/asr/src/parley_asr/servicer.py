@@ -82,13 +82,11 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                         if resampler is None or resampler.from_rate != chunk.sample_rate:
                             resampler = StreamResampler(chunk.sample_rate, recognizer.sample_rate)
                         samples = resampler.push(pcm16_to_float(chunk.pcm))
-                        pieces.append(samples)
                         total += samples.size
-                        if total > max_samples:
-                            await context.abort(
-                                grpc.StatusCode.OUT_OF_RANGE,
-                                f"utterance longer than {self.settings.max_utterance_s:.0f} s",
-                            )
+                        # Past the limit, read on to the end marker and only then refuse:
+                        # aborting while the client still writes reaches it as INTERNAL.
+                        if total <= max_samples:
+                            pieces.append(samples)
                     if partial is not None and partial.done():
                         result = partial.result()
                         partial = None
@@ -97,11 +95,17 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                             yield result
                     if chunk.end_of_stream:
                         break
-                    if options.partials and partial is None and total - decoded_at >= partial_every:
+                    if options.partials and partial is None and max_samples >= total >= decoded_at + partial_every:
                         decoded_at = total
                         partial = asyncio.create_task(
                             self._decode(recognizer, np.concatenate(pieces), language, final=False)
                         )
+                if total > max_samples:
+                    await context.abort(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"utterance of {total / recognizer.sample_rate:.1f} s is longer than "
+                        f"PARLEY_ASR_MAX_UTTERANCE_S={self.settings.max_utterance_s:g}",
+                    )
                 if partial is not None:
                     # One model runs one decode at a time; the final pass follows it.
                     await partial

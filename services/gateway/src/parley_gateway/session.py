@@ -58,6 +58,7 @@ class Reply:
     pieces: list[SpokenPiece] = field(default_factory=list)
     audio_ms: float = 0.0
     history_index: int | None = None  # where its assistant turn sits in history
+    played_ms: float | None = None  # what the client reported having played
 
     def heard_text(self, played_ms: float) -> str:
         """The part of the reply spoken before `played_ms` (words cut proportionally)."""
@@ -170,12 +171,15 @@ class ConversationSession:
             self._start_reply(text, turn_end=time.perf_counter(), timings={})
 
     def on_audio_played(self, report: AudioPlayed) -> None:
+        """The client says how much of a reply it played: history keeps only that part."""
         reply = self._replies.get(report.response_id)
-        if reply is None or reply.history_index is None:
+        if reply is None:
             return
-        heard = reply.heard_text(report.played_ms)
-        if report.played_ms < reply.audio_ms:
-            self.history[reply.history_index].content = heard
+        reply.played_ms = report.played_ms
+        # Reports can arrive while the reply is still being generated (barge-in);
+        # then _remember applies it when the assistant turn is stored.
+        if reply.history_index is not None:
+            self.history[reply.history_index].content = self._heard(reply, reply.text.strip())
 
     async def cancel_reply(self) -> None:
         task = self._reply_task
@@ -310,9 +314,15 @@ class ConversationSession:
             event("response.done", response_id=reply.id, status="completed", text=reply.text.strip(), timings=timings)
         )
 
+    @staticmethod
+    def _heard(reply: Reply, text: str) -> str:
+        if reply.played_ms is None or reply.played_ms >= reply.audio_ms:
+            return text
+        return reply.heard_text(reply.played_ms)
+
     def _remember(self, reply: Reply, text: str) -> None:
         reply.history_index = len(self.history)
-        self.history.append(llm_pb2.Message(role="assistant", content=text))
+        self.history.append(llm_pb2.Message(role="assistant", content=self._heard(reply, text)))
 
     async def _speak(
         self, reply: Reply, sentences: asyncio.Queue[str | None], turn_end: float, timings: dict[str, float]

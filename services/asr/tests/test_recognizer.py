@@ -1,0 +1,57 @@
+"""The real embedded Whisper model, and the servicer over real gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from parley.asr.v1 import asr_pb2_grpc
+from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.pcm import pcm16_to_float
+from parley.server import ServiceRuntime
+from parley.testing import serving
+from parley_asr.config import AsrSettings
+from parley_asr.engines.faster_whisper import FasterWhisperRecognizer
+from parley_asr.servicer import SpeechRecognitionServicer
+from tests.speech import speak
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> FasterWhisperRecognizer:
+    return FasterWhisperRecognizer(None, "cpu", "int8", 0, 1)
+
+
+def test_transcribes_the_embedded_model(recognizer: FasterWhisperRecognizer) -> None:
+    result = recognizer.transcribe(pcm16_to_float(speak("Please turn on the kitchen lights.")), None)
+    assert "kitchen" in result.text.lower() and "lights" in result.text.lower()
+    assert result.language == "en"
+
+
+async def audio(pcm: bytes, end: bool) -> AsyncIterator[AudioChunk]:
+    for i in range(0, len(pcm), 3200):
+        yield AudioChunk(pcm=pcm[i : i + 3200], sample_rate=16000)
+    if end:
+        yield AudioChunk(end_of_stream=True)
+
+
+async def test_transcribe_stream_and_its_end_marker(recognizer: FasterWhisperRecognizer) -> None:
+    servicer = SpeechRecognitionServicer(AsrSettings(max_utterance_s=5), ServiceRuntime("asr", 2))
+    servicer.recognizer = recognizer
+    speech = speak("What time is it in Tokyo?")
+    async with serving(lambda s: asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(servicer, s)) as channel:
+        stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+        results = [r async for r in stub.Transcribe(audio(speech, end=True))]
+        assert [r.is_final for r in results] == [False] * (len(results) - 1) + [True]
+        assert "tokyo" in results[-1].text.lower()
+        assert results[-1].audio_duration_s == pytest.approx(len(speech) / 32000, abs=0.01)
+
+        # A stream that ends without its marker was cancelled: no result at all.
+        assert [r async for r in stub.Transcribe(audio(speech, end=False))] == []
+
+        with pytest.raises(grpc.aio.AioRpcError) as too_long:
+            async for _ in stub.Transcribe(audio(bytes(32000 * 6), end=True)):
+                pass
+        assert too_long.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert servicer.runtime.slots.active == 0

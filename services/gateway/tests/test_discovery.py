@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from parley.registry import InstanceRecord
+from parley_gateway.discovery import Instance, NoInstance, ServiceDirectory
+
+
+def record(instance_id: str, active: int, capacity: int, ready: bool = True) -> InstanceRecord:
+    return InstanceRecord(
+        id=instance_id,
+        kind="tts",
+        address=f"{instance_id}:1",
+        version="0",
+        ready=ready,
+        active=active,
+        capacity=capacity,
+    )
+
+
+def directory(*records: InstanceRecord) -> ServiceDirectory:
+    d = ServiceDirectory(nc=None, interval_s=1, window_s=0.1, ttl_s=3)  # type: ignore[arg-type]
+    d.instances["tts"] = {r.id: Instance(r, last_seen=0.0) for r in records}
+    return d
+
+
+def test_least_loaded_ready_instance_wins() -> None:
+    d = directory(record("a", 3, 4), record("b", 1, 4), record("c", 0, 4, ready=False))
+    assert d.pick("tts").record.id == "b"
+    assert d.pick("tts", exclude=frozenset({"b"})).record.id == "a"
+
+
+def test_streams_opened_since_the_last_report_count() -> None:
+    d = directory(record("a", 0, 2), record("b", 0, 2))
+    d.instances["tts"]["a"].opened_since_report = 2
+    assert d.pick("tts").record.id == "b"
+
+
+def test_nothing_ready_is_reported_by_kind() -> None:
+    d = directory(record("a", 0, 2, ready=False))
+    with pytest.raises(NoInstance, match="tts"):
+        d.pick("tts")
+    assert "tts" in d.missing()

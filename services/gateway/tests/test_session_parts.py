@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from parley_gateway.audio_ring import AudioRing
+from parley_gateway.session import Reply, SpokenPiece
+
+
+def test_ring_keeps_recent_audio_by_position() -> None:
+    ring = AudioRing(sample_rate=10, seconds=1.0)  # holds ~10 samples
+    for i in range(5):
+        ring.append(bytes([i, 0]) * 4)  # 4 samples each
+    assert ring.end == 20
+    assert ring.since(18) == bytes([4, 0]) * 2
+    # Older audio than held is clamped to what is left, never invented.
+    assert len(ring.since(0)) // 2 <= 12
+
+
+def test_heard_text_cuts_at_the_played_position() -> None:
+    reply = Reply(id="r", pieces=[SpokenPiece("One two three four.", 0, 1000), SpokenPiece("Five six.", 1000, 1500)])
+    assert reply.heard_text(2000) == "One two three four. Five six."
+    assert reply.heard_text(1000) == "One two three four."
+    assert reply.heard_text(500) == "One two"
+    assert reply.heard_text(0) == ""

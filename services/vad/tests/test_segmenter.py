@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from parley_vad.segmenter import Kind, SegmenterOptions, SpeechSegmenter
+
+FRAME_S = 0.032
+
+
+def run(probabilities: list[float], **options: int | float) -> list[tuple[Kind, float]]:
+    segmenter = SpeechSegmenter(SegmenterOptions(**options), FRAME_S)  # type: ignore[arg-type]
+    events = [segmenter.push(p) for p in probabilities]
+    return [(e.kind, round(e.timestamp_s, 3)) for e in events if e is not None]
+
+
+def test_speech_then_silence() -> None:
+    probs = [0.0] * 10 + [0.9] * 30 + [0.0] * 30
+    events = run(probs, min_silence_ms=500, min_speech_ms=200, speech_pad_ms=100)
+    assert events == [
+        (Kind.SPEECH_STARTED, round(10 * FRAME_S - 0.1, 3)),
+        (Kind.SPEECH_STOPPED, round(40 * FRAME_S, 3)),
+    ]
+
+
+def test_a_short_noise_never_starts_a_turn() -> None:
+    probs = [0.0] * 10 + [0.95] * 4 + [0.0] * 40  # 128 ms of "speech"
+    assert run(probs, min_speech_ms=200) == []
+
+
+def test_short_pauses_do_not_end_speech() -> None:
+    probs = [0.9] * 20 + [0.0] * 8 + [0.9] * 20 + [0.0] * 30  # a 256 ms pause
+    events = run(probs, min_silence_ms=500, min_speech_ms=100)
+    assert [kind for kind, _ in events] == [Kind.SPEECH_STARTED, Kind.SPEECH_STOPPED]
+
+
+def test_middling_probabilities_keep_speech_going() -> None:
+    # Between the release threshold and the threshold: no new silence starts.
+    probs = [0.9] * 20 + [0.4] * 40 + [0.0] * 30
+    events = run(probs, threshold=0.5, min_silence_ms=500, min_speech_ms=100)
+    assert events[-1] == (Kind.SPEECH_STOPPED, round(60 * FRAME_S, 3))
+
+
+def test_flush_closes_open_speech() -> None:
+    segmenter = SpeechSegmenter(SegmenterOptions(min_speech_ms=0), FRAME_S)
+    for _ in range(10):
+        segmenter.push(0.9)
+    event = segmenter.flush()
+    assert event is not None and event.kind is Kind.SPEECH_STOPPED
