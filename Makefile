@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PACKAGES := libs/parley services/vad services/asr services/llm services/tts services/gateway
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint proto proto-check fmt bench clean
+.PHONY: run test install lint proto proto-check docs fmt bench clean
 
 run: $(STAMP) ## start NATS, the four services and the gateway; prints the URL
 	$(PY) deploy/run_stack.py
@@ -39,6 +39,10 @@ proto: $(STAMP) ## regenerate the gRPC stubs from proto/
 
 proto-check: $(STAMP)
 	$(PY) tools/protos.py --check
+	$(PY) tools/settings_doc.py --check
+
+docs: $(STAMP) ## regenerate docs/configuration.md from the settings classes
+	$(PY) tools/settings_doc.py
 
 bench: $(STAMP) ## voice-to-voice latency over the real stack (see docs/benchmarks.md)
 	$(PY) bench/conversation_latency.py

@@ -20,13 +20,30 @@ from tests.speech import speak
 
 @pytest.fixture(scope="module")
 def recognizer() -> FasterWhisperRecognizer:
-    return FasterWhisperRecognizer(None, "cpu", "int8", 0, 1)
+    return FasterWhisperRecognizer(None, "cpu", "int8", 0, 1, encoder_window_s=10)
 
 
-def test_transcribes_the_embedded_model(recognizer: FasterWhisperRecognizer) -> None:
-    result = recognizer.transcribe(pcm16_to_float(speak("Please turn on the kitchen lights.")), None)
+@pytest.mark.parametrize("window_s", [10.0, 30.0])
+def test_transcribes_with_short_and_stock_encoder_windows(recognizer: FasterWhisperRecognizer, window_s: float) -> None:
+    recognizer.encoder_window_s = window_s
+    try:
+        result = recognizer.transcribe(pcm16_to_float(speak("Please turn on the kitchen lights.")), None)
+    finally:
+        recognizer.encoder_window_s = 10.0
     assert "kitchen" in result.text.lower() and "lights" in result.text.lower()
     assert result.language == "en"
+
+
+def test_utterances_longer_than_the_window_are_whole(recognizer: FasterWhisperRecognizer) -> None:
+    audio = pcm16_to_float(
+        speak(
+            "Please book a table for two at the Italian place near the station, and tell them we might be late. "
+            "After that, remind me to call my mother about the weekend trip to the mountains."
+        )
+    )
+    assert audio.size / 16000 > recognizer.encoder_window_s
+    text = recognizer.transcribe(audio, None).text.lower()
+    assert "table" in text and "mother" in text and "mountains" in text, text
 
 
 async def audio(pcm: bytes, end: bool) -> AsyncIterator[AudioChunk]:
@@ -55,3 +72,11 @@ async def test_transcribe_stream_and_its_end_marker(recognizer: FasterWhisperRec
                 pass
         assert too_long.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert servicer.runtime.slots.active == 0
+
+
+def test_stable_prefix_ignores_case_and_punctuation() -> None:
+    from parley_asr.servicer import stable_prefix
+
+    assert stable_prefix("What is the", "what is the capital") == "what is the"
+    assert stable_prefix("What in the cup", "What is the capital") == "What"
+    assert stable_prefix("", "Hello") == ""

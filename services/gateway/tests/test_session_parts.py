@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from parley_gateway.audio_ring import AudioRing
-from parley_gateway.session import Reply, SpokenPiece
+from parley_gateway.session import Reply, ReplyOutput, SpokenPiece
 
 
 def test_ring_keeps_recent_audio_by_position() -> None:
@@ -15,8 +15,30 @@ def test_ring_keeps_recent_audio_by_position() -> None:
 
 
 def test_heard_text_cuts_at_the_played_position() -> None:
-    reply = Reply(id="r", pieces=[SpokenPiece("One two three four.", 0, 1000), SpokenPiece("Five six.", 1000, 1500)])
+    reply = Reply(id="r", user_text="", output=ReplyOutput(lambda _: None, held=False))
+    reply.pieces = [SpokenPiece("One two three four.", 0, 1000), SpokenPiece("Five six.", 1000, 1500)]
     assert reply.heard_text(2000) == "One two three four. Five six."
     assert reply.heard_text(1000) == "One two three four."
     assert reply.heard_text(500) == "One two"
     assert reply.heard_text(0) == ""
+
+
+def test_held_output_is_released_in_order_or_dropped() -> None:
+    sent: list[object] = []
+    changes: list[str] = []
+    held = ReplyOutput(sent.append, held=True)
+    held.send({"type": "a"})
+    held.defer(lambda: changes.append("history"))
+    held.send(b"audio")
+    assert sent == [] and changes == []
+    held.release()
+    assert sent == [{"type": "a"}, b"audio"] and changes == ["history"]
+    held.send({"type": "b"})  # live now
+    assert sent[-1] == {"type": "b"}
+
+    dropped = ReplyOutput(sent.append, held=True)
+    dropped.send({"type": "guess"})
+    dropped.defer(lambda: changes.append("never"))
+    dropped.discard()
+    dropped.send({"type": "late"})
+    assert {"type": "guess"} not in sent and "never" not in changes

@@ -13,7 +13,7 @@ def run(probabilities: list[float], **options: int | float) -> list[tuple[Kind, 
 
 def test_speech_then_silence() -> None:
     probs = [0.0] * 10 + [0.9] * 30 + [0.0] * 30
-    events = run(probs, min_silence_ms=500, min_speech_ms=200, speech_pad_ms=100)
+    events = run(probs, min_silence_ms=500, min_speech_ms=200, speech_pad_ms=100, pause_ms=0)
     assert events == [
         (Kind.SPEECH_STARTED, round(10 * FRAME_S - 0.1, 3)),
         (Kind.SPEECH_STOPPED, round(40 * FRAME_S, 3)),
@@ -27,7 +27,7 @@ def test_a_short_noise_never_starts_a_turn() -> None:
 
 def test_short_pauses_do_not_end_speech() -> None:
     probs = [0.9] * 20 + [0.0] * 8 + [0.9] * 20 + [0.0] * 30  # a 256 ms pause
-    events = run(probs, min_silence_ms=500, min_speech_ms=100)
+    events = run(probs, min_silence_ms=500, min_speech_ms=100, pause_ms=0)
     assert [kind for kind, _ in events] == [Kind.SPEECH_STARTED, Kind.SPEECH_STOPPED]
 
 
@@ -44,3 +44,31 @@ def test_flush_closes_open_speech() -> None:
         segmenter.push(0.9)
     event = segmenter.flush()
     assert event is not None and event.kind is Kind.SPEECH_STOPPED
+
+
+def test_a_pause_comes_before_the_stop() -> None:
+    probs = [0.9] * 20 + [0.0] * 20
+    events = run(probs, min_silence_ms=500, min_speech_ms=100, speech_pad_ms=0, pause_ms=200)
+    assert events == [
+        (Kind.SPEECH_STARTED, 0.0),
+        (Kind.SPEECH_PAUSED, round(20 * FRAME_S, 3)),
+        (Kind.SPEECH_STOPPED, round(20 * FRAME_S, 3)),
+    ]
+
+
+def test_speech_after_a_pause_resumes_the_turn() -> None:
+    probs = [0.9] * 20 + [0.0] * 8 + [0.9] * 10 + [0.0] * 20
+    kinds = [kind for kind, _ in run(probs, min_silence_ms=500, min_speech_ms=100, pause_ms=200)]
+    assert kinds == [
+        Kind.SPEECH_STARTED,
+        Kind.SPEECH_PAUSED,
+        Kind.SPEECH_RESUMED,
+        Kind.SPEECH_PAUSED,
+        Kind.SPEECH_STOPPED,
+    ]
+
+
+def test_pause_events_can_be_turned_off() -> None:
+    probs = [0.9] * 20 + [0.0] * 20
+    kinds = [kind for kind, _ in run(probs, min_silence_ms=500, min_speech_ms=100, pause_ms=0)]
+    assert kinds == [Kind.SPEECH_STARTED, Kind.SPEECH_STOPPED]

@@ -30,7 +30,9 @@ class CommonSettings(BaseSettings):
         validation_alias=_shared("NATS_URL"),
         description="NATS server(s), comma-separated.",
     )
-    log_level: str = Field(default="INFO", validation_alias=_shared("LOG_LEVEL"))
+    log_level: str = Field(
+        default="INFO", validation_alias=_shared("LOG_LEVEL"), description="DEBUG, INFO, WARNING or ERROR."
+    )
     state_dir: Path = Field(
         default=Path(".parley"),
         validation_alias=_shared("STATE_DIR"),

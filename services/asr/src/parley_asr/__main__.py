@@ -16,7 +16,12 @@ def build(settings: AsrSettings, runtime: ServiceRuntime) -> ServiceSpec:
 
     def load_model() -> None:
         servicer.recognizer = FasterWhisperRecognizer(
-            settings.model_path, settings.device, settings.compute_type, settings.threads, settings.beam_size
+            settings.model_path,
+            settings.device,
+            settings.compute_type,
+            settings.threads,
+            settings.beam_size,
+            settings.encoder_window_s,
         )
 
     def add_servicers(server: grpc.aio.Server) -> None:

@@ -30,6 +30,20 @@ REAL_TIME_FACTOR = Histogram(
 )
 
 
+def stable_prefix(previous: str, current: str) -> str:
+    """The leading words two successive hypotheses agree on (case and punctuation aside)."""
+
+    def norm(word: str) -> str:
+        return "".join(c for c in word.lower() if c.isalnum())
+
+    agreed: list[str] = []
+    for old, new in zip(previous.split(), current.split(), strict=False):
+        if norm(old) != norm(new):
+            break
+        agreed.append(new)
+    return " ".join(agreed)
+
+
 class TranscribeOptions(BaseModel):
     """`parley-*` request metadata accepted by Transcribe."""
 
@@ -91,6 +105,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                         result = partial.result()
                         partial = None
                         if result.text and result.text != last_partial_text:
+                            result.stable_text = stable_prefix(last_partial_text, result.text)
                             last_partial_text = result.text
                             yield result
                     if chunk.end_of_stream:

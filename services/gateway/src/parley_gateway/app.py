@@ -23,6 +23,7 @@ from parley_gateway.metrics import ERRORS_TOTAL, SESSIONS_ACTIVE, SESSIONS_TOTAL
 from parley_gateway.protocol import (
     AudioPlayed,
     ErrorCode,
+    InputCommit,
     ProtocolError,
     ResponseCancel,
     SessionEnd,
@@ -126,8 +127,10 @@ class Gateway:
                         raise ProtocolError(ErrorCode.SESSION_NOT_STARTED, "send session.start first")
                     elif isinstance(client_event, TextInput):
                         session.on_text(client_event.text)
+                    elif isinstance(client_event, InputCommit):
+                        session.on_commit()
                     elif isinstance(client_event, ResponseCancel):
-                        await session.cancel_reply()
+                        session.cancel_reply()
                     elif isinstance(client_event, AudioPlayed):
                         session.on_audio_played(client_event)
                     elif isinstance(client_event, SessionEnd):

@@ -9,14 +9,16 @@ from parley.settings import CommonSettings
 class GatewaySettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="PARLEY_GATEWAY_", extra="ignore", populate_by_name=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=7860, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds (0.0.0.0 in a container).")
+    port: int = Field(default=7860, ge=1, le=65535, description="HTTP/WebSocket port (RunPod exposes 7860).")
     # Audio
     output_sample_rate: int = Field(
         default=24000, ge=8000, le=48000, description="Rate of reply audio sent to clients."
     )
     max_frame_ms: int = Field(default=1000, ge=10, le=5000, description="Longest binary audio frame accepted.")
-    preroll_s: float = Field(default=3.0, gt=0, description="Audio kept to feed ASR from the VAD's speech start.")
+    audio_buffer_s: float = Field(
+        default=60.0, gt=0, description="Input audio kept per session, to (re)feed ASR from the start of an utterance."
+    )
     # Sessions
     max_sessions: int = Field(default=32, ge=1, description="Concurrent conversation sessions.")
     max_text_chars: int = Field(default=2000, ge=1, description="Longest text.input accepted.")
@@ -28,6 +30,14 @@ class GatewaySettings(CommonSettings):
         default=20, ge=1, description="The first TTS request leaves at the first clause boundary past this length."
     )
     voice: str = Field(default="", description="Default TTS voice; empty means the TTS service's default.")
+    echo_guard_ms: int = Field(
+        default=300,
+        ge=0,
+        description="Speech detected this soon after reply audio starts is taken for echo, not a barge-in.",
+    )
+    playback_margin_ms: int = Field(
+        default=250, ge=0, description="Slack added to the estimate of when the client finishes playing a reply."
+    )
     llm_max_tokens: int = Field(default=0, ge=0, description="Reply length limit; 0 means the LLM service's default.")
     # Service discovery over NATS
     discovery_interval_s: float = Field(default=1.0, gt=0, description="How often instances are polled.")

@@ -15,3 +15,7 @@ RESPONSES_TOTAL = Counter("parley_gateway_responses_total", "Assistant responses
 STAGE_SECONDS = Histogram(
     "parley_gateway_stage_seconds", "Turn end to each pipeline stage", ["stage"], buckets=LATENCY_BUCKETS
 )
+PREEMPTIVE_TOTAL = Counter(
+    "parley_gateway_preemptive_total", "Replies started at a pause, by whether the turn really ended there", ["outcome"]
+)
+BARGE_INS_TOTAL = Counter("parley_gateway_barge_ins_total", "Replies cut short by the user's speech")

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     SERVICE_ERROR = "service_error"
     UNKNOWN_VOICE = "unknown_voice"
+    EMPTY_TURN = "empty_turn"
 
 
 class ProtocolError(Exception):
@@ -39,9 +40,12 @@ class _Event(BaseModel):
 
 
 class VadOptions(_Event):
+    """Turn detection tuning; unset values take the VAD service's defaults."""
+
     threshold: float | None = Field(default=None, gt=0, lt=1)
     min_silence_ms: int | None = Field(default=None, ge=100, le=5000)
     min_speech_ms: int | None = Field(default=None, ge=0, le=2000)
+    pause_ms: int | None = Field(default=None, ge=0, le=5000)
 
 
 class SessionStart(_Event):
@@ -50,12 +54,23 @@ class SessionStart(_Event):
     voice: str | None = Field(default=None, max_length=200)
     system_prompt: str | None = Field(default=None, max_length=4000)
     language: str | None = Field(default=None, pattern="^[a-z]{2,3}$")
+    # "vad": the server ends turns on silence; "push_to_talk": the client ends
+    # each turn with input.commit.
+    turn_detection: Literal["vad", "push_to_talk"] = "vad"
     vad: VadOptions = Field(default_factory=VadOptions)
+    # Start the reply at a pause in speech, before the end of turn is certain.
+    preemptive: bool = True
 
 
 class TextInput(_Event):
     type: Literal["text.input"]
     text: str = Field(min_length=1)
+
+
+class InputCommit(_Event):
+    """End the user's turn now (push-to-talk release; also valid in vad mode)."""
+
+    type: Literal["input.commit"]
 
 
 class ResponseCancel(_Event):
@@ -73,10 +88,17 @@ class SessionEnd(_Event):
 
 
 ClientEvent = Annotated[
-    SessionStart | TextInput | ResponseCancel | AudioPlayed | SessionEnd, Field(discriminator="type")
+    SessionStart | TextInput | InputCommit | ResponseCancel | AudioPlayed | SessionEnd, Field(discriminator="type")
 ]
 _client_event: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
-CLIENT_EVENT_TYPES = {"session.start", "text.input", "response.cancel", "response.audio.played", "session.end"}
+CLIENT_EVENT_TYPES = {
+    "session.start",
+    "text.input",
+    "input.commit",
+    "response.cancel",
+    "response.audio.played",
+    "session.end",
+}
 
 
 def parse_client_event(raw: str) -> ClientEvent:

@@ -1,8 +1,10 @@
-"""Turns per-frame speech probabilities into speech started/stopped events.
+"""Turns per-frame speech probabilities into speech events.
 
 Model-agnostic: it sees only probabilities and frame times. Hysteresis (a
 lower threshold to stay in speech), a minimum speech duration so that short
-noises never start a turn, and a minimum silence that ends it.
+noises never start a turn, and a minimum silence that ends it. A shorter
+silence first reports a pause (the turn may be over), and speech after a
+pause reports a resume: clients use the pause to start work early.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from enum import Enum
 class Kind(Enum):
     SPEECH_STARTED = 1
     SPEECH_STOPPED = 2
+    SPEECH_PAUSED = 3
+    SPEECH_RESUMED = 4
 
 
 @dataclass(frozen=True)
 class SegmentEvent:
     kind: Kind
-    timestamp_s: float  # start of speech (padded) or end of last speech
+    timestamp_s: float  # start of speech (padded), end of last speech, or start of renewed speech
     decided_at_s: float  # stream time when the event was decided
     probability: float
 
@@ -30,6 +34,7 @@ class SegmenterOptions:
     min_silence_ms: int = 500
     min_speech_ms: int = 200
     speech_pad_ms: int = 300
+    pause_ms: int = 200  # 0: no pause/resume events
 
     @property
     def release_threshold(self) -> float:
@@ -44,35 +49,47 @@ class SpeechSegmenter:
         self._candidate_start: float | None = None  # speech seen, not yet long enough
         self._speaking = False
         self._silence_since: float | None = None  # end of the last speech frame
+        self._paused = False
 
     def push(self, probability: float) -> SegmentEvent | None:
         start, self._now = self._now, self._now + self.frame_s
+        if self._speaking:
+            return self._while_speaking(probability, start)
         opts = self.options
-        if not self._speaking:
-            if probability >= opts.threshold:
-                if self._candidate_start is None:
-                    self._candidate_start = start
-                if self._now - self._candidate_start >= opts.min_speech_ms / 1000:
-                    self._speaking = True
-                    self._silence_since = None
-                    begin = max(0.0, self._candidate_start - opts.speech_pad_ms / 1000)
-                    self._candidate_start = None
-                    return SegmentEvent(Kind.SPEECH_STARTED, begin, self._now, probability)
-            elif probability < opts.release_threshold:
-                self._candidate_start = None  # a blip, not speech
-            return None
+        if probability >= opts.threshold:
+            if self._candidate_start is None:
+                self._candidate_start = start
+            if self._now - self._candidate_start >= opts.min_speech_ms / 1000:
+                self._speaking = True
+                self._silence_since = None
+                begin = max(0.0, self._candidate_start - opts.speech_pad_ms / 1000)
+                self._candidate_start = None
+                return SegmentEvent(Kind.SPEECH_STARTED, begin, self._now, probability)
+        elif probability < opts.release_threshold:
+            self._candidate_start = None  # a blip, not speech
+        return None
+
+    def _while_speaking(self, probability: float, start: float) -> SegmentEvent | None:
+        opts = self.options
         if probability >= opts.threshold:
             self._silence_since = None
+            if self._paused:
+                self._paused = False
+                return SegmentEvent(Kind.SPEECH_RESUMED, start, self._now, probability)
             return None
         if probability >= opts.release_threshold:
             return None  # in between: neither resets nor starts the silence
         if self._silence_since is None:
             self._silence_since = start
-        if self._now - self._silence_since >= opts.min_silence_ms / 1000:
-            self._speaking = False
+        silent_s = self._now - self._silence_since
+        if silent_s >= opts.min_silence_ms / 1000:
+            self._speaking = self._paused = False
             ended = self._silence_since
             self._silence_since = None
             return SegmentEvent(Kind.SPEECH_STOPPED, ended, self._now, probability)
+        if opts.pause_ms and not self._paused and silent_s >= opts.pause_ms / 1000:
+            self._paused = True
+            return SegmentEvent(Kind.SPEECH_PAUSED, self._silence_since, self._now, probability)
         return None
 
     @property
@@ -83,6 +100,6 @@ class SpeechSegmenter:
         """End of stream: close an open speech segment."""
         if not self._speaking:
             return None
-        self._speaking = False
+        self._speaking = self._paused = False
         ended = self._silence_since if self._silence_since is not None else self._now
         return SegmentEvent(Kind.SPEECH_STOPPED, ended, self._now, 0.0)

@@ -15,7 +15,12 @@ from parley_vad.config import VadSettings
 from parley_vad.engines.base import SpeechDetector
 from parley_vad.segmenter import Kind, SegmenterOptions, SegmentEvent, SpeechSegmenter
 
-_KINDS = {Kind.SPEECH_STARTED: vad_pb2.VadEvent.SPEECH_STARTED, Kind.SPEECH_STOPPED: vad_pb2.VadEvent.SPEECH_STOPPED}
+_KINDS = {
+    Kind.SPEECH_STARTED: vad_pb2.VadEvent.SPEECH_STARTED,
+    Kind.SPEECH_STOPPED: vad_pb2.VadEvent.SPEECH_STOPPED,
+    Kind.SPEECH_PAUSED: vad_pb2.VadEvent.SPEECH_PAUSED,
+    Kind.SPEECH_RESUMED: vad_pb2.VadEvent.SPEECH_RESUMED,
+}
 
 
 class DetectOptions(BaseModel):
@@ -25,6 +30,7 @@ class DetectOptions(BaseModel):
     min_silence_ms: int | None = Field(default=None, ge=0, le=10_000)
     min_speech_ms: int | None = Field(default=None, ge=0, le=10_000)
     speech_pad_ms: int | None = Field(default=None, ge=0, le=2_000)
+    pause_ms: int | None = Field(default=None, ge=0, le=10_000)
 
 
 def _to_proto(event: SegmentEvent) -> vad_pb2.VadEvent:
@@ -49,6 +55,7 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
             min_silence_ms=asked.min_silence_ms if asked.min_silence_ms is not None else s.min_silence_ms,
             min_speech_ms=asked.min_speech_ms if asked.min_speech_ms is not None else s.min_speech_ms,
             speech_pad_ms=asked.speech_pad_ms if asked.speech_pad_ms is not None else s.speech_pad_ms,
+            pause_ms=asked.pause_ms if asked.pause_ms is not None else s.pause_ms,
         )
 
     async def Detect(  # noqa: N802 (gRPC method name)

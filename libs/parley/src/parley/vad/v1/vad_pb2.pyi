@@ -13,9 +13,13 @@ class VadEvent(_message.Message):
         KIND_UNSPECIFIED: _ClassVar[VadEvent.Kind]
         SPEECH_STARTED: _ClassVar[VadEvent.Kind]
         SPEECH_STOPPED: _ClassVar[VadEvent.Kind]
+        SPEECH_PAUSED: _ClassVar[VadEvent.Kind]
+        SPEECH_RESUMED: _ClassVar[VadEvent.Kind]
     KIND_UNSPECIFIED: VadEvent.Kind
     SPEECH_STARTED: VadEvent.Kind
     SPEECH_STOPPED: VadEvent.Kind
+    SPEECH_PAUSED: VadEvent.Kind
+    SPEECH_RESUMED: VadEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]

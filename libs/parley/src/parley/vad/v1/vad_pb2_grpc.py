@@ -32,6 +32,8 @@ class VoiceActivityStub:
     parley-min-silence-ms     silence that ends speech
     parley-min-speech-ms      speech shorter than this is dropped as noise
     parley-speech-pad-ms      audio kept before the detected speech start
+    parley-pause-ms           silence inside speech that is reported as a pause
+    (0 turns pause/resume events off)
     """
 
     def __init__(self, channel):
@@ -53,6 +55,8 @@ class VoiceActivityServicer:
     parley-min-silence-ms     silence that ends speech
     parley-min-speech-ms      speech shorter than this is dropped as noise
     parley-speech-pad-ms      audio kept before the detected speech start
+    parley-pause-ms           silence inside speech that is reported as a pause
+    (0 turns pause/resume events off)
     """
 
     def Detect(self, request_iterator, context):
@@ -84,6 +88,8 @@ class VoiceActivity:
     parley-min-silence-ms     silence that ends speech
     parley-min-speech-ms      speech shorter than this is dropped as noise
     parley-speech-pad-ms      audio kept before the detected speech start
+    parley-pause-ms           silence inside speech that is reported as a pause
+    (0 turns pause/resume events off)
     """
 
     @staticmethod

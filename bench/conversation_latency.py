@@ -1,0 +1,199 @@
+"""Voice-to-voice latency of the real stack, measured as a client sees it.
+
+Starts the whole stack (as `make run` does) on free ports unless --url is given,
+then for each spoken question (espeak-ng, silence trimmed so the end of the audio
+IS the end of speech): streams it at real-time pace followed by silence, and
+times, from the moment the last speech frame left the client:
+
+    transcript.final, first response.text.delta, first reply audio byte
+
+It also records the gateway's own per-stage timings (response.done), and the
+word error rate of the final transcripts.
+
+    python bench/conversation_latency.py --runs 5            # 5 rounds over the question set
+    python bench/conversation_latency.py --url ws://host:7860/v1/conversation
+    python bench/conversation_latency.py --cold-start-only   # time `make run` to ready
+
+Prints p50/p95 per stage, and a JSON line for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from parley_gateway.client import ConversationClient  # noqa: E402
+from tests.speech import silence, speak  # noqa: E402
+
+QUESTIONS = [
+    "What is the capital city of France?",
+    "How many days are there in a week?",
+    "Can you recommend a good book to read?",
+    "What is the weather usually like in summer?",
+    "Tell me a fun fact about elephants.",
+    "What time does the sun usually set?",
+    "How do I make a cup of green tea?",
+    "What is your favourite colour?",
+    "Where is the nearest train station?",
+    "Why is the sky blue during the day?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_stack(state_dir: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, float]:
+    ports = {name: free_port() for name in ("nats", "gateway", "vad", "asr", "llm", "tts")}
+    env = dict(os.environ)
+    env.update(
+        PARLEY_STATE_DIR=str(state_dir),
+        PARLEY_NATS_URL=f"nats://127.0.0.1:{ports['nats']}",
+        PARLEY_GATEWAY_PORT=str(ports["gateway"]),
+        **{f"PARLEY_{k.upper()}_PORT": str(ports[k]) for k in ("vad", "asr", "llm", "tts")},
+        **{f"PARLEY_{k.upper()}_METRICS_PORT": str(free_port()) for k in ("vad", "asr", "llm", "tts")},
+        **extra_env,
+    )
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy" / "run_stack.py"), "--quiet"], env=env, stdout=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    while process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return process, url, time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("the stack exited before it was ready")
+
+
+def stop_stack(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def one_turn(ws_url: str, pcm: bytes, trailing_silence_s: float) -> dict[str, Any]:
+    async with ConversationClient(ws_url) as conv:
+        await conv.stream_audio(silence(0.5), realtime=True)
+        speech_end = await conv.stream_audio(pcm, realtime=True)
+        tail = asyncio.create_task(conv.stream_audio(silence(trailing_silence_s), realtime=True))
+        done = await conv.wait_for("response.done", timeout_s=60)
+        await tail
+        first_audio = conv.received.audio[0][0] if conv.received.audio else float("nan")
+        return {
+            "transcript": conv.received.of_type("transcript.final")[0]["text"],
+            "end_to_transcript_ms": (conv.arrival("transcript.final") - speech_end) * 1000,
+            "end_to_first_token_ms": (conv.arrival("response.text.delta") - speech_end) * 1000,
+            "voice_to_voice_ms": (first_audio - speech_end) * 1000,
+            "server": done["timings"],
+        }
+
+
+async def run(ws_url: str, runs: int, trailing_silence_s: float) -> list[dict[str, Any]]:
+    audio = {q: speak(q) for q in QUESTIONS}
+    results = []
+    for round_ in range(runs):
+        for question in QUESTIONS:
+            turn = await one_turn(ws_url, audio[question], trailing_silence_s)
+            turn["question"] = question
+            results.append(turn)
+            print(
+                f"round {round_ + 1} v2v {turn['voice_to_voice_ms']:6.0f} ms"
+                f"  asr {turn['end_to_transcript_ms']:5.0f} ms"
+                f"  heard: {turn['transcript']!r}",
+                flush=True,
+            )
+    return results
+
+
+def word_error_rate(results: list[dict[str, Any]]) -> float:
+    import jiwer
+
+    def norm(text: str) -> str:
+        return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).strip()
+
+    return float(jiwer.wer([norm(r["question"]) for r in results], [norm(r["transcript"]) for r in results]))
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    stages = ["end_to_transcript_ms", "end_to_first_token_ms", "voice_to_voice_ms"]
+    server_stages = sorted({k for r in results for k in r["server"]})
+    out: dict[str, Any] = {}
+    for name in stages:
+        values = [r[name] for r in results]
+        out[name] = {"p50": round(statistics.median(values)), "p95": round(percentile(values, 0.95))}
+    for name in server_stages:
+        values = [r["server"][name] for r in results if name in r["server"]]
+        out[f"gateway.{name}"] = {"p50": round(statistics.median(values)), "p95": round(percentile(values, 0.95))}
+    out["wer"] = round(word_error_rate(results), 3)
+    out["turns"] = len(results)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="an already running gateway's /v1/conversation; default: start one")
+    parser.add_argument("--runs", type=int, default=5, help="rounds over the question set")
+    parser.add_argument("--trailing-silence", type=float, default=2.0, help="seconds of silence after speech")
+    parser.add_argument("--cold-starts", type=int, default=0, help="also time this many cold starts to ready")
+    parser.add_argument("--cold-start-only", action="store_true")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the started stack")
+    args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    report: dict[str, Any] = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "env": extra_env}
+
+    if args.cold_starts or args.cold_start_only:
+        times = []
+        for _ in range(max(1, args.cold_starts)):
+            with tempfile.TemporaryDirectory() as state:
+                process, _, ready_s = start_stack(Path(state), extra_env)
+                stop_stack(process)
+                times.append(ready_s)
+                print(f"cold start to ready: {ready_s:.2f} s", flush=True)
+        report["cold_start_s"] = {"median": round(statistics.median(times), 2), "runs": [round(t, 2) for t in times]}
+        if args.cold_start_only:
+            print(json.dumps(report))
+            return
+
+    if args.url:
+        results = asyncio.run(run(args.url, args.runs, args.trailing_silence))
+    else:
+        with tempfile.TemporaryDirectory() as state:
+            process, url, _ = start_stack(Path(state), extra_env)
+            try:
+                ws_url = url.replace("http", "ws", 1) + "/v1/conversation"
+                results = asyncio.run(run(ws_url, args.runs, args.trailing_silence))
+            finally:
+                stop_stack(process)
+    report.update(summary(results))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
