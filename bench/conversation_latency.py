@@ -10,9 +10,14 @@ times, from the moment the last speech frame left the client:
 It also records the gateway's own per-stage timings (response.done), and the
 word error rate of the final transcripts.
 
+Barge-in (--barge-in N): asks for a long story by text, and 0.5 s after its
+audio starts (past the echo guard) streams "wait, stop please" at real-time
+pace; times the first speech frame leaving the client to response.cancelled.
+
     python bench/conversation_latency.py --runs 5            # 5 rounds over the question set
     python bench/conversation_latency.py --url ws://host:7860/v1/conversation
     python bench/conversation_latency.py --cold-start-only   # time `make run` to ready
+    python bench/conversation_latency.py --runs 0 --barge-in 10
 
 Prints p50/p95 per stage, and a JSON line for docs/benchmarks.md.
 """
@@ -98,8 +103,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def one_turn(ws_url: str, pcm: bytes, trailing_silence_s: float) -> dict[str, Any]:
-    async with ConversationClient(ws_url) as conv:
+async def one_turn(ws_url: str, pcm: bytes, trailing_silence_s: float, preemptive: bool) -> dict[str, Any]:
+    async with ConversationClient(ws_url, preemptive=preemptive) as conv:
         await conv.stream_audio(silence(0.5), realtime=True)
         speech_end = await conv.stream_audio(pcm, realtime=True)
         tail = asyncio.create_task(conv.stream_audio(silence(trailing_silence_s), realtime=True))
@@ -115,12 +120,33 @@ async def one_turn(ws_url: str, pcm: bytes, trailing_silence_s: float) -> dict[s
         }
 
 
-async def run(ws_url: str, runs: int, trailing_silence_s: float) -> list[dict[str, Any]]:
+STORYTELLER = (
+    "The following is a conversation between a User and a storyteller Assistant who always answers "
+    "with long, detailed stories of many sentences."
+)
+
+
+async def barge_in(ws_url: str, interruption: bytes) -> float:
+    """Milliseconds from the first interrupting speech frame leaving to response.cancelled arriving."""
+    async with ConversationClient(ws_url, system_prompt=STORYTELLER) as conv:
+        await conv.send_event({"type": "text.input", "text": "Tell me a long story about a brave knight."})
+        await conv.wait_for("response.audio.started", timeout_s=60)
+        await asyncio.sleep(0.5)
+        first_frame = time.perf_counter()
+        speaking = asyncio.create_task(conv.stream_audio(interruption + silence(1.0), realtime=True))
+        try:
+            await conv.wait_for("response.cancelled", timeout_s=10)
+        finally:
+            speaking.cancel()
+        return float((conv.arrival("response.cancelled") - first_frame) * 1000)
+
+
+async def run(ws_url: str, runs: int, trailing_silence_s: float, preemptive: bool) -> list[dict[str, Any]]:
     audio = {q: speak(q) for q in QUESTIONS}
     results = []
     for round_ in range(runs):
         for question in QUESTIONS:
-            turn = await one_turn(ws_url, audio[question], trailing_silence_s)
+            turn = await one_turn(ws_url, audio[question], trailing_silence_s, preemptive)
             turn["question"] = question
             results.append(turn)
             print(
@@ -163,10 +189,16 @@ def main() -> None:
     parser.add_argument("--trailing-silence", type=float, default=2.0, help="seconds of silence after speech")
     parser.add_argument("--cold-starts", type=int, default=0, help="also time this many cold starts to ready")
     parser.add_argument("--cold-start-only", action="store_true")
+    parser.add_argument("--barge-in", type=int, default=0, help="also time this many barge-ins")
+    parser.add_argument("--no-preemptive", action="store_true", help="wait for the end of turn to start replies")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the started stack")
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.env)
-    report: dict[str, Any] = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "env": extra_env}
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "env": extra_env,
+        "preemptive": not args.no_preemptive,
+    }
 
     if args.cold_starts or args.cold_start_only:
         times = []
@@ -181,17 +213,28 @@ def main() -> None:
             print(json.dumps(report))
             return
 
+    async def measure(ws_url: str) -> tuple[list[dict[str, Any]], list[float]]:
+        results = await run(ws_url, args.runs, args.trailing_silence, not args.no_preemptive) if args.runs else []
+        interruption = speak("Wait, stop please.")
+        cuts = []
+        for _ in range(args.barge_in):
+            cuts.append(await barge_in(ws_url, interruption))
+            print(f"barge-in: response.cancelled after {cuts[-1]:.0f} ms", flush=True)
+        return results, cuts
+
     if args.url:
-        results = asyncio.run(run(args.url, args.runs, args.trailing_silence))
+        results, cuts = asyncio.run(measure(args.url))
     else:
         with tempfile.TemporaryDirectory() as state:
             process, url, _ = start_stack(Path(state), extra_env)
             try:
-                ws_url = url.replace("http", "ws", 1) + "/v1/conversation"
-                results = asyncio.run(run(ws_url, args.runs, args.trailing_silence))
+                results, cuts = asyncio.run(measure(url.replace("http", "ws", 1) + "/v1/conversation"))
             finally:
                 stop_stack(process)
-    report.update(summary(results))
+    if cuts:
+        report["barge_in_ms"] = {"p50": round(statistics.median(cuts)), "p95": round(percentile(cuts, 0.95))}
+    if results:
+        report.update(summary(results))
     print(json.dumps(report, indent=2))
 
 

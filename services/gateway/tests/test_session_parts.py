@@ -17,10 +17,14 @@ def test_ring_keeps_recent_audio_by_position() -> None:
 def test_heard_text_cuts_at_the_played_position() -> None:
     reply = Reply(id="r", user_text="", output=ReplyOutput(lambda _: None, held=False))
     reply.pieces = [SpokenPiece("One two three four.", 0, 1000), SpokenPiece("Five six.", 1000, 1500)]
+    reply.audio_ms = 1500
     assert reply.heard_text(2000) == "One two three four. Five six."
     assert reply.heard_text(1000) == "One two three four."
     assert reply.heard_text(500) == "One two"
     assert reply.heard_text(0) == ""
+    # Played to within rounding of the end: all of it was heard.
+    assert reply.fully_played(1460) and reply.heard_text(1460) == "One two three four. Five six."
+    assert reply.heard_text(1300) == "One two three four. Five"
 
 
 def test_held_output_is_released_in_order_or_dropped() -> None:

@@ -106,7 +106,8 @@ class ConversationClient:
                 raise ConnectionError(f"connection closed before {type_}")
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                raise TimeoutError(f"no {type_} within {timeout_s} s; got {self.received.types()}")
+                errors = self.received.of_type("error")
+                raise TimeoutError(f"no {type_} within {timeout_s} s; got {self.received.types()}; errors: {errors}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))

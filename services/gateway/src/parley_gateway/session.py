@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 PIPELINE_RATE = 16000  # what VAD and ASR receive
 RECENT_REPLIES = 4
+# Played positions this close to the end count as the whole reply (rounding, resampling).
+PLAYED_TOLERANCE_MS = 60.0
 Message = dict[str, Any] | bytes
 Send = Callable[[Message], None]
 
@@ -122,8 +124,13 @@ class Reply:
     def mark(self, stage: str) -> None:
         self.marks.setdefault(stage, time.perf_counter())
 
+    def fully_played(self, played_ms: float) -> bool:
+        return played_ms + PLAYED_TOLERANCE_MS >= self.audio_ms
+
     def heard_text(self, played_ms: float) -> str:
         """The part of the reply spoken before `played_ms` (words cut proportionally)."""
+        if self.fully_played(played_ms):
+            played_ms = self.audio_ms
         heard: list[str] = []
         for piece in self.pieces:
             if played_ms >= piece.end_ms:
@@ -131,7 +138,7 @@ class Reply:
             elif played_ms > piece.start_ms:
                 words = piece.text.split()
                 share = (played_ms - piece.start_ms) / max(1.0, piece.end_ms - piece.start_ms)
-                heard.append(" ".join(words[: int(len(words) * share)]))
+                heard.append(" ".join(words[: round(len(words) * share)]))
         return " ".join(h for h in heard if h)
 
     def playing_until(self, margin_s: float) -> float:
@@ -250,8 +257,9 @@ class ConversationSession:
             return
         position = self.ring.append(pcm)
         if self._push_to_talk and self._turn is None:
-            # The first audio after a commit opens the next turn, and interrupts the assistant.
-            self._interrupt(barge_in=True)
+            # The first audio after a commit opens the next turn, and interrupts the
+            # assistant: a deliberate press, so no echo guard.
+            self._interrupt(barge_in=True, echo_guard=False)
             self._turn = UserTurn(self, position)
         if self._vad_task is not None:
             self._vad_audio.put_nowait((position, pcm))
@@ -351,12 +359,18 @@ class ConversationSession:
     async def _guess_reply(self, turn: UserTurn) -> None:
         """At a pause: start the reply on the transcript so far, held back."""
         text = await turn.final
-        if text and not turn.abandoned and not turn.stopped:
+        if text and any(c.isalnum() for c in text) and not turn.abandoned and not turn.stopped:
             turn.guess = self._start_reply(text, held=True, turn_end=None, timings={})
 
     async def _finish_turn(self, turn: UserTurn, turn_end: float, timings: dict[str, float]) -> None:
         text = await turn.final
-        if not text:
+        if text is None:
+            return  # the ASR stream failed; the error was reported
+        if not any(c.isalnum() for c in text):
+            # Nothing intelligible (a cough, a tap): tell the client, answer nothing.
+            self.send(event("transcript.final", text="", language=turn.language))
+            if turn.guess is not None:
+                self._drop(turn.guess)
             return
         timings["asr_ms"] = round((time.perf_counter() - turn_end) * 1000, 1)
         STAGE_SECONDS.labels("asr").observe(timings["asr_ms"] / 1000)
@@ -375,7 +389,7 @@ class ConversationSession:
 
     # ---- the reply -----------------------------------------------------------
 
-    def _interrupt(self, barge_in: bool) -> bool:
+    def _interrupt(self, barge_in: bool, echo_guard: bool = True) -> bool:
         """Stop the live reply, and tell the client to flush what it still plays.
 
         Returns False when user speech came within the echo guard of the reply's
@@ -389,7 +403,7 @@ class ConversationSession:
         playing = now < reply.playing_until(self.settings.playback_margin_ms / 1000)
         if not (running or playing):
             return True
-        guard_s = self.settings.echo_guard_ms / 1000 if barge_in else 0.0
+        guard_s = self.settings.echo_guard_ms / 1000 if barge_in and echo_guard else 0.0
         if reply.first_audio_sent_at is not None and now - reply.first_audio_sent_at < guard_s:
             return False
         if barge_in:
@@ -491,7 +505,7 @@ class ConversationSession:
 
     def _apply_heard(self, reply: Reply) -> None:
         assert reply.history_index is not None and reply.played_ms is not None
-        if reply.played_ms < reply.audio_ms:
+        if not reply.fully_played(reply.played_ms):
             heard = reply.heard_text(reply.played_ms)
             self.history[reply.history_index].content = heard
             self.send(event("response.truncated", response_id=reply.id, played_ms=round(reply.played_ms), text=heard))
@@ -507,7 +521,9 @@ class ConversationSession:
         voice = self.options.voice or self.settings.voice
         out = reply.output
         while (sentence := await sentences.get()) is not None:
-            start_ms = reply.audio_ms
+            # Recorded before its audio, so a cut mid-sentence still counts what was heard of it.
+            piece = SpokenPiece(sentence, reply.audio_ms, reply.audio_ms)
+            reply.pieces.append(piece)
             request = tts_pb2.SynthesizeRequest(text=sentence, voice=voice, sample_rate=rate)
             async for chunk in clients.synthesize(self.directory, request, self.settings.stream_timeout_s):
                 if not chunk.pcm:
@@ -518,7 +534,7 @@ class ConversationSession:
                     out.defer(lambda: self._first_audio_sent(reply))
                 out.send(chunk.pcm)
                 reply.audio_ms += len(chunk.pcm) / BYTES_PER_SAMPLE / rate * 1000
-            reply.pieces.append(SpokenPiece(sentence, start_ms, reply.audio_ms))
+                piece.end_ms = reply.audio_ms
 
     @staticmethod
     def _first_audio_sent(reply: Reply) -> None:

@@ -9,8 +9,24 @@ import grpc
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.server import ServiceRuntime, ServiceSpec, run_service
 from parley_llm.config import LlmSettings
+from parley_llm.engines.base import TextGenerator
 from parley_llm.engines.llama_cpp import LlamaCppGenerator
+from parley_llm.engines.openai_compat import OpenAICompatibleGenerator
 from parley_llm.servicer import ConversationServicer
+
+
+def make_generator(settings: LlmSettings) -> TextGenerator:
+    if settings.engine == "openai":
+        return OpenAICompatibleGenerator(
+            settings.openai_base_url,
+            settings.openai_api_key.get_secret_value(),
+            settings.openai_model,
+            settings.prompt_format,
+            settings.request_timeout_s,
+        )
+    return LlamaCppGenerator(
+        settings.model_path, settings.prompt_format, settings.context_tokens, settings.threads, settings.gpu_layers
+    )
 
 
 def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
@@ -19,13 +35,7 @@ def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
 
     def load_model() -> None:
         for _ in range(settings.instances):
-            generator = LlamaCppGenerator(
-                settings.model_path,
-                settings.prompt_format,
-                settings.context_tokens,
-                settings.threads,
-                settings.gpu_layers,
-            )
+            generator = make_generator(settings)
             loop.call_soon_threadsafe(servicer.instances.put_nowait, generator)
 
     def add_servicers(server: grpc.aio.Server) -> None:
@@ -36,7 +46,10 @@ def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
         grpc_services=[llm_pb2.DESCRIPTOR.services_by_name["Conversation"].full_name],
         add_servicers=add_servicers,
         load_model=load_model,
-        metadata={"engine": "llama.cpp", "model": str(settings.model_path or "gemma-3-270m (embedded)")},
+        metadata={
+            "engine": settings.engine,
+            "model": settings.openai_model if settings.engine == "openai" else str(settings.model_path or "embedded"),
+        },
     )
 
 

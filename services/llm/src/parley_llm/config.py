@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from parley.settings import ServiceSettings
@@ -17,6 +17,17 @@ class LlmSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="PARLEY_LLM_", extra="ignore", populate_by_name=True)
 
     port: int = 50052
+    engine: str = Field(
+        default="llama_cpp",
+        pattern="^(llama_cpp|openai)$",
+        description="llama_cpp: a local GGUF; openai: any OpenAI-compatible HTTP server (PARLEY_LLM_OPENAI_*).",
+    )
+    openai_base_url: str = Field(default="", description="e.g. http://127.0.0.1:8000/v1 (engine=openai).")
+    openai_api_key: SecretStr = Field(default=SecretStr(""), description="Bearer token, if the server needs one.")
+    openai_model: str = Field(default="", description="Model name sent to the server (engine=openai).")
+    speech_shaping: bool = Field(
+        default=True, description="Drop markdown, bullets and emoji from replies so they read and speak well."
+    )
     metrics_port: int = 9152
     model_path: Path | None = Field(
         default=None, description="GGUF file; empty means the embedded Gemma 3 270M base model."
@@ -34,6 +45,14 @@ class LlmSettings(ServiceSettings):
         default=1, ge=1, description="Model copies; one llama.cpp instance serves one stream at a time."
     )
     max_tokens: int = Field(default=80, ge=1, description="Default reply length limit in tokens.")
-    temperature: float = Field(default=0.7, ge=0, le=2)
+    temperature: float = Field(default=0.7, ge=0, le=2, description="Default sampling temperature.")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="HTTP timeout of the openai engine.")
+
+    @model_validator(mode="after")
+    def _openai_needs_a_server(self) -> LlmSettings:
+        if self.engine == "openai" and not (self.openai_base_url and self.openai_model):
+            raise ValueError("engine=openai needs PARLEY_LLM_OPENAI_BASE_URL and PARLEY_LLM_OPENAI_MODEL")
+        return self
+
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="Used when a request has none.")
     max_request_chars: int = Field(default=32_000, ge=1, description="Largest conversation accepted, in characters.")

@@ -12,6 +12,7 @@ from parley.server import Busy, ServiceRuntime
 from parley.threads import iterate_in_thread
 from parley_llm.config import LlmSettings
 from parley_llm.engines.base import ChatMessage, TextGenerator
+from parley_llm.shaping import SpeechShaper
 
 FIRST_TOKEN_SECONDS = Histogram(
     "parley_llm_first_token_seconds", "Request to first token", buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5)
@@ -61,17 +62,22 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
                 first_at: float | None = None
                 tokens = 0
                 try:
+                    shaper = SpeechShaper() if self.settings.speech_shaping else None
                     async for delta in iterate_in_thread(lambda: generator.stream(messages, max_tokens, temperature)):
                         if first_at is None:
                             first_at = time.perf_counter()
                             FIRST_TOKEN_SECONDS.observe(first_at - started)
                         tokens = delta.completion_tokens
-                        yield llm_pb2.TextDelta(
-                            text=delta.text,
-                            finish_reason=delta.finish_reason,
-                            completion_tokens=delta.completion_tokens,
-                            prompt_tokens=delta.prompt_tokens,
-                        )
+                        text = delta.text
+                        if shaper is not None:
+                            text = shaper.push(text) + (shaper.flush() if delta.finish_reason else "")
+                        if text or delta.finish_reason:
+                            yield llm_pb2.TextDelta(
+                                text=text,
+                                finish_reason=delta.finish_reason,
+                                completion_tokens=delta.completion_tokens,
+                                prompt_tokens=delta.prompt_tokens,
+                            )
                 finally:
                     self.instances.put_nowait(generator)
                 if first_at is not None and tokens > 1:

@@ -7,6 +7,10 @@
 // on the first click because browsers only start audio after a user gesture.
 // Everything tied to one connection (socket, microphone, capture node,
 // transcript bookkeeping) lives in a `session` object that teardown() drops.
+//
+// Turn taking ("mode", fixed per connection): "vad" streams the microphone all
+// the time and the server ends turns on silence; "push_to_talk" sends audio
+// only while the talk button (or Space) is held, and input.commit on release.
 
 const INPUT_RATE = 16000;
 const FRAME_SAMPLES = 1600; // 100 ms at 16 kHz
@@ -17,6 +21,8 @@ const PREBUFFER_MS = 60; // playback jitter buffer
 const MAX_BUFFERED_BYTES = 256 * 1024;
 const MAX_ERRORS = 5;
 const METER_FLOOR_DB = -60;
+const RECENT_RESPONSES = 20; // assistant messages kept addressable for late events
+const MODE_KEY = 'parley.turn_detection';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -30,6 +36,9 @@ const ui = {
   textInput: $('text-input'),
   send: $('send'),
   stop: $('stop'),
+  mode: $('mode'),
+  ptt: $('ptt'),
+  pttLabel: $('ptt-label'),
 };
 
 let audio = null; // {ctx, ready: Promise, playback: AudioWorkletNode | null}
@@ -37,6 +46,8 @@ let session = null;
 // Flushes awaiting the worklet's 'flushed' reply, oldest first: the socket to
 // report on and the responses whose played time is settled by that reply.
 const pendingFlushes = [];
+// response_id -> milliseconds of its audio received, at the sender's rate.
+const receivedMs = new Map();
 
 // ---- audio ------------------------------------------------------------------
 
@@ -100,13 +111,13 @@ function ensureAudio() {
 function onPlaybackMessage({ data }) {
   if (data.type === 'ended') {
     if (session?.pendingPlayback.delete(data.id)) {
-      reportPlayed(session.ws, data.id, data.played);
+      reportPlayed(session.ws, data.id, data.played, true);
       return;
     }
     // It finished playing just before a flush that has not been answered yet.
     for (const flush of pendingFlushes) {
       if (flush.ids.delete(data.id)) {
-        reportPlayed(flush.ws, data.id, data.played);
+        reportPlayed(flush.ws, data.id, data.played, true);
         return;
       }
     }
@@ -118,17 +129,26 @@ function onPlaybackMessage({ data }) {
 
 /** Stop reply audio now; played time is reported when the worklet answers. */
 function flushPlayback(s) {
+  for (const id of s.pendingPlayback) s.assistant.get(id)?.el.classList.add('interrupted');
   pendingFlushes.push({ ws: s.ws, ids: new Set(s.pendingPlayback) });
   s.pendingPlayback.clear();
   s.replyAudio = null; // drop the rest of the interrupted reply's frames
   audio.playback.port.postMessage({ type: 'flush' });
 }
 
-function reportPlayed(ws, responseId, samples) {
+/**
+ * `complete`: the reply played to its end. Then say so in the sender's own
+ * measure (resampling loses a fraction of a sample, and the server takes
+ * anything under its audio_ms for a reply cut short).
+ */
+function reportPlayed(ws, responseId, samples, complete = false) {
+  const played = (samples / audio.ctx.sampleRate) * 1000;
+  const received = receivedMs.get(responseId) ?? 0;
+  receivedMs.delete(responseId);
   send(ws, {
     type: 'response.audio.played',
     response_id: responseId,
-    played_ms: Math.round((samples / audio.ctx.sampleRate) * 1000),
+    played_ms: complete ? Math.ceil(Math.max(played, received)) : Math.round(played),
   });
 }
 
@@ -137,15 +157,27 @@ function onReplyAudio(s, buffer) {
   if (!reply) return; // no reply playing, or it was interrupted
   // Frames are whole PCM16LE samples; Int16Array reads them natively on the
   // little-endian platforms browsers run on.
-  const samples = reply.resampler.process(new Int16Array(buffer));
+  const pcm = new Int16Array(buffer);
+  receivedMs.set(reply.id, (receivedMs.get(reply.id) ?? 0) + (pcm.length / reply.rate) * 1000);
+  const samples = reply.resampler.process(pcm);
   if (samples.length === 0) return;
   audio.playback.port.postMessage({ type: 'push', id: reply.id, samples }, [samples.buffer]);
 }
 
-function onMicFrame(s, { pcm, level }) {
-  showLevel(level);
+function onMicFrame(s, { pcm, level, flushed }) {
   const ws = s.ws;
-  if (!s.started || ws?.readyState !== WebSocket.OPEN) return;
+  const open = s.started && ws?.readyState === WebSocket.OPEN;
+  if (flushed) {
+    // The capture worklet's answer to a push-to-talk release: the end of the
+    // turn's audio, then the commit. Frames of a new hold come after it.
+    if (s.commitsPending === 0) return;
+    s.commitsPending--;
+    if (open && pcm.length > 0) ws.send(pcm);
+    send(ws, { type: 'input.commit' });
+    return;
+  }
+  showLevel(level);
+  if (!open || (s.pushToTalk && !s.holding)) return;
   if (ws.bufferedAmount > MAX_BUFFERED_BYTES) return;
   ws.send(pcm);
 }
@@ -159,8 +191,12 @@ function showLevel(rms) {
 
 // ---- connection ---------------------------------------------------------------
 
-function newSession() {
+function newSession(turnDetection) {
   return {
+    turnDetection,
+    pushToTalk: turnDetection === 'push_to_talk',
+    holding: false, // push-to-talk: the talk button is down
+    commitsPending: 0, // releases waiting for the capture worklet's last partial frame
     ws: null,
     stream: null,
     source: null,
@@ -170,12 +206,15 @@ function newSession() {
     replyAudio: null, // {id, resampler} while a reply's binary frames are arriving
     pendingPlayback: new Set(), // replies with audio whose played_ms is not yet reported
     partial: null, // the user's in-progress transcript element
-    assistant: new Map(), // response_id -> {el, text: Text}
+    // response_id -> {el, text: Text, done}; finished ones are kept (the most
+    // recent few) because response.cancelled / response.truncated can follow
+    // response.done.
+    assistant: new Map(),
   };
 }
 
 async function connect() {
-  const s = (session = newSession());
+  const s = (session = newSession(ui.mode.value));
   setStatus('connecting', 'Connecting…');
   try {
     const { ctx, ready } = ensureAudio();
@@ -220,7 +259,7 @@ function openSocket(s) {
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => {
     setStatus('connecting', 'Starting session…');
-    send(ws, { type: 'session.start', input_sample_rate: INPUT_RATE });
+    send(ws, { type: 'session.start', input_sample_rate: INPUT_RATE, turn_detection: s.turnDetection });
   };
   ws.onmessage = (event) => {
     if (typeof event.data !== 'string') {
@@ -255,6 +294,8 @@ function teardown(state, text) {
   if (!s) return;
   if (audio?.playback) flushPlayback(s);
   session = null;
+  s.holding = false;
+  s.commitsPending = 0;
   if (s.capture) {
     s.capture.port.onmessage = null;
     s.capture.port.postMessage('stop');
@@ -272,6 +313,7 @@ function teardown(state, text) {
   audio?.ctx.suspend();
   showLevel(0);
   ui.meter.classList.remove('speaking');
+  showHolding(false);
   setStatus(state, text);
 }
 
@@ -286,7 +328,7 @@ function onEvent(s, message) {
     case 'session.started':
       s.started = true;
       s.outputRate = message.output_sample_rate || DEFAULT_OUTPUT_RATE;
-      setStatus('connected', 'Connected — listening');
+      setStatus('connected', s.pushToTalk ? 'Connected — hold to talk' : 'Connected — listening');
       break;
     case 'vad.speech_started':
       ui.meter.classList.add('speaking');
@@ -297,14 +339,10 @@ function onEvent(s, message) {
       ui.meter.classList.remove('speaking');
       break;
     case 'transcript.partial':
-      if (!s.partial) {
-        s.partial = addMessage('user', '');
-        s.partial.classList.add('partial');
-      }
-      updateTranscript(() => (s.partial.textContent = message.text));
+      showPartial(s, message.text ?? '', message.stable ?? '');
       break;
     case 'transcript.final':
-      finishUserTurn(s, message.text);
+      finishUserTurn(s, message.text, message.language);
       break;
     case 'response.created':
       assistantMessage(s, message.response_id);
@@ -312,12 +350,14 @@ function onEvent(s, message) {
       break;
     case 'response.text.delta': {
       const { text } = assistantMessage(s, message.response_id);
-      updateTranscript(() => text.appendData(message.text));
+      // The first delta often starts with a space; pre-wrap would show it.
+      const delta = text.length === 0 ? message.text.trimStart() : message.text;
+      updateTranscript(() => text.appendData(delta));
       break;
     }
     case 'response.audio.started': {
       const rate = message.sample_rate || s.outputRate;
-      s.replyAudio = { id: message.response_id, resampler: new StreamResampler(rate, audio.ctx.sampleRate) };
+      s.replyAudio = { id: message.response_id, rate, resampler: new StreamResampler(rate, audio.ctx.sampleRate) };
       s.pendingPlayback.add(message.response_id);
       break;
     }
@@ -330,10 +370,19 @@ function onEvent(s, message) {
     case 'response.done':
       finishResponse(s, message.response_id, message.timings);
       break;
-    case 'response.cancelled':
-      flushPlayback(s);
-      s.assistant.get(message.response_id)?.el.classList.add('interrupted');
-      finishResponse(s, message.response_id);
+    case 'response.cancelled': {
+      // Also sent after response.done while the server thinks the reply is
+      // still playing here. Flush only if it is; its played time is reported
+      // once, either by the flush or by the worklet's 'ended'.
+      const id = message.response_id;
+      if (s.pendingPlayback.has(id) || s.replyAudio?.id === id) flushPlayback(s);
+      const entry = s.assistant.get(id);
+      if (entry && !entry.done) entry.el.classList.add('interrupted');
+      finishResponse(s, id);
+      break;
+    }
+    case 'response.truncated':
+      showTruncated(s, message.response_id, message.text ?? '');
       break;
     case 'error':
       addError(message.code, message.message);
@@ -343,20 +392,60 @@ function onEvent(s, message) {
   }
 }
 
-function finishUserTurn(s, text) {
+/** The in-progress user turn: the stable words as usual, the rest still tentative. */
+function showPartial(s, text, stable) {
+  if (!s.partial) {
+    s.partial = addMessage('user', '');
+    s.partial.classList.add('partial');
+  }
+  const [settled, tentative] = splitWords(text, stable);
+  const a = document.createElement('span');
+  a.className = 'stable';
+  a.textContent = settled;
+  const b = document.createElement('span');
+  b.className = 'tentative';
+  b.textContent = tentative;
+  updateTranscript(() => s.partial.replaceChildren(a, b));
+}
+
+function finishUserTurn(s, text, language) {
   const el = s.partial;
   s.partial = null;
   if (!text) {
     el?.remove();
     return;
   }
-  if (el) {
-    el.classList.remove('partial');
-    updateTranscript(() => (el.textContent = text));
-  } else {
-    addMessage('user', text);
+  const message = el ?? addMessage('user', '');
+  message.classList.remove('partial');
+  if (language) {
+    message.dataset.language = language;
+    message.title = `Language: ${language}`;
   }
+  updateTranscript(() => (message.textContent = text));
 }
+
+/**
+ * Cut `text` after as many words as `prefix` has: [head, tail]. `prefix` is
+ * the server's word-normalised version of text's start (single spaces).
+ */
+function splitWords(text, prefix) {
+  const count = prefix.split(/\s+/).filter(Boolean).length;
+  if (count === 0) return ['', text];
+  const word = /\S+/g;
+  let end = 0;
+  for (let k = 0; k < count; k++) {
+    const match = word.exec(text);
+    if (!match) return [text, ''];
+    end = match.index + match[0].length;
+  }
+  return [text.slice(0, end), text.slice(end)];
+}
+
+const normWords = (text) =>
+  text
+    .split(/\s+/)
+    .map((w) => w.toLowerCase().replace(/[^\p{L}\p{N}]/gu, ''))
+    .filter(Boolean);
 
 function assistantMessage(s, responseId) {
   let entry = s.assistant.get(responseId);
@@ -364,32 +453,91 @@ function assistantMessage(s, responseId) {
     const el = addMessage('assistant', '');
     const text = document.createTextNode('');
     el.append(text);
-    entry = { el, text };
+    entry = { el, text, done: false };
     s.assistant.set(responseId, entry);
+    for (const [id, old] of s.assistant) {
+      if (s.assistant.size <= RECENT_RESPONSES) break;
+      if (old.done) s.assistant.delete(id);
+    }
   }
   return entry;
 }
 
 function finishResponse(s, responseId, timings) {
   const entry = s.assistant.get(responseId);
-  if (!entry) return;
-  s.assistant.delete(responseId);
-  if (s.assistant.size === 0) ui.transcript.removeAttribute('aria-busy');
-  const line = formatTimings(timings);
-  if (!line) return;
+  if (!entry || entry.done) return;
+  entry.done = true;
+  if (![...s.assistant.values()].some((e) => !e.done)) ui.transcript.removeAttribute('aria-busy');
+  const parts = formatTimings(timings);
+  if (parts.length === 0) return;
   const el = document.createElement('p');
   el.className = 'timings';
   el.dataset.testid = 'timings';
-  el.textContent = line;
+  el.append(...parts);
   updateTranscript(() => entry.el.after(el));
 }
 
-/** {asr_ms: 312, llm_first_token_ms: 420} -> "asr 312 ms · llm first token 420 ms" */
+/**
+ * The server cut this reply in its history to what was heard (`heard`). Keep
+ * the full text, but strike out the tail that was never played.
+ */
+function showTruncated(s, responseId, heard) {
+  const entry = s.assistant.get(responseId);
+  if (!entry) return;
+  const { el, text } = entry;
+  const full = text.data + (el.querySelector('.unheard')?.textContent ?? '');
+  const heardWords = normWords(heard);
+  const fullWords = normWords(full);
+  el.dataset.truncated = 'true';
+  el.title = heard ? `You heard: “${heard}”` : 'You heard none of this reply';
+  el.querySelector('.heard-note')?.remove();
+  el.querySelector('.unheard')?.remove();
+  if (heardWords.every((w, i) => w === fullWords[i])) {
+    const [head, tail] = splitWords(full, heard);
+    const gap = tail.length - tail.trimStart().length; // keep the space unstruck
+    text.data = head + tail.slice(0, gap);
+    if (tail.trim()) {
+      const unheard = document.createElement('span');
+      unheard.className = 'unheard';
+      unheard.dataset.testid = 'unheard';
+      unheard.textContent = tail.slice(gap);
+      text.after(unheard);
+    }
+    return;
+  }
+  // The words do not line up (should not happen): say what was heard instead.
+  const note = document.createElement('span');
+  note.className = 'heard-note';
+  note.dataset.testid = 'unheard';
+  note.textContent = heard ? `heard: “${heard}”` : 'not heard';
+  updateTranscript(() => el.append(note));
+}
+
+/**
+ * {asr_ms: 312, preemptive: true, llm_first_token_ms: 420} ->
+ * ["asr 312 ms · ", <tag>preemptive</tag>, " · llm first token 420 ms"] (nodes / strings)
+ */
 function formatTimings(timings) {
-  return Object.entries(timings ?? {})
-    .filter(([, ms]) => Number.isFinite(ms))
-    .map(([name, ms]) => `${name.replace(/_ms$/, '').replaceAll('_', ' ')} ${Math.round(ms)} ms`)
-    .join(' · ');
+  const parts = [];
+  for (const [name, value] of Object.entries(timings ?? {})) {
+    let part;
+    if (name === 'preemptive') {
+      if (value !== true) continue;
+      part = document.createElement('span');
+      part.className = 'tag';
+      part.dataset.testid = 'preemptive';
+      part.title = 'The reply was started at a pause, before the end of the turn was certain';
+      part.textContent = 'preemptive';
+    } else if (typeof value === 'number' && Number.isFinite(value)) {
+      const label = name.replace(/_ms$/, '').replaceAll('_', ' ');
+      part = name.endsWith('_ms') ? `${label} ${Math.round(value)} ms` : `${label} ${value}`;
+    } else {
+      continue;
+    }
+    if (parts.length > 0) parts.push(' · ');
+    parts.push(part);
+  }
+  return parts;
 }
 
 // ---- UI ---------------------------------------------------------------------
@@ -436,9 +584,89 @@ function setStatus(state, text) {
   ui.textInput.disabled = !live;
   ui.send.disabled = !live;
   ui.stop.disabled = !live;
+  ui.ptt.disabled = !live;
+  ui.mode.disabled = active; // the mode is fixed for a connection
+}
+
+// ---- push to talk -------------------------------------------------------------
+
+function showMode() {
+  ui.ptt.hidden = (session?.turnDetection ?? ui.mode.value) !== 'push_to_talk';
+}
+
+function showHolding(holding) {
+  ui.ptt.classList.toggle('holding', holding);
+  ui.ptt.setAttribute('aria-pressed', String(holding));
+  ui.pttLabel.textContent = holding ? 'Release to send' : 'Hold to talk';
+  ui.meter.classList.toggle('speaking', holding);
+}
+
+function startTalking() {
+  const s = session;
+  if (!s?.started || !s.pushToTalk || s.holding) return;
+  s.holding = true;
+  // Talking over the reply: silence it now (the server cancels it when our
+  // first frame arrives).
+  if (s.pendingPlayback.size > 0) flushPlayback(s);
+  showHolding(true);
+}
+
+function stopTalking() {
+  const s = session;
+  if (!s?.holding) return;
+  s.holding = false;
+  showHolding(false);
+  // Send the partial frame the capture worklet still holds, then commit
+  // (both from onMicFrame, when the worklet answers).
+  s.commitsPending++;
+  s.capture.port.postMessage('flush');
 }
 
 ui.connect.addEventListener('click', () => (session ? disconnect() : connect()));
+
+try {
+  const saved = localStorage.getItem(MODE_KEY);
+  if (saved === 'vad' || saved === 'push_to_talk') ui.mode.value = saved;
+} catch {
+  // storage unavailable: keep the default
+}
+showMode();
+ui.mode.addEventListener('change', () => {
+  showMode();
+  try {
+    localStorage.setItem(MODE_KEY, ui.mode.value);
+  } catch {
+    // not remembered; harmless
+  }
+});
+
+ui.ptt.addEventListener('pointerdown', (event) => {
+  if (event.button !== 0) return;
+  event.preventDefault(); // no focus change, text selection or touch scrolling
+  ui.ptt.setPointerCapture(event.pointerId);
+  startTalking();
+});
+for (const type of ['pointerup', 'pointercancel', 'lostpointercapture']) {
+  ui.ptt.addEventListener(type, stopTalking);
+}
+ui.ptt.addEventListener('contextmenu', (event) => event.preventDefault()); // long touch
+
+// Space anywhere but in a text field holds the talk button. It must not also
+// press whatever button has focus (Connect would disconnect).
+const typingInto = (target) => target instanceof HTMLInputElement || target instanceof HTMLSelectElement;
+document.addEventListener('keydown', (event) => {
+  if (event.code !== 'Space' || !session?.pushToTalk || typingInto(event.target)) return;
+  event.preventDefault();
+  if (!event.repeat) startTalking();
+});
+document.addEventListener('keyup', (event) => {
+  if (event.code !== 'Space' || !session?.pushToTalk) return;
+  if (!session.holding && typingInto(event.target)) return;
+  event.preventDefault();
+  stopTalking();
+});
+// Releasing the key or button in another window would never reach us.
+window.addEventListener('blur', stopTalking);
 
 ui.composer.addEventListener('submit', (event) => {
   event.preventDefault();

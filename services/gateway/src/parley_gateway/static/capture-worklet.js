@@ -9,6 +9,7 @@
 //
 // Frames of `frameSize` samples are posted as {pcm: Int16Array, level} with
 // the buffer transferred; `level` is the frame's RMS (0..1) for the meter.
+// A "flush" message posts the partial frame at once as {pcm, level, flushed: true}.
 
 const BUTTERWORTH_ORDER = 8;
 const CUTOFF_FRACTION = 0.45; // of the target rate: 7.2 kHz for 16 kHz
@@ -51,10 +52,23 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.filled = 0;
     this.sumSquares = 0;
     this.running = true;
-    // The only message is "stop": let the node be garbage-collected.
-    this.port.onmessage = () => {
-      this.running = false;
+    // "stop": let the node be garbage-collected. "flush": post the partial
+    // frame now (push-to-talk release), so the turn's last words are not held
+    // back until the frame fills.
+    this.port.onmessage = ({ data }) => {
+      if (data === 'flush') this.flush();
+      else this.running = false;
     };
+  }
+
+  // Always answers with a {flushed: true} message, even with no samples.
+  flush() {
+    const n = this.filled;
+    const level = n ? Math.sqrt(this.sumSquares / n) : 0;
+    const pcm = this.frame.slice(0, n);
+    this.port.postMessage({ pcm, level, flushed: true }, [pcm.buffer]);
+    this.filled = 0;
+    this.sumSquares = 0;
   }
 
   process(inputs) {
