@@ -174,8 +174,11 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     for name in stages:
         values = [r[name] for r in results]
         out[name] = {"p50": round(statistics.median(values)), "p95": round(percentile(values, 0.95))}
+    out["preemptive_hit_rate"] = round(sum(1 for r in results if r["server"].get("preemptive")) / len(results), 3)
     for name in server_stages:
         values = [r["server"][name] for r in results if name in r["server"]]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            continue
         out[f"gateway.{name}"] = {"p50": round(statistics.median(values)), "p95": round(percentile(values, 0.95))}
     out["wer"] = round(word_error_rate(results), 3)
     out["turns"] = len(results)

@@ -24,7 +24,7 @@ class AsrSettings(ServiceSettings):
     beam_size: int = Field(default=1, ge=1, le=10, description="Beam width; 1 (greedy) is fastest.")
     encoder_window_s: float = Field(
         default=10.0,
-        ge=5.0,
+        ge=8.0,
         le=30.0,
         description="Encoder window for short utterances (Whisper's stock window is 30 s; "
         "10 s is ~3.5x faster on CPU at equal accuracy, see docs/benchmarks.md).",
