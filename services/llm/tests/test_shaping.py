@@ -21,6 +21,7 @@ def shape(*deltas: str) -> str:
         (("## Title\nText `code` here",), "Title Text code here"),
         (("It costs 42 dollars, in 2024.",), "It costs 42 dollars, in 2024."),
         (("well-known -", " fine"), "well-known - fine"),
+        (("<strong", ">Paris</str", "ong> is <em>nice</em>."), "Paris is nice."),
     ],
 )
 def test_markdown_goes_text_stays(deltas: tuple[str, ...], spoken: str) -> None:

@@ -10,6 +10,7 @@ instances invisible for the time it is down.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,8 +151,6 @@ async def discover(nc: NatsClient, kind: str, window_s: float) -> list[InstanceR
     replies: list[InstanceRecord] = []
 
     async def collect(msg: Any) -> None:
-        import json
-
         try:
             record = InstanceRecord.from_stats(kind, json.loads(msg.data))
         except ValueError:

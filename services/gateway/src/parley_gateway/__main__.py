@@ -17,6 +17,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our log format
+        access_log=settings.access_log,
         ws_max_size=4 * 1024 * 1024,
         ws_ping_interval=settings.ping_interval_s,
         timeout_graceful_shutdown=5,

@@ -11,6 +11,7 @@ class GatewaySettings(CommonSettings):
 
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds (0.0.0.0 in a container).")
     port: int = Field(default=7860, ge=1, le=65535, description="HTTP/WebSocket port (RunPod exposes 7860).")
+    access_log: bool = Field(default=False, description="Log every HTTP request (health probes included).")
     # Audio
     output_sample_rate: int = Field(
         default=24000, ge=8000, le=48000, description="Rate of reply audio sent to clients."

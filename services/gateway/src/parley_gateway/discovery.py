@@ -61,6 +61,7 @@ class ServiceDirectory:
         self.ttl_s = ttl_s
         self.instances: dict[str, dict[str, Instance]] = {kind: {} for kind in KINDS}
         self._polled = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()  # channel closes under way
 
     async def run(self) -> None:
         while True:
@@ -96,7 +97,9 @@ class ServiceDirectory:
         if instance is not None:
             log.warning("forgetting %s instance %s at %s: %s", kind, instance_id, instance.record.address, why)
             if instance.channel is not None:
-                asyncio.get_running_loop().create_task(instance.channel.close())
+                task = asyncio.get_running_loop().create_task(instance.channel.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def wait_first_poll(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -1,8 +1,9 @@
 """Makes streamed model text fit to be spoken and shown in a voice UI.
 
-Models love markdown; a voice does not: emphasis stars, headings, code
-ticks, bullets and emoji are dropped, and line breaks become spaces, as the
-text streams (so nothing waits for the whole reply). Numbers stay digits:
+Models love markdown (and small ones, HTML); a voice does not: emphasis
+stars, headings, code ticks, bullets, HTML tags and emoji are dropped, and
+line breaks become spaces, as the text streams (so nothing waits for the
+whole reply), even when a tag is split across deltas. Numbers stay digits:
 the TTS front end (espeak-ng for Piper) speaks them in the voice's language.
 """
 
@@ -20,6 +21,7 @@ class SpeechShaper:
         self._line_start = True
         self._pending = ""  # the start of a line, held until we know if it is a bullet
         self._last_was_space = True
+        self._in_tag = False  # inside an HTML tag, which may span deltas
 
     def push(self, text: str) -> str:
         out: list[str] = []
@@ -52,8 +54,19 @@ class SpeechShaper:
         self._last_was_space = True
         return " "
 
+    def _strip_tags(self, text: str) -> str:
+        kept: list[str] = []
+        for char in text:
+            if self._in_tag:
+                self._in_tag = char != ">"
+            elif char == "<":
+                self._in_tag = True
+            else:
+                kept.append(char)
+        return "".join(kept)
+
     def _clean(self, text: str) -> str:
-        text = _EMOJI.sub("", text.translate(_DROP))
+        text = _EMOJI.sub("", self._strip_tags(text).translate(_DROP))
         if self._last_was_space:
             text = text.lstrip()
         text = re.sub(r"\s{2,}", " ", text)
