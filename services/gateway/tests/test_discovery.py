@@ -41,3 +41,11 @@ def test_nothing_ready_is_reported_by_kind() -> None:
     with pytest.raises(NoInstance, match="tts"):
         d.pick("tts")
     assert "tts" in d.missing()
+
+
+async def test_silent_instances_are_forgotten() -> None:
+    d = directory(record("a", 0, 2), record("b", 0, 2))
+    d.instances["tts"]["a"].last_seen = 100.0
+    d.instances["tts"]["b"].last_seen = 103.0
+    d._expire(now=104.0)  # ttl 3 s: "a" has been silent for 4 s
+    assert list(d.instances["tts"]) == ["b"]
