@@ -19,26 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-import jiwer
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.conversation_latency import QUESTIONS, word_error_rate  # noqa: E402
 from parley.pcm import pcm16_to_float  # noqa: E402
 from parley_asr.engines.faster_whisper import FasterWhisperRecognizer  # noqa: E402
 from tests.speech import silence, speak  # noqa: E402
 
 SENTENCES = [
-    "What is the capital city of France?",
-    "How many days are there in a week?",
-    "Can you recommend a good book to read?",
-    "What is the weather usually like in summer?",
-    "Tell me a fun fact about elephants.",
-    "What time does the sun usually set?",
-    "How do I make a cup of green tea?",
-    "What is your favourite colour?",
-    "Where is the nearest train station?",
-    "Why is the sky blue during the day?",
+    *QUESTIONS,
     "Please set an alarm for seven in the morning.",
     "I would like to order a large pizza with mushrooms.",
     "How long does it take to drive to the airport?",
@@ -72,11 +62,6 @@ SENTENCES = [
 ]
 
 
-def normalise(text: str) -> str:
-    text = text.lower().replace("colour", "color").replace("favourite", "favorite").replace("o'clock", "oclock")
-    return " ".join("".join(c for c in text if c.isalnum() or c.isspace()).split())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=float, nargs="+", default=[10.0, 15.0, 20.0, 30.0])
@@ -97,7 +82,7 @@ def main() -> None:
                 runs.append(time.perf_counter() - started)
             hypotheses.append(text)
             times.append(statistics.median(runs))
-        wer = jiwer.wer([normalise(s) for s in SENTENCES], [normalise(h) for h in hypotheses])
+        wer = word_error_rate(SENTENCES, hypotheses)
         row = {"window_s": window, "wer": round(wer, 3), "decode_ms_p50": round(statistics.median(times) * 1000)}
         print(json.dumps(row), flush=True)
         report.append(row)

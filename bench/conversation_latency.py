@@ -29,14 +29,10 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from parley_gateway.client import ConversationClient  # noqa: E402
 from tests.speech import silence, speak  # noqa: E402
+from tests.stack import start_stack  # noqa: E402
 
 QUESTIONS = [
     "What is the capital city of France?",
@@ -58,44 +55,6 @@ QUESTIONS = [
     "Where is the nearest train station?",
     "Why is the sky blue during the day?",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_stack(state_dir: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, float]:
-    ports = {name: free_port() for name in ("nats", "gateway", "vad", "asr", "llm", "tts")}
-    env = dict(os.environ)
-    env.update(
-        PARLEY_STATE_DIR=str(state_dir),
-        PARLEY_NATS_URL=f"nats://127.0.0.1:{ports['nats']}",
-        PARLEY_GATEWAY_PORT=str(ports["gateway"]),
-        **{f"PARLEY_{k.upper()}_PORT": str(ports[k]) for k in ("vad", "asr", "llm", "tts")},
-        **{f"PARLEY_{k.upper()}_METRICS_PORT": str(free_port()) for k in ("vad", "asr", "llm", "tts")},
-        **extra_env,
-    )
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "deploy" / "run_stack.py"), "--quiet"], env=env, stdout=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{ports['gateway']}"
-    while process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return process, url, time.perf_counter() - started
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the stack exited before it was ready")
-
-
-def stop_stack(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(60)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -158,13 +117,20 @@ async def run(ws_url: str, runs: int, trailing_silence_s: float, preemptive: boo
     return results
 
 
-def word_error_rate(results: list[dict[str, Any]]) -> float:
+SPELLING = {"colour": "color", "colours": "colors", "favourite": "favorite", "o'clock": "oclock"}
+
+
+def normalise(text: str) -> str:
+    """Lower case, no punctuation, one spelling (Whisper writes American English)."""
+    words = text.lower().split()
+    words = [SPELLING.get(w.strip(".,?!"), w) for w in words]
+    return " ".join("".join(c for c in " ".join(words) if c.isalnum() or c.isspace()).split())
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     import jiwer
 
-    def norm(text: str) -> str:
-        return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).strip()
-
-    return float(jiwer.wer([norm(r["question"]) for r in results], [norm(r["transcript"]) for r in results]))
+    return float(jiwer.wer([normalise(r) for r in references], [normalise(h) for h in hypotheses]))
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,7 +146,7 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             continue
         out[f"gateway.{name}"] = {"p50": round(statistics.median(values)), "p95": round(percentile(values, 0.95))}
-    out["wer"] = round(word_error_rate(results), 3)
+    out["wer"] = round(word_error_rate([r["question"] for r in results], [r["transcript"] for r in results]), 3)
     out["turns"] = len(results)
     return out
 
@@ -207,10 +173,10 @@ def main() -> None:
         times = []
         for _ in range(max(1, args.cold_starts)):
             with tempfile.TemporaryDirectory() as state:
-                process, _, ready_s = start_stack(Path(state), extra_env)
-                stop_stack(process)
-                times.append(ready_s)
-                print(f"cold start to ready: {ready_s:.2f} s", flush=True)
+                stack = start_stack(Path(state), extra_env)
+                stack.stop()
+                times.append(stack.ready_s)
+                print(f"cold start to ready: {stack.ready_s:.2f} s", flush=True)
         report["cold_start_s"] = {"median": round(statistics.median(times), 2), "runs": [round(t, 2) for t in times]}
         if args.cold_start_only:
             print(json.dumps(report))
@@ -229,11 +195,11 @@ def main() -> None:
         results, cuts = asyncio.run(measure(args.url))
     else:
         with tempfile.TemporaryDirectory() as state:
-            process, url, _ = start_stack(Path(state), extra_env)
+            stack = start_stack(Path(state), extra_env)
             try:
-                results, cuts = asyncio.run(measure(url.replace("http", "ws", 1) + "/v1/conversation"))
+                results, cuts = asyncio.run(measure(stack.ws_url))
             finally:
-                stop_stack(process)
+                stack.stop()
     if cuts:
         report["barge_in_ms"] = {"p50": round(statistics.median(cuts)), "p95": round(percentile(cuts, 0.95))}
     if results:

@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from parley.registry import InstanceLoad, InstanceRecord, StreamSlots, connect, discover, register
+from tests.stack import free_port
 
 NATS_SERVER = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_nats(port: int) -> subprocess.Popen[bytes]:

@@ -1,0 +1,82 @@
+"""Start the whole stack as `make run` does, on free loopback ports (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("vad", "asr", "llm", "tts")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    ws_url: str
+    nats_url: str
+    ports: dict[str, int]  # "nats", "gateway", each service, and "<service>_metrics"
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+    ready_s: float = 0.0
+
+    def log(self) -> str:
+        path = self.state_dir / "stack.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_stack(state_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 240) -> Stack:
+    """Run deploy/run_stack.py and wait for /readyz; raises RuntimeError if it never gets ready."""
+    ports = {name: free_port() for name in ("nats", "gateway", *SERVICES)}
+    ports.update({f"{name}_metrics": free_port() for name in SERVICES})
+    env = dict(os.environ)
+    env.update(
+        PARLEY_STATE_DIR=str(state_dir),
+        PARLEY_NATS_URL=f"nats://127.0.0.1:{ports['nats']}",
+        PARLEY_GATEWAY_PORT=str(ports["gateway"]),
+        **{f"PARLEY_{name.upper()}_PORT": str(ports[name]) for name in SERVICES},
+        **{f"PARLEY_{name.upper()}_METRICS_PORT": str(ports[f"{name}_metrics"]) for name in SERVICES},
+        **(extra_env or {}),
+    )
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy" / "run_stack.py"), "--quiet", "--timeout", str(timeout_s)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    stack = Stack(
+        url, f"ws://127.0.0.1:{ports['gateway']}/v1/conversation", env["PARLEY_NATS_URL"], ports, state_dir, process
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    stack.ready_s = time.perf_counter() - started
+                    return stack
+        except OSError:
+            pass
+        time.sleep(0.1)
+    log = stack.log()
+    stack.stop()
+    raise RuntimeError(f"the stack did not become ready:\n{log}")
