@@ -18,7 +18,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -52,10 +52,6 @@ SERVER_OPTIONS = [
 ]
 
 
-class Busy(Exception):
-    """Every stream slot of this instance is taken."""
-
-
 @dataclass
 class ServiceSpec:
     """What a service plugs into the common life cycle."""
@@ -78,12 +74,17 @@ class ServiceRuntime:
         self.kind = kind
         self.slots = StreamSlots(capacity=capacity)
 
-    @contextlib.contextmanager
-    def stream(self, method: str) -> Iterator[None]:
-        """Hold one stream slot for the duration of a call; count its outcome."""
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Hold one stream slot for the duration of a call; count its outcome.
+
+        A call that finds every slot taken is refused with RESOURCE_EXHAUSTED.
+        """
         if self.slots.active >= self.slots.capacity:
             STREAMS_TOTAL.labels(self.kind, method, "busy").inc()
-            raise Busy(f"all {self.slots.capacity} {self.kind} stream slots are busy")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"all {self.slots.capacity} {self.kind} stream slots are busy"
+            )
         self.slots.active += 1
         STREAMS_ACTIVE.labels(self.kind).inc()
         outcome = "error"

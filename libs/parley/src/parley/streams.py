@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import TypeVar
 
 import grpc
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from parley.audio.v1.audio_pb2 import AudioChunk
-from parley.pcm import BYTES_PER_SAMPLE
+from parley.pcm import BYTES_PER_SAMPLE, Float32Array, StreamResampler, pcm16_to_float
 
 OPTION_PREFIX = "parley-"
+MAX_SAMPLE_RATE = 48000
 Options = TypeVar("Options", bound=BaseModel)
 
 
@@ -34,12 +36,31 @@ async def audio_chunks(
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"chunk of {len(chunk.pcm)} bytes exceeds {max_chunk_bytes}"
             )
-        if chunk.pcm and not 8000 <= chunk.sample_rate <= 48000:
+        if chunk.pcm and not 8000 <= chunk.sample_rate <= MAX_SAMPLE_RATE:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sample_rate must be 8000..48000")
         yield chunk
         if chunk.end_of_stream:
             return
     raise StreamAborted
+
+
+async def audio_samples(
+    requests: AsyncIterable[AudioChunk], context: grpc.aio.ServicerContext, sample_rate: int, max_chunk_ms: int
+) -> AsyncIterator[tuple[Float32Array, bool]]:
+    """A client audio stream as float samples at `sample_rate`, with each chunk's end_of_stream flag.
+
+    Validates like `audio_chunks` (chunks longer than `max_chunk_ms` at the
+    highest accepted rate are refused) and follows rate changes mid-stream.
+    """
+    max_chunk_bytes = MAX_SAMPLE_RATE * BYTES_PER_SAMPLE * max_chunk_ms // 1000
+    resampler: StreamResampler | None = None
+    async for chunk in audio_chunks(requests, context, max_chunk_bytes):
+        samples = np.zeros(0, dtype=np.float32)
+        if chunk.pcm:
+            if resampler is None or resampler.from_rate != chunk.sample_rate:
+                resampler = StreamResampler(chunk.sample_rate, sample_rate)
+            samples = resampler.push(pcm16_to_float(chunk.pcm))
+        yield samples, chunk.end_of_stream
 
 
 async def stream_options(context: grpc.aio.ServicerContext, model: type[Options]) -> Options:
@@ -56,9 +77,9 @@ async def stream_options(context: grpc.aio.ServicerContext, model: type[Options]
         raise  # abort raises; this keeps type checkers aware
 
 
-def options_metadata(options: BaseModel) -> tuple[tuple[str, str], ...]:
-    """The client side of `stream_options`: a model as request metadata."""
+def options_metadata(options: BaseModel | Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    """The client side of `stream_options`: options as request metadata (None values left out)."""
+    values = options.model_dump() if isinstance(options, BaseModel) else options
     return tuple(
-        (OPTION_PREFIX + key.replace("_", "-"), str(value))
-        for key, value in options.model_dump(exclude_none=True).items()
+        (OPTION_PREFIX + key.replace("_", "-"), str(value)) for key, value in values.items() if value is not None
     )

@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 
 from parley.asr.v1 import asr_pb2, asr_pb2_grpc
 from parley.audio.v1.audio_pb2 import AudioChunk
-from parley.pcm import Float32Array, StreamResampler, pcm16_to_float
-from parley.server import Busy, ServiceRuntime
-from parley.streams import StreamAborted, audio_chunks, stream_options
+from parley.pcm import Float32Array
+from parley.server import ServiceRuntime
+from parley.streams import StreamAborted, audio_samples, stream_options
 from parley_asr.config import AsrSettings
 from parley_asr.engines.base import Recognition, SpeechRecognizer
 
@@ -82,25 +82,20 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
         language = options.language or self.settings.default_language or None
         max_samples = int(self.settings.max_utterance_s * recognizer.sample_rate)
         partial_every = int(self.settings.partial_interval_s * recognizer.sample_rate)
-        max_bytes = 48000 * 2 * self.settings.max_chunk_ms // 1000
         pieces: list[Float32Array] = []
         total = 0
         decoded_at = 0  # samples covered by the last partial decode
         partial: asyncio.Task[asr_pb2.Transcript] | None = None
         last_partial_text = ""
-        resampler: StreamResampler | None = None
+        audio = audio_samples(request_iterator, context, recognizer.sample_rate, self.settings.max_chunk_ms)
         try:
-            with self.runtime.stream("Transcribe"):
-                async for chunk in audio_chunks(request_iterator, context, max_bytes):
-                    if chunk.pcm:
-                        if resampler is None or resampler.from_rate != chunk.sample_rate:
-                            resampler = StreamResampler(chunk.sample_rate, recognizer.sample_rate)
-                        samples = resampler.push(pcm16_to_float(chunk.pcm))
-                        total += samples.size
-                        # Past the limit, read on to the end marker and only then refuse:
-                        # aborting while the client still writes reaches it as INTERNAL.
-                        if total <= max_samples:
-                            pieces.append(samples)
+            async with self.runtime.stream("Transcribe", context):
+                async for samples, last in audio:
+                    total += samples.size
+                    # Past the limit, read on to the end marker and only then refuse:
+                    # aborting while the client still writes reaches it as INTERNAL.
+                    if samples.size and total <= max_samples:
+                        pieces.append(samples)
                     if partial is not None and partial.done():
                         result = partial.result()
                         partial = None
@@ -108,7 +103,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                             result.stable_text = stable_prefix(last_partial_text, result.text)
                             last_partial_text = result.text
                             yield result
-                    if chunk.end_of_stream:
+                    if last:
                         break
                     if options.partials and partial is None and max_samples >= total >= decoded_at + partial_every:
                         decoded_at = total
@@ -124,10 +119,8 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                 if partial is not None:
                     # One model runs one decode at a time; the final pass follows it.
                     await partial
-                audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-                yield await self._decode(recognizer, audio, language, final=True)
-        except Busy as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                utterance = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+                yield await self._decode(recognizer, utterance, language, final=True)
         except StreamAborted:
             return
         finally:

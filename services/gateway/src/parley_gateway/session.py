@@ -31,7 +31,8 @@ from typing import Any
 
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2
-from parley.pcm import BYTES_PER_SAMPLE, StreamResampler, float_to_pcm16, pcm16_to_float
+from parley.pcm import BYTES_PER_SAMPLE, StreamResampler, duration_s, float_to_pcm16, pcm16_to_float
+from parley.streams import options_metadata
 from parley.tts.v1 import tts_pb2
 from parley.vad.v1.vad_pb2 import VadEvent
 from parley_gateway import clients
@@ -195,12 +196,10 @@ class UserTurn:
                 return
 
     async def _run(self) -> None:
-        metadata = [("parley-partials", "1")]
-        if self.session.options.language:
-            metadata.append(("parley-language", self.session.options.language))
+        metadata = options_metadata({"partials": 1, "language": self.session.options.language})
         text: str | None = None
         try:
-            async for result in clients.transcribe(self.session.directory, self._requests(), tuple(metadata)):
+            async for result in clients.transcribe(self.session.directory, self._requests(), metadata):
                 if result.is_final:
                     text = result.text.strip()
                     self.language = result.language
@@ -307,10 +306,7 @@ class ConversationSession:
             yield AudioChunk(pcm=pcm, sample_rate=PIPELINE_RATE)
 
     async def _run_vad(self) -> None:
-        metadata = tuple(
-            (f"parley-{name.replace('_', '-')}", str(value))
-            for name, value in self.options.vad.model_dump(exclude_none=True).items()
-        )
+        metadata = options_metadata(self.options.vad)
         while True:
             origin: list[int] = []
             try:
@@ -533,7 +529,7 @@ class ConversationSession:
                     out.send(event("response.audio.started", response_id=reply.id, sample_rate=rate))
                     out.defer(lambda: self._first_audio_sent(reply))
                 out.send(chunk.pcm)
-                reply.audio_ms += len(chunk.pcm) / BYTES_PER_SAMPLE / rate * 1000
+                reply.audio_ms += duration_s(chunk.pcm, rate) * 1000
                 piece.end_ms = reply.audio_ms
 
     @staticmethod

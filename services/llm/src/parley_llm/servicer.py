@@ -8,7 +8,7 @@ import grpc
 from prometheus_client import Histogram
 
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
-from parley.server import Busy, ServiceRuntime
+from parley.server import ServiceRuntime
 from parley.threads import iterate_in_thread
 from parley_llm.config import LlmSettings
 from parley_llm.engines.base import ChatMessage, TextGenerator
@@ -55,32 +55,29 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
             return
         max_tokens = request.max_tokens or self.settings.max_tokens
         temperature = request.temperature if request.temperature >= 0 else self.settings.temperature
-        try:
-            with self.runtime.stream("Generate"):
-                generator = await self.instances.get()
-                started = time.perf_counter()
-                first_at: float | None = None
-                tokens = 0
-                try:
-                    shaper = SpeechShaper() if self.settings.speech_shaping else None
-                    async for delta in iterate_in_thread(lambda: generator.stream(messages, max_tokens, temperature)):
-                        if first_at is None:
-                            first_at = time.perf_counter()
-                            FIRST_TOKEN_SECONDS.observe(first_at - started)
-                        tokens = delta.completion_tokens
-                        text = delta.text
-                        if shaper is not None:
-                            text = shaper.push(text) + (shaper.flush() if delta.finish_reason else "")
-                        if text or delta.finish_reason:
-                            yield llm_pb2.TextDelta(
-                                text=text,
-                                finish_reason=delta.finish_reason,
-                                completion_tokens=delta.completion_tokens,
-                                prompt_tokens=delta.prompt_tokens,
-                            )
-                finally:
-                    self.instances.put_nowait(generator)
-                if first_at is not None and tokens > 1:
-                    TOKENS_PER_SECOND.observe((tokens - 1) / max(1e-6, time.perf_counter() - first_at))
-        except Busy as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        async with self.runtime.stream("Generate", context):
+            generator = await self.instances.get()
+            started = time.perf_counter()
+            first_at: float | None = None
+            tokens = 0
+            try:
+                shaper = SpeechShaper() if self.settings.speech_shaping else None
+                async for delta in iterate_in_thread(lambda: generator.stream(messages, max_tokens, temperature)):
+                    if first_at is None:
+                        first_at = time.perf_counter()
+                        FIRST_TOKEN_SECONDS.observe(first_at - started)
+                    tokens = delta.completion_tokens
+                    text = delta.text
+                    if shaper is not None:
+                        text = shaper.push(text) + (shaper.flush() if delta.finish_reason else "")
+                    if text or delta.finish_reason:
+                        yield llm_pb2.TextDelta(
+                            text=text,
+                            finish_reason=delta.finish_reason,
+                            completion_tokens=delta.completion_tokens,
+                            prompt_tokens=delta.prompt_tokens,
+                        )
+            finally:
+                self.instances.put_nowait(generator)
+            if first_at is not None and tokens > 1:
+                TOKENS_PER_SECOND.observe((tokens - 1) / max(1e-6, time.perf_counter() - first_at))

@@ -8,7 +8,7 @@ from prometheus_client import Histogram
 
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.pcm import StreamResampler, float_to_pcm16
-from parley.server import Busy, ServiceRuntime
+from parley.server import ServiceRuntime
 from parley.threads import iterate_in_thread
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley_tts.config import TtsSettings
@@ -77,23 +77,18 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         chunk_samples = out_rate * self.settings.chunk_ms // 1000
         started = time.perf_counter()
         sent_samples = 0
-        try:
-            with self.runtime.stream("Synthesize"):
-                async for audio in iterate_in_thread(lambda: engine.synthesize(text, voice_id, speed)):
-                    samples = resampler.push(audio)
-                    for offset in range(0, samples.size, chunk_samples):
-                        piece = samples[offset : offset + chunk_samples]
-                        if sent_samples == 0:
-                            FIRST_AUDIO_SECONDS.observe(time.perf_counter() - started)
-                        yield AudioChunk(
-                            pcm=float_to_pcm16(piece), sample_rate=out_rate, start_s=sent_samples / out_rate
-                        )
-                        sent_samples += piece.size
-                tail = resampler.push(audio[:0], last=True)
-                if tail.size:
-                    yield AudioChunk(pcm=float_to_pcm16(tail), sample_rate=out_rate, start_s=sent_samples / out_rate)
-                    sent_samples += tail.size
-        except Busy as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        async with self.runtime.stream("Synthesize", context):
+            async for audio in iterate_in_thread(lambda: engine.synthesize(text, voice_id, speed)):
+                samples = resampler.push(audio)
+                for offset in range(0, samples.size, chunk_samples):
+                    piece = samples[offset : offset + chunk_samples]
+                    if sent_samples == 0:
+                        FIRST_AUDIO_SECONDS.observe(time.perf_counter() - started)
+                    yield AudioChunk(pcm=float_to_pcm16(piece), sample_rate=out_rate, start_s=sent_samples / out_rate)
+                    sent_samples += piece.size
+            tail = resampler.push(audio[:0], last=True)
+            if tail.size:
+                yield AudioChunk(pcm=float_to_pcm16(tail), sample_rate=out_rate, start_s=sent_samples / out_rate)
+                sent_samples += tail.size
         if sent_samples:
             REAL_TIME_FACTOR.observe((time.perf_counter() - started) / (sent_samples / out_rate))

@@ -7,9 +7,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from parley.audio.v1.audio_pb2 import AudioChunk
-from parley.pcm import StreamResampler, pcm16_to_float
-from parley.server import Busy, ServiceRuntime
-from parley.streams import StreamAborted, audio_chunks, stream_options
+from parley.server import ServiceRuntime
+from parley.streams import StreamAborted, audio_samples, stream_options
 from parley.vad.v1 import vad_pb2, vad_pb2_grpc
 from parley_vad.config import VadSettings
 from parley_vad.engines.base import SpeechDetector
@@ -67,28 +66,21 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
             return
         options = self._segmenter_options(await stream_options(context, DetectOptions))
         try:
-            with self.runtime.stream("Detect"):
+            async with self.runtime.stream("Detect", context):
                 score = detector.new_stream()
                 segmenter = SpeechSegmenter(options, detector.frame_samples / detector.sample_rate)
-                resampler: StreamResampler | None = None
                 pending = np.zeros(0, dtype=np.float32)
-                max_bytes = 48000 * 2 * self.settings.max_chunk_ms // 1000
-                async for chunk in audio_chunks(request_iterator, context, max_bytes):
-                    if chunk.pcm:
-                        if resampler is None or resampler.from_rate != chunk.sample_rate:
-                            resampler = StreamResampler(chunk.sample_rate, detector.sample_rate)
-                        samples = resampler.push(pcm16_to_float(chunk.pcm))
-                        pending = np.concatenate([pending, samples])
+                audio = audio_samples(request_iterator, context, detector.sample_rate, self.settings.max_chunk_ms)
+                async for samples, last in audio:
+                    pending = np.concatenate([pending, samples])
                     while pending.size >= detector.frame_samples:
                         frame, pending = pending[: detector.frame_samples], pending[detector.frame_samples :]
                         event = segmenter.push(score(frame))
                         if event is not None:
                             yield _to_proto(event)
-                    if chunk.end_of_stream:
+                    if last:
                         final = segmenter.flush()
                         if final is not None:
                             yield _to_proto(final)
-        except Busy as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except StreamAborted:
             return  # the client went away; nothing to report to anyone
