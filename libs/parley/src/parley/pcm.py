@@ -26,12 +26,6 @@ def float_to_pcm16(samples: npt.NDArray[np.floating]) -> bytes:
     return bytes((clipped * 32767.0).astype("<i2").tobytes())
 
 
-def resample(samples: Float32Array, from_rate: int, to_rate: int) -> Float32Array:
-    if from_rate == to_rate or samples.size == 0:
-        return samples
-    return np.asarray(soxr.resample(samples, from_rate, to_rate), dtype=np.float32)
-
-
 class StreamResampler:
     """Resamples a stream chunk by chunk without clicks at chunk edges."""
 
@@ -48,11 +42,3 @@ class StreamResampler:
 
 def duration_s(pcm: bytes, sample_rate: int) -> float:
     return len(pcm) / BYTES_PER_SAMPLE / sample_rate
-
-
-def rms_dbfs(samples: Float32Array) -> float:
-    """Level in dB relative to full scale; -inf-safe (floors at -120)."""
-    if samples.size == 0:
-        return -120.0
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-    return max(-120.0, 20.0 * float(np.log10(rms + 1e-12)))

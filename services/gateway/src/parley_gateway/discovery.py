@@ -60,7 +60,6 @@ class ServiceDirectory:
         self.window_s = window_s
         self.ttl_s = ttl_s
         self.instances: dict[str, dict[str, Instance]] = {kind: {} for kind in KINDS}
-        self._polled = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()  # channel closes under way
 
     async def run(self) -> None:
@@ -85,7 +84,6 @@ class ServiceDirectory:
                 else:
                     instance.record, instance.last_seen, instance.opened_since_report = record, now, 0
         self._expire(now)
-        self._polled.set()
 
     def _expire(self, now: float) -> None:
         for kind, known in self.instances.items():
@@ -100,10 +98,6 @@ class ServiceDirectory:
                 task = asyncio.get_running_loop().create_task(instance.channel.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-
-    async def wait_first_poll(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._polled.wait(), timeout_s)
 
     def ready(self, kind: str) -> list[Instance]:
         return [i for i in self.instances[kind].values() if i.record.ready]

@@ -92,10 +92,6 @@ class SpeechSegmenter:
             return SegmentEvent(Kind.SPEECH_PAUSED, self._silence_since, self._now, probability)
         return None
 
-    @property
-    def speaking(self) -> bool:
-        return self._speaking
-
     def flush(self) -> SegmentEvent | None:
         """End of stream: close an open speech segment."""
         if not self._speaking:
