@@ -43,6 +43,8 @@ async def test_synthesize_limits_and_errors(synthesizer: PiperSynthesizer) -> No
         assert max(len(c.pcm) for c in chunks) <= 48000 * 2 // 10
         starts = [c.start_s for c in chunks]
         assert starts == sorted(starts) and starts[0] == 0.0
+        # Text with nothing to pronounce ends the stream cleanly, with no audio.
+        assert [c async for c in stub.Synthesize(tts_pb2.SynthesizeRequest(text="..."))] == []
 
         cases = [
             (tts_pb2.SynthesizeRequest(text="x" * 51), grpc.StatusCode.INVALID_ARGUMENT),

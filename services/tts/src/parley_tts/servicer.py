@@ -4,6 +4,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 from prometheus_client import Histogram
 
 from parley.audio.v1.audio_pb2 import AudioChunk
@@ -86,7 +87,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                         FIRST_AUDIO_SECONDS.observe(time.perf_counter() - started)
                     yield AudioChunk(pcm=float_to_pcm16(piece), sample_rate=out_rate, start_s=sent_samples / out_rate)
                     sent_samples += piece.size
-            tail = resampler.push(audio[:0], last=True)
+            # Flush the resampler; `audio` may be unbound when the text had nothing to say ("...").
+            tail = resampler.push(np.zeros(0, dtype=np.float32), last=True)
             if tail.size:
                 yield AudioChunk(pcm=float_to_pcm16(tail), sample_rate=out_rate, start_s=sent_samples / out_rate)
                 sent_samples += tail.size
