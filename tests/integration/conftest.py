@@ -6,9 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stack import Stack, free_port, start_stack
-
-__all__ = ["Stack", "free_port"]
+from tests.stack import Stack, start_stack
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from parley_gateway.client import ConversationClient
-from tests.integration.conftest import Stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
 

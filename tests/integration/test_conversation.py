@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 
 from parley_gateway.client import ConversationClient
-from tests.integration.conftest import Stack
 from tests.speech import rms, silence, speak
+from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from parley_gateway.client import ConversationClient
-from tests.integration.conftest import Stack, free_port
+from tests.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
-from tests.integration.conftest import Stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
 
