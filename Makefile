@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PACKAGES := libs/parley services/vad services/asr services/llm services/tts services/gateway
 STAMP := $(VENV)/.installed
+# How llama.cpp is compiled (deploy/llama-cpp.toml): a portable baseline, never the build CPU's own.
+LLAMA_PROFILE ?= cpu
+WHEEL_CACHE ?= .parley/wheels
 
 .PHONY: run test install lint proto proto-check docs fmt bench clean
 
@@ -17,12 +20,13 @@ install: $(STAMP)
 
 # Everything installs into one virtual environment for local runs; each
 # package still declares its own dependencies for its own container.
-# llama-cpp-python compiles from source the first time (~5-10 min); pip caches the wheel.
-$(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
+# llama-cpp-python compiles from source once per flag set (~5-10 min) into
+# $(WHEEL_CACHE), by tools/llama_wheel.py, before anything else can pull it in.
+$(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) deploy/llama-cpp.toml tools/llama_wheel.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(PY) -m pip install --quiet \
-		-r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
+	$(PY) tools/llama_wheel.py install --profile $(LLAMA_PROFILE) --cache $(WHEEL_CACHE)
+	$(PY) -m pip install --quiet -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
 	touch $@
 
 lint: $(STAMP) proto-check

@@ -9,6 +9,7 @@ Ctrl-C (or SIGTERM) stops supervisord, which stops every service cleanly.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -17,9 +18,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 HERE = Path(__file__).resolve().parent
+PROGRESS_EVERY_S = 10.0
 
 
 def stack_environment() -> dict[str, str]:
@@ -49,17 +52,43 @@ def gateway_url() -> str:
     return f"http://{host}:{gateway.port}"
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+def readiness(url: str) -> tuple[bool, dict[str, Any]]:
+    """Whether /readyz says ready, and what it says (missing kinds, crashing ones)."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return True, json.load(response)
+    except urllib.error.HTTPError as error:
+        return False, json.load(error)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+        return False, {"status": "gateway not answering yet"}
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float, quiet: bool) -> bool:
+    """Poll /readyz; every PROGRESS_EVERY_S say what is still missing (and what keeps crashing)."""
+    started = time.monotonic()
+    reported = started
+    while time.monotonic() - started < timeout_s and process.poll() is None:
+        ready, body = readiness(url)
+        if ready:
+            return True
+        if not quiet and time.monotonic() - reported >= PROGRESS_EVERY_S:
+            reported = time.monotonic()
+            print(f"... waiting for the stack ({reported - started:.0f} s): {describe(body)}", flush=True)
         time.sleep(0.5)
+    print(f"not ready: {describe(readiness(url)[1])}", file=sys.stderr, flush=True)
     return False
+
+
+def describe(body: dict[str, Any]) -> str:
+    parts = []
+    if body.get("missing"):
+        parts.append(f"no ready {', '.join(body['missing'])} yet")
+    for kind, problem in (body.get("crashing") or {}).items():
+        parts.append(
+            f"{kind} keeps failing ({problem['crashes']} crashes, {problem['failed_starts']} failed starts "
+            f"in {problem['window_s']:.0f} s; last: {problem['last_problem']})"
+        )
+    return "; ".join(parts) or str(body.get("status"))
 
 
 def main() -> int:
@@ -87,7 +116,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     started = time.monotonic()
-    if wait_ready(url, supervisord, args.timeout):
+    if wait_ready(url, supervisord, args.timeout, args.quiet):
         print(
             f"\nParley is ready after {time.monotonic() - started:.1f} s: {url}\n(Ctrl-C stops everything)", flush=True
         )

@@ -31,12 +31,17 @@ async def test_audio_before_session_start(stack: Stack) -> None:
     ("payload", "code"),
     [
         (bytes(32000 * 2), "frame_too_large"),  # 2 s in one frame; the limit is 1 s
+        (bytes(10 * 1024 * 1024), "frame_too_large"),  # 10 MB: refused with an error, not a closed socket
         (bytes(3201), "bad_audio"),  # half a sample
         ("{not json", "invalid_json"),
         ('{"type": "session.teleport"}', "unknown_event"),
         ('{"type": "text.input"}', "invalid_event"),
         ('["session.start"]', "invalid_event"),
         ('{"type": "session.start"}', "session_already_started"),
+        # Nested 50,000 deep (~200 kB) once raised a RecursionError that killed the session.
+        ('{"a": ' * 50_000 + "1" + "}" * 50_000, "event_too_large"),
+        ("[" * 20_000 + "]" * 20_000, "invalid_json"),  # under the size limit: refused for its depth
+        ('{"type": "text.input", "text": "' + "a" * 70_000 + '"}', "event_too_large"),
     ],
 )
 async def test_bad_frames_get_errors_and_the_session_survives(stack: Stack, payload: str | bytes, code: str) -> None:
@@ -62,3 +67,18 @@ async def test_wrong_input_sample_rate_is_refused(stack: Stack) -> None:
         await bad.send_event({"type": "session.start", "input_sample_rate": 1000})
         error = await next_error(bad, 0)
         assert error["code"] == "invalid_event" and "input_sample_rate" in error["message"]
+
+
+@pytest.mark.parametrize(("voice", "code"), [("../../../etc/passwd", "invalid_event"), ("nobody", "unknown_voice")])
+async def test_a_voice_is_checked_when_the_session_starts(stack: Stack, voice: str, code: str) -> None:
+    async with ConversationClient(stack.ws_url, start_session=False) as conv:
+        await conv.send_event({"type": "session.start", "voice": voice})
+        error = await next_error(conv, 0)
+        assert error["code"] == code, error
+        assert "session.started" not in conv.received.types()
+        # The connection is still usable: a session with a real voice starts and speaks.
+        await conv.send_event({"type": "session.start", "voice": "joe"})
+        await conv.wait_for("session.started")
+        await conv.send_event({"type": "text.input", "text": "Hello!"})
+        done = await conv.wait_for("response.done", timeout_s=60)
+    assert done["status"] == "completed" and conv.received.audio

@@ -10,18 +10,50 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from parley_gateway.client import ConversationClient
+from tests.speech import silence, speak
 from tests.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 
 
-def tts_instances(stack: Stack) -> list[dict[str, object]]:
+def services(stack: Stack) -> dict[str, Any]:
     with urllib.request.urlopen(f"{stack.url}/v1/services") as response:
-        return list(json.load(response)["tts"])
+        return dict(json.load(response))
+
+
+def tts_instances(stack: Stack) -> list[dict[str, object]]:
+    return list(services(stack)["tts"])
+
+
+def extra_tts(stack: Stack, port: int, **env: str) -> dict[str, str]:
+    """The environment of one more TTS instance joining the stack's NATS."""
+    return {
+        **os.environ,
+        "PARLEY_NATS_URL": stack.nats_url,
+        "PARLEY_TTS_PORT": str(port),
+        "PARLEY_TTS_METRICS_PORT": "0",
+        "PARLEY_TTS_INSTANCES": "1",
+        "PARLEY_STATE_DIR": str(stack.state_dir),
+        **env,
+    }
+
+
+async def until(stack: Stack, check: Callable[[dict[str, Any]], bool], timeout_s: float) -> None:
+    """Poll /v1/services until `check` holds for it."""
+    deadline = time.monotonic() + timeout_s
+    while not check(found := await asyncio.to_thread(services, stack)):
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {found}"
+        await asyncio.sleep(0.25)
+
+
+def crashing(found: dict[str, Any], kind: str) -> dict[str, Any]:
+    return dict(found["crashing"].get(kind, {}))
 
 
 async def wait_for_instances(stack: Stack, count: int, timeout_s: float) -> list[dict[str, object]]:
@@ -35,13 +67,7 @@ async def wait_for_instances(stack: Stack, count: int, timeout_s: float) -> list
 
 
 async def test_a_second_tts_instance_joins_and_a_killed_one_is_forgotten(stack: Stack) -> None:
-    env = dict(os.environ)
-    env.update(
-        PARLEY_NATS_URL=stack.nats_url,
-        PARLEY_TTS_PORT=str(free_port()),
-        PARLEY_TTS_METRICS_PORT="0",
-        PARLEY_STATE_DIR=str(stack.state_dir),
-    )
+    env = extra_tts(stack, free_port())
     extra = await asyncio.create_subprocess_exec(sys.executable, "-m", "parley_tts", env=env, stderr=subprocess.DEVNULL)
     try:
         instances = await wait_for_instances(stack, 2, timeout_s=60)
@@ -62,3 +88,60 @@ async def test_a_second_tts_instance_joins_and_a_killed_one_is_forgotten(stack: 
         if extra.returncode is None:
             extra.kill()
             await extra.wait()
+
+
+async def test_an_instance_that_dies_and_comes_back_is_reported_as_crashing(stack: Stack) -> None:
+    """What a crash loop looks like from the gateway: started, gone without a goodbye, started again."""
+    env = extra_tts(stack, free_port())
+    for _ in range(2):
+        extra = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "parley_tts", env=env, stderr=subprocess.DEVNULL
+        )
+        await wait_for_instances(stack, 2, timeout_s=60)
+        extra.send_signal(signal.SIGKILL)
+        await extra.wait()
+    await until(stack, lambda found: crashing(found, "tts").get("crashes", 0) >= 2, timeout_s=15)
+    with urllib.request.urlopen(f"{stack.url}/readyz") as response:  # noqa: ASYNC210 (instant, loopback)
+        ready = json.load(response)
+    # Still ready (the stack's own instance serves), and it says what keeps crashing.
+    assert ready["status"] == "ready" and ready["crashing"]["tts"]["crashes"] >= 2, ready
+
+
+async def test_an_instance_that_cannot_load_says_why(stack: Stack) -> None:
+    env = extra_tts(stack, free_port(), PARLEY_TTS_DEFAULT_VOICE="nobody")
+    broken = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "parley_tts", env=env, stderr=subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(broken.wait(), timeout=60) != 0
+    await until(stack, lambda found: "nobody" in str(crashing(found, "tts").get("last_problem")), timeout_s=15)
+    assert crashing(await asyncio.to_thread(services, stack), "tts")["failed_starts"] >= 1
+
+
+async def test_eight_users_speaking_at_once_all_get_answers(stack: Stack) -> None:
+    """Busy services queue the streams (or send them elsewhere): no user's turn is dropped."""
+    questions = [
+        "What is the capital city of France?",
+        "How many days are there in a week?",
+        "What is the weather usually like in summer?",
+        "Tell me a fun fact about elephants.",
+        "What time does the sun usually set?",
+        "How do I make a cup of green tea?",
+        "Where is the nearest train station?",
+        "Why is the sky blue during the day?",
+    ]
+
+    async def user(index: int, question: bytes) -> dict[str, Any]:
+        async with ConversationClient(stack.ws_url) as conv:
+            await conv.stream_audio(silence(0.2 + 0.1 * index), realtime=True)
+            await conv.stream_audio(question, realtime=True)
+            mic = asyncio.create_task(conv.stream_audio(silence(60.0), realtime=True))
+            try:
+                done = await conv.wait_for("response.done", timeout_s=90)
+            finally:
+                mic.cancel()
+            return {"done": done, "errors": conv.received.of_type("error"), "audio": len(conv.received.audio)}
+
+    spoken = [speak(q) for q in questions]
+    results = await asyncio.gather(*(user(i, pcm) for i, pcm in enumerate(spoken)))
+    assert [r["errors"] for r in results] == [[]] * 8
+    assert all(r["done"]["status"] == "completed" and r["audio"] for r in results), results

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -9,10 +12,11 @@ import pytest
 
 from parley.asr.v1 import asr_pb2_grpc
 from parley.audio.v1.audio_pb2 import AudioChunk
-from parley.pcm import pcm16_to_float
+from parley.pcm import Float32Array, pcm16_to_float
 from parley.server import ServiceRuntime
 from parley.testing import serving
 from parley_asr.config import AsrSettings
+from parley_asr.engines.base import Recognition
 from parley_asr.engines.faster_whisper import FasterWhisperRecognizer
 from parley_asr.servicer import SpeechRecognitionServicer
 from tests.speech import speak
@@ -55,7 +59,7 @@ async def audio(pcm: bytes, end: bool) -> AsyncIterator[AudioChunk]:
 
 async def test_transcribe_stream_and_its_end_marker(recognizer: FasterWhisperRecognizer) -> None:
     servicer = SpeechRecognitionServicer(AsrSettings(max_utterance_s=5), ServiceRuntime("asr", 2))
-    servicer.recognizer = recognizer
+    servicer.add(recognizer)
     speech = speak("What time is it in Tokyo?")
     async with serving(lambda s: asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(servicer, s)) as channel:
         stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
@@ -80,3 +84,45 @@ def test_stable_prefix_ignores_case_and_punctuation() -> None:
     assert stable_prefix("What is the", "what is the capital") == "what is the"
     assert stable_prefix("What in the cup", "What is the capital") == "What"
     assert stable_prefix("", "Hello") == ""
+
+
+class SlowPartials:
+    """A fake recogniser whose first decode (a partial) runs until it is told to stop."""
+
+    sample_rate = 16000
+    multilingual = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_stopped = threading.Event()
+
+    def transcribe(self, audio: Float32Array, language: str | None, stop: threading.Event | None = None) -> Recognition:
+        self.calls += 1
+        if self.calls == 1:
+            assert stop is not None
+            if stop.wait(timeout=10):
+                self.first_stopped.set()
+            return Recognition("partial", "en")
+        return Recognition(f"final of {audio.size / 16000:.1f} s", "en")
+
+
+async def test_the_end_of_an_utterance_stops_its_partial_decode() -> None:
+    """The final is not queued behind a partial that nobody will read any more."""
+    fake = SlowPartials()
+    servicer = SpeechRecognitionServicer(AsrSettings(partial_interval_s=0.2), ServiceRuntime("asr", 2))
+    servicer.add(fake)  # type: ignore[arg-type]
+    async with serving(lambda s: asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(servicer, s)) as channel:
+        stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+
+        async def utterance() -> AsyncIterator[AudioChunk]:
+            for _ in range(10):  # 1 s in 100 ms chunks: a partial starts after 200 ms
+                yield AudioChunk(pcm=bytes(3200), sample_rate=16000)
+                await asyncio.sleep(0.01)
+            yield AudioChunk(end_of_stream=True)
+
+        started = time.monotonic()
+        results = [r async for r in stub.Transcribe(utterance(), metadata=(("parley-partials", "1"),))]
+    assert fake.first_stopped.is_set(), "the partial was left running"
+    assert time.monotonic() - started < 3
+    assert [r.text for r in results] == ["final of 1.0 s"]
+    assert servicer.pool.free == 1

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from parley_gateway.sentences import SentenceChunker
 
 
@@ -8,6 +12,23 @@ def feed(chunker: SentenceChunker, text: str) -> list[str]:
     for token in text.split(" "):  # arrive word by word, as LLM deltas do
         out += chunker.push(token + " ")
     return out + chunker.flush()
+
+
+def feed_in(pieces: list[str], first_clause_min_chars: int) -> list[str]:
+    chunker = SentenceChunker(first_clause_min_chars)
+    out: list[str] = []
+    for piece in pieces:
+        out += chunker.push(piece)
+    return out + chunker.flush()
+
+
+def chunked(text: str, rng: random.Random, longest: int) -> list[str]:
+    pieces: list[str] = []
+    while text:
+        size = rng.randint(1, longest)
+        pieces.append(text[:size])
+        text = text[size:]
+    return pieces
 
 
 def test_first_piece_leaves_at_a_long_enough_clause() -> None:
@@ -22,3 +43,82 @@ def test_short_clauses_wait_for_the_sentence() -> None:
 
 def test_text_without_punctuation_is_flushed_at_the_end() -> None:
     assert feed(SentenceChunker(20), "just some words") == ["just some words"]
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        ("I saw Dr. Smith today. He was fine.", ["I saw Dr. Smith today.", "He was fine."]),
+        ("Mr. and Mrs. Jones arrived. They sat.", ["Mr. and Mrs. Jones arrived.", "They sat."]),
+        ("Bring fruit, e.g. apples or pears. Then go.", ["Bring fruit, e.g. apples or pears.", "Then go."]),
+        ("The U.S. economy grew. Europe did not.", ["The U.S. economy grew.", "Europe did not."]),
+        ("She lives in the U.S. She likes it.", ["She lives in the U.S.", "She likes it."]),
+        ("Meet me at 10 a.m. tomorrow. Be early.", ["Meet me at 10 a.m. tomorrow.", "Be early."]),
+        ("Pi is about 3.14. It never ends.", ["Pi is about 3.14.", "It never ends."]),
+        ("It costs 1,000 dollars. That is a lot.", ["It costs 1,000 dollars.", "That is a lot."]),
+        ("Well... I am not sure. Maybe.", ["Well... I am not sure.", "Maybe."]),
+        ('He said "Hello there." Then he left.', ['He said "Hello there."', "Then he left."]),
+        ("Really?! Yes. Fine!", ["Really?!", "Yes.", "Fine!"]),
+        ("I love you <3. See you tomorrow", ["I love you <3.", "See you tomorrow"]),
+    ],
+)
+def test_sentences_end_where_a_reader_would_end_them(text: str, pieces: list[str]) -> None:
+    assert feed(SentenceChunker(first_clause_min_chars=1000), text) == pieces
+    assert feed_in(list(text), 1000) == pieces
+
+
+def test_a_clause_is_never_cut_inside_a_number() -> None:
+    text = "It costs 1,000 or 3.14 dollars, more or less."
+    assert feed_in(list(text), 3) == ["It costs 1,000 or 3.14 dollars,", "more or less."]
+
+
+def test_the_first_clause_leaves_before_its_sentence_ends() -> None:
+    chunker = SentenceChunker(first_clause_min_chars=15)
+    deltas = ["Well", ",", " the", " capital", " of", " France", ",", " as", " you", " know", ",", " is", " Paris", "."]
+    first_piece_at = next(i for i, delta in enumerate(deltas) if chunker.push(delta))
+    assert deltas[first_piece_at] == " as"  # the whitespace after "France," suffices
+
+
+def test_a_piece_without_a_letter_joins_the_next() -> None:
+    pieces = feed_in(["Steps: 1. Boil water. 2. Pour it. 3. Enjoy."], 1000)
+    assert all(any(char.isalpha() for char in piece) for piece in pieces)
+    assert " ".join(pieces) == "Steps: 1. Boil water. 2. Pour it. 3. Enjoy."
+
+
+def test_odd_spaces_do_not_stop_the_segmenter() -> None:
+    # sentencex 1.0.32 panics on an uppercase letter, a non-ASCII space and a period.
+    text = "Plan D\u00a0. Then E\u2009. Done."
+    pieces = feed_in([text], 1000)
+    assert pieces[0] == "Plan D\u00a0."
+    assert " ".join(pieces) == text
+
+
+def test_a_clause_never_reaches_past_a_sentence_end() -> None:
+    assert feed_in(list("Yes. — I think so, maybe."), 0) == ["Yes.", "— I think so, maybe."]
+
+
+def test_later_pieces_are_whole_sentences() -> None:
+    text = "Well, the capital of France, as you know, is Paris. It is a lovely city, really, and big."
+    pieces = ["Well, the capital of France,", "as you know, is Paris.", "It is a lovely city, really, and big."]
+    assert feed_in([text], 15) == pieces
+
+
+REPLIES = [
+    "Well, the capital of France, as you know, is Paris. It is lovely, really. Dr. Smith lives there.",
+    "I saw Dr. Smith at 10 a.m. today; he said the U.S. team won 3.14 to 1,000, e.g. a rout. Wow!",
+    'She said "I am tired. Let us go home." Then she left... Really? Yes! (See page 2.) Fine.',
+    "Steps: 1. Boil water 2. Pour it. 3. Wait — about 5 min. Done: enjoy, my friend.",
+    "No punctuation at all here just words and more words",
+    'A stray quote" here. And another sentence. And \u2018one\u2019 more\u2026 done.',
+]
+
+
+@pytest.mark.parametrize("reply", REPLIES)
+@pytest.mark.parametrize("first_clause_min_chars", [0, 10, 40])
+def test_any_split_into_deltas_gives_the_same_pieces(reply: str, first_clause_min_chars: int) -> None:
+    whole = feed_in([reply], first_clause_min_chars)
+    assert feed_in(list(reply), first_clause_min_chars) == whole
+    rng = random.Random(99)
+    for longest in (2, 3, 5, 8):
+        assert feed_in(chunked(reply, rng, longest), first_clause_min_chars) == whole
+    assert " ".join(whole).split() == reply.split()  # nothing lost, nothing added

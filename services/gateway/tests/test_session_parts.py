@@ -1,17 +1,19 @@
 from __future__ import annotations
 
 from parley_gateway.audio_ring import AudioRing
-from parley_gateway.session import Reply, ReplyOutput, SpokenPiece
+from parley_gateway.replies import Reply, ReplyOutput, SpokenPiece
 
 
 def test_ring_keeps_recent_audio_by_position() -> None:
     ring = AudioRing(sample_rate=10, seconds=1.0)  # holds ~10 samples
     for i in range(5):
-        ring.append(bytes([i, 0]) * 4)  # 4 samples each
+        ring.append(bytes([i, 0]) * 4)  # 4 samples each, at positions 0, 4, 8, 12, 16
     assert ring.end == 20
-    assert ring.since(18) == bytes([4, 0]) * 2
-    # Older audio than held is clamped to what is left, never invented.
-    assert len(ring.since(0)) // 2 <= 12
+    assert ring.read(18, 20) == bytes([4, 0]) * 2
+    assert ring.read(10, 14) == bytes([2, 0]) * 2 + bytes([3, 0]) * 2  # across two chunks
+    # Older audio than held is clamped to what is left (the last 3 chunks), never invented.
+    assert ring.read(0, 20) == bytes([2, 0]) * 4 + bytes([3, 0]) * 4 + bytes([4, 0]) * 4
+    assert ring.read(0, 8) == b""
 
 
 def test_heard_text_cuts_at_the_played_position() -> None:

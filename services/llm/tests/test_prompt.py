@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from parley_llm.engines.base import ChatMessage
-from parley_llm.prompt import fit_history, transcript
+from parley_llm.prompt import fit_history, spoken_turns, transcript
 
 
 def test_transcript_ends_where_the_assistant_speaks() -> None:
@@ -27,3 +27,20 @@ def test_fit_history_drops_oldest_turns_but_keeps_system_and_last() -> None:
     assert [m.content for m in fitted[1:]] == ["turn 7", "turn 8", "turn 9"]
     # Even an over-budget last message is kept.
     assert fit_history(messages, 1, count)[-1].content == "turn 9"
+
+
+def test_turns_without_words_are_left_out_and_same_role_turns_joined() -> None:
+    """A reply cut before a word was heard must not teach the model to answer with nothing."""
+    turns = spoken_turns(
+        [
+            ChatMessage("system", "Be brief."),
+            ChatMessage("user", "Tell me a story."),
+            ChatMessage("assistant", " "),
+            ChatMessage("user", "What is two plus two?"),
+        ]
+    )
+    assert turns == [
+        ChatMessage("system", "Be brief."),
+        ChatMessage("user", "Tell me a story.\nWhat is two plus two?"),
+    ]
+    assert "Assistant: \n" not in transcript(turns)

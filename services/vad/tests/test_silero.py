@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import numpy as np
 import pytest
 
 from parley.audio.v1.audio_pb2 import AudioChunk
-from parley.pcm import pcm16_to_float
+from parley.pcm import Float32Array, pcm16_to_float
 from parley.server import ServiceRuntime
 from parley.testing import serving
 from parley.vad.v1 import vad_pb2, vad_pb2_grpc
@@ -43,9 +44,29 @@ async def chunks(pcm: bytes, rate: int, end: bool = True) -> AsyncIterator[Audio
         yield AudioChunk(end_of_stream=True)
 
 
+class ThreadProbe:
+    """Wraps the detector; records the threads its frames are scored on."""
+
+    def __init__(self, inner: SileroDetector) -> None:
+        self.inner = inner
+        self.sample_rate = inner.sample_rate
+        self.frame_samples = inner.frame_samples
+        self.threads: set[str] = set()
+
+    def new_stream(self) -> Callable[[Float32Array], float]:
+        score = self.inner.new_stream()
+
+        def probed(frame: Float32Array) -> float:
+            self.threads.add(threading.current_thread().name)
+            return score(frame)
+
+        return probed
+
+
 async def test_detect_over_grpc_at_another_sample_rate(detector: SileroDetector) -> None:
     servicer = VoiceActivityServicer(VadSettings(), ServiceRuntime("vad", 4))
-    servicer.detector = detector
+    probe = ThreadProbe(detector)
+    servicer.add(probe)  # type: ignore[arg-type]
     audio = silence(0.5, 24000) + speak("Hello there, how are you?", sample_rate=24000) + silence(1.0, 24000)
     async with serving(lambda s: vad_pb2_grpc.add_VoiceActivityServicer_to_server(servicer, s)) as channel:
         stub = vad_pb2_grpc.VoiceActivityStub(channel)
@@ -65,3 +86,5 @@ async def test_detect_over_grpc_at_another_sample_rate(detector: SileroDetector)
                 pass
         assert bad_option.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert servicer.runtime.slots.active == 0
+    # Inference never ran on the event loop (which also answers NATS): only on the model's thread.
+    assert probe.threads and threading.main_thread().name not in probe.threads, probe.threads

@@ -36,12 +36,35 @@ def stats_subject(kind: str) -> str:
     return f"$SRV.STATS.{micro_name(kind)}"
 
 
+EVENTS_SUBJECT = "parley.service"
+
+
 class InstanceLoad(BaseModel):
     """What an instance reports about itself in its STATS reply."""
 
     ready: bool
-    active: int
-    capacity: int
+    active: int  # streams admitted: being served or waiting for a model
+    capacity: int  # streams served at once
+    queue_limit: int = 0  # streams admitted beyond `capacity`, waiting
+
+
+class ServiceEvent(BaseModel):
+    """An instance's life on `parley.service.<event>.<kind>`: started, failed (to load) or stopping.
+
+    An instance that disappears without `stopping`, or starts again at an
+    address whose last instance never said `stopping`, has crashed.
+    """
+
+    event: str  # "started" | "failed" | "stopping"
+    kind: str
+    id: str
+    address: str
+    error: str = ""
+
+
+async def publish_event(nc: NatsClient, record: ServiceEvent) -> None:
+    await nc.publish(f"{EVENTS_SUBJECT}.{record.event}.{record.kind}", record.model_dump_json().encode())
+    await nc.flush(timeout=2)
 
 
 class InstanceRecord(BaseModel):
@@ -55,6 +78,7 @@ class InstanceRecord(BaseModel):
     ready: bool
     active: int
     capacity: int
+    queue_limit: int = 0
 
     @classmethod
     def from_stats(cls, kind: str, reply: dict[str, Any]) -> InstanceRecord | None:
@@ -71,6 +95,7 @@ class InstanceRecord(BaseModel):
                 ready=load.ready,
                 active=load.active,
                 capacity=load.capacity,
+                queue_limit=load.queue_limit,
             )
         except (KeyError, IndexError, TypeError, ValidationError):
             return None
@@ -78,14 +103,19 @@ class InstanceRecord(BaseModel):
 
 @dataclass
 class StreamSlots:
-    """Counts the streams an instance runs against its capacity."""
+    """Counts the streams an instance runs against its capacity and queue."""
 
     capacity: int
+    queue_limit: int = 0
     active: int = 0
     ready: bool = False
 
+    @property
+    def full(self) -> bool:
+        return self.active >= self.capacity + self.queue_limit
+
     def snapshot(self) -> InstanceLoad:
-        return InstanceLoad(ready=self.ready, active=self.active, capacity=self.capacity)
+        return InstanceLoad(ready=self.ready, active=self.active, capacity=self.capacity, queue_limit=self.queue_limit)
 
 
 async def connect(url: str, name: str) -> NatsClient:

@@ -5,10 +5,16 @@
 1. bind the gRPC server at once, with health NOT_SERVING and reflection on,
    so probes and grpcurl work while the model loads;
 2. register on NATS in the background (ready=false until loaded);
-3. load the model in a worker thread, logging progress every few seconds;
+3. load the model in a worker thread, logging progress every few seconds,
+   then run one tiny real inference with it (`self_test`): a build that
+   crashes or a model that cannot answer never reports ready;
 4. flip health to SERVING and the NATS load record to ready;
 5. on SIGTERM/SIGINT: report NOT_SERVING, leave NATS, give running streams
    `grace_s` to finish, then exit.
+
+It also says on NATS when it starts, fails to load and stops
+(`parley.registry.ServiceEvent`), so a gateway can tell an instance that
+keeps crashing from one that was never started.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from parley import __version__
 from parley.logs import setup_logging
-from parley.registry import StreamSlots, connect, register
+from parley.registry import ServiceEvent, StreamSlots, connect, publish_event, register
 from parley.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -63,27 +69,40 @@ class ServiceSpec:
     add_servicers: Callable[[grpc.aio.Server], None]
     # Blocking model load; runs in a worker thread.
     load_model: Callable[[], None]
+    # One tiny real inference with what load_model loaded (a token, a short
+    # phrase, a VAD frame); raises if the model cannot serve. Returns what it
+    # did, for the log. Runs in the same worker thread, after load_model.
+    self_test: Callable[[], str]
     # Extra NATS metadata (engine, model, ...).
     metadata: dict[str, str] = field(default_factory=dict)
 
 
 class ServiceRuntime:
-    """Shared state a servicer needs: its stream slots and metric labels."""
+    """Shared state a servicer needs: its stream slots and metric labels.
 
-    def __init__(self, kind: str, capacity: int) -> None:
+    `capacity` streams are served at once (one per model instance for the
+    LLM and TTS); up to `queue_limit` more are admitted and wait, in order,
+    for a free model. Both are reported on NATS, so gateways route by real
+    free capacity and only a full instance refuses a stream.
+    """
+
+    def __init__(self, kind: str, capacity: int, queue_limit: int = 0) -> None:
         self.kind = kind
-        self.slots = StreamSlots(capacity=capacity)
+        self.slots = StreamSlots(capacity=capacity, queue_limit=queue_limit)
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """Hold one stream slot for the duration of a call; count its outcome.
 
-        A call that finds every slot taken is refused with RESOURCE_EXHAUSTED.
+        A call that finds every slot and queue place taken is refused with
+        RESOURCE_EXHAUSTED (a gateway then tries another instance).
         """
-        if self.slots.active >= self.slots.capacity:
+        if self.slots.full:
             STREAMS_TOTAL.labels(self.kind, method, "busy").inc()
             await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"all {self.slots.capacity} {self.kind} stream slots are busy"
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.kind} instance is full: {self.slots.capacity} streams served and "
+                f"{self.slots.queue_limit} waiting",
             )
         self.slots.active += 1
         STREAMS_ACTIVE.labels(self.kind).inc()
@@ -100,10 +119,17 @@ class ServiceRuntime:
             STREAMS_TOTAL.labels(self.kind, method, outcome).inc()
 
 
-async def _load_with_progress(kind: str, load_model: Callable[[], None]) -> float:
+def _load_and_test(kind: str, spec: ServiceSpec) -> None:
+    spec.load_model()
+    started = time.monotonic()
+    did = spec.self_test()
+    log.info("%s self-test passed in %.2f s: %s", kind, time.monotonic() - started, did)
+
+
+async def _load_with_progress(kind: str, spec: ServiceSpec) -> float:
     started = time.monotonic()
     log.info("loading %s model", kind)
-    task = asyncio.create_task(asyncio.to_thread(load_model))
+    task = asyncio.create_task(asyncio.to_thread(_load_and_test, kind, spec))
     while True:
         done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY_S)
         if done:
@@ -139,11 +165,18 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
         loop.add_signal_handler(sig, stop.set)
 
     nats_client: NatsClient | None = None
+    instance_id = ""
+
+    async def announce(event: str, error: str = "") -> None:
+        if nats_client is not None and nats_client.is_connected and instance_id:
+            record = ServiceEvent(event=event, kind=spec.kind, id=instance_id, address=address, error=error)
+            with contextlib.suppress(Exception):  # best effort: NATS may be down
+                await publish_event(nats_client, record)
 
     async def join_nats() -> None:
-        nonlocal nats_client
+        nonlocal nats_client, instance_id
         nats_client = await connect(settings.nats_url, f"parley-{spec.kind}")
-        await register(
+        service = await register(
             nats_client,
             kind=spec.kind,
             version=__version__,
@@ -151,9 +184,11 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
             metadata=spec.metadata,
             load=runtime.slots.snapshot,
         )
+        instance_id = service.id
+        await announce("started")
 
     registration = asyncio.create_task(join_nats())
-    loading = asyncio.create_task(_load_with_progress(spec.kind, spec.load_model))
+    loading = asyncio.create_task(_load_with_progress(spec.kind, spec))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is None:
@@ -164,12 +199,18 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
         log.info("%s ready", spec.kind)
         await stop.wait()
     elif loading.done():
-        log.error("%s model failed to load: %s", spec.kind, loading.exception())
+        error = f"{type(loading.exception()).__name__}: {loading.exception()}"
+        log.error("%s model failed to load or self-test: %s", spec.kind, error)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(registration), timeout=2)  # so the failure can be told
+        await announce("failed", error)
 
     log.info("shutting down: draining streams for up to %.0f s", settings.grace_s)
     runtime.slots.ready = False
     READY.labels(spec.kind).set(0)
     await health_servicer.enter_graceful_shutdown()
+    if not (loading.done() and loading.exception() is not None):
+        await announce("stopping")
     registration.cancel()
     if nats_client is not None and nats_client.is_connected:
         await nats_client.drain()
@@ -179,10 +220,12 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
         raise SystemExit(1)
 
 
-def run_service(kind: str, settings: ServiceSettings, build: Callable[[ServiceRuntime], ServiceSpec]) -> None:
-    """Entry point of every model service's `__main__`."""
+def run_service(
+    kind: str, settings: ServiceSettings, capacity: int, build: Callable[[ServiceRuntime], ServiceSpec]
+) -> None:
+    """Entry point of every model service's `__main__`: `capacity` streams served at once."""
     setup_logging(kind, settings.log_level)
-    runtime = ServiceRuntime(kind, settings.max_streams)
+    runtime = ServiceRuntime(kind, capacity, settings.max_queue)
 
     async def main() -> None:
         # build() runs inside the loop so servicers may capture it.

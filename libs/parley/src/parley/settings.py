@@ -59,7 +59,15 @@ class ServiceSettings(CommonSettings):
         "host, or this machine's hostname when binding every interface.",
     )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off.")
-    max_streams: int = Field(default=4, ge=1, description="Concurrent streams this instance accepts.")
+    max_queue: int = Field(
+        default=16,
+        ge=0,
+        description="Streams admitted beyond those being served, waiting in order for a free model; "
+        "past that an instance refuses (RESOURCE_EXHAUSTED) and the gateway tries another.",
+    )
+    queue_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest a stream waits for a free model before it is refused."
+    )
     grace_s: float = Field(default=5.0, ge=0, description="Seconds running streams get to finish on SIGTERM.")
 
     def advertised_address(self, bound_port: int) -> str:

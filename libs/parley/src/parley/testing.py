@@ -3,22 +3,61 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 import grpc
 
 from parley.server import SERVER_OPTIONS
 
+T = TypeVar("T")
+
+
+class OverlapProbe:
+    """Counts the moments two threads are inside what it wraps; tests wrap model engines in it."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.overlaps = 0
+        self.entries = 0
+        self.thread_names: set[str] = set()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        with self._lock:
+            self.inside += 1
+            self.entries += 1
+            self.overlaps += self.inside > 1
+            self.thread_names.add(threading.current_thread().name)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+    def through(self, items: Iterator[T]) -> Iterator[T]:
+        """`items`, counted as inside from the first item to the generator's end or close."""
+        with self.entered():
+            yield from items
+
 
 @contextlib.asynccontextmanager
-async def serving(add_servicer: Callable[[grpc.aio.Server], None]) -> AsyncIterator[grpc.aio.Channel]:
-    """A real gRPC server on a free loopback port, and a channel to it."""
+async def grpc_server(add_servicer: Callable[[grpc.aio.Server], None]) -> AsyncIterator[str]:
+    """A real gRPC server on a free loopback port; yields its address."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_servicer(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel
+        yield f"127.0.0.1:{port}"
     finally:
         await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def serving(add_servicer: Callable[[grpc.aio.Server], None]) -> AsyncIterator[grpc.aio.Channel]:
+    """A real gRPC server on a free loopback port, and a channel to it."""
+    async with grpc_server(add_servicer) as address, grpc.aio.insecure_channel(address) as channel:
+        yield channel

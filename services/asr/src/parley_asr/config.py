@@ -18,6 +18,14 @@ class AsrSettings(ServiceSettings):
         description="CTranslate2 Whisper model directory; empty means the embedded tiny.en "
         "(e.g. /workspace/models/whisper-large-v3-turbo on a GPU pod).",
     )
+    max_streams: int = Field(
+        default=32,
+        ge=1,
+        description="Utterance streams held at once (they mostly buffer audio; decodes share the model copies).",
+    )
+    instances: int = Field(
+        default=1, ge=1, description="Model copies; each runs one decode at a time, final decodes wait in order."
+    )
     device: str = Field(default="cpu", pattern="^(cpu|cuda|auto)$", description="Where CTranslate2 runs the model.")
     compute_type: str = Field(default="int8", description="CTranslate2 compute type: int8, float16, ...")
     threads: int = Field(default=0, ge=0, description="CPU threads for decoding; 0 means one per CPU core.")

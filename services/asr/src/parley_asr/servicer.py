@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from parley.asr.v1 import asr_pb2, asr_pb2_grpc
 from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.models import ModelPool, PoolTimeout
 from parley.pcm import Float32Array
 from parley.server import ServiceRuntime
 from parley.streams import StreamAborted, audio_samples, stream_options
@@ -52,18 +54,37 @@ class TranscribeOptions(BaseModel):
 
 
 class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
+    """Streams are cheap (they buffer audio); decodes borrow a model from the pool.
+
+    A partial decode runs only when a model is free at once, and is stopped
+    (not awaited to its end) when the utterance ends; the final decode waits
+    in order for a model, up to `queue_timeout_s`.
+    """
+
     def __init__(self, settings: AsrSettings, runtime: ServiceRuntime) -> None:
         self.settings = settings
         self.runtime = runtime
-        self.recognizer: SpeechRecognizer | None = None  # set once loaded
+        self.pool: ModelPool[SpeechRecognizer] = ModelPool("asr")
+        self.sample_rate = 16000  # set from the model at load
 
-    async def _decode(
-        self, recognizer: SpeechRecognizer, audio: Float32Array, language: str | None, final: bool
-    ) -> asr_pb2.Transcript:
-        started = time.perf_counter()
-        result: Recognition = await asyncio.to_thread(recognizer.transcribe, audio, language)
+    def add(self, recognizer: SpeechRecognizer) -> None:
+        """Put a loaded (and self-tested) copy in service; call on the event loop."""
+        self.sample_rate = recognizer.sample_rate
+        self.pool.add(recognizer)
+
+    async def _decode(self, audio: Float32Array, language: str | None, final: bool) -> asr_pb2.Transcript | None:
+        """One decode on a pooled model; None when a partial found no free model (it is skipped)."""
+        stop = threading.Event()
+        try:
+            async with self.pool.lease(self.settings.queue_timeout_s if final else 0) as model:
+                started = time.perf_counter()
+                result: Recognition = await model.run(lambda r: r.transcribe(audio, language, stop), stop)
+        except PoolTimeout:
+            if final:
+                raise
+            return None
         elapsed = time.perf_counter() - started
-        duration = audio.size / recognizer.sample_rate
+        duration = audio.size / self.sample_rate
         DECODE_SECONDS.labels(str(final).lower()).observe(elapsed)
         if final and duration > 0:
             REAL_TIME_FACTOR.observe(elapsed / duration)
@@ -74,20 +95,20 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
     async def Transcribe(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterable[AudioChunk], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[asr_pb2.Transcript]:
-        recognizer = self.recognizer
-        if recognizer is None:
+        if not self.pool.size:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "ASR model is still loading")
             return
         options = await stream_options(context, TranscribeOptions)
         language = options.language or self.settings.default_language or None
-        max_samples = int(self.settings.max_utterance_s * recognizer.sample_rate)
-        partial_every = int(self.settings.partial_interval_s * recognizer.sample_rate)
+        rate = self.sample_rate
+        max_samples = int(self.settings.max_utterance_s * rate)
+        partial_every = int(self.settings.partial_interval_s * rate)
         pieces: list[Float32Array] = []
         total = 0
         decoded_at = 0  # samples covered by the last partial decode
-        partial: asyncio.Task[asr_pb2.Transcript] | None = None
+        partial: asyncio.Task[asr_pb2.Transcript | None] | None = None
         last_partial_text = ""
-        audio = audio_samples(request_iterator, context, recognizer.sample_rate, self.settings.max_chunk_ms)
+        audio = audio_samples(request_iterator, context, rate, self.settings.max_chunk_ms)
         try:
             async with self.runtime.stream("Transcribe", context):
                 async for samples, last in audio:
@@ -99,7 +120,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                     if partial is not None and partial.done():
                         result = partial.result()
                         partial = None
-                        if result.text and result.text != last_partial_text:
+                        if result is not None and result.text and result.text != last_partial_text:
                             result.stable_text = stable_prefix(last_partial_text, result.text)
                             last_partial_text = result.text
                             yield result
@@ -107,22 +128,33 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                         break
                     if options.partials and partial is None and max_samples >= total >= decoded_at + partial_every:
                         decoded_at = total
-                        partial = asyncio.create_task(
-                            self._decode(recognizer, np.concatenate(pieces), language, final=False)
-                        )
+                        partial = asyncio.create_task(self._decode(np.concatenate(pieces), language, final=False))
+                # The utterance is over: a partial still decoding is worthless now. Stop it
+                # (its worker stops, the model is free again) rather than wait for it.
+                await _stop(partial)
+                partial = None
                 if total > max_samples:
                     await context.abort(
                         grpc.StatusCode.OUT_OF_RANGE,
-                        f"utterance of {total / recognizer.sample_rate:.1f} s is longer than "
+                        f"utterance of {total / rate:.1f} s is longer than "
                         f"PARLEY_ASR_MAX_UTTERANCE_S={self.settings.max_utterance_s:g}",
                     )
-                if partial is not None:
-                    # One model runs one decode at a time; the final pass follows it.
-                    await partial
                 utterance = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-                yield await self._decode(recognizer, utterance, language, final=True)
+                try:
+                    final = await self._decode(utterance, language, final=True)
+                except PoolTimeout as exc:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                    return
+                assert final is not None
+                yield final
         except StreamAborted:
             return
         finally:
-            if partial is not None and not partial.done():
-                partial.cancel()
+            await _stop(partial)
+
+
+async def _stop(task: asyncio.Task[asr_pb2.Transcript | None] | None) -> None:
+    """Cancel a partial decode and wait until its worker really stopped."""
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait({task})

@@ -18,7 +18,7 @@ def main() -> None:
         port=settings.port,
         log_config=None,  # keep our log format
         access_log=settings.access_log,
-        ws_max_size=4 * 1024 * 1024,
+        ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval_s,
         timeout_graceful_shutdown=5,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from parley.registry import connect
+from parley_gateway.clients import GrpcServices
 from parley_gateway.config import GatewaySettings
 from parley_gateway.discovery import ServiceDirectory
 from parley_gateway.metrics import ERRORS_TOTAL, SESSIONS_ACTIVE, SESSIONS_TOTAL
 from parley_gateway.protocol import (
     AudioPlayed,
+    AudioPlaying,
     ErrorCode,
     InputCommit,
     ProtocolError,
@@ -67,11 +69,16 @@ class Outbox:
         self.task.cancel()
 
 
+class _EndSession(Exception):
+    """session.end: close the connection after the goodbye."""
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.nats: NatsClient | None = None
         self.directory: ServiceDirectory | None = None
+        self.services: GrpcServices | None = None
         self.sessions: set[ConversationSession] = set()
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -81,7 +88,11 @@ class Gateway:
     async def _join_nats(self) -> None:
         self.nats = await connect(self.settings.nats_url, "parley-gateway")
         s = self.settings
-        self.directory = ServiceDirectory(self.nats, s.discovery_interval_s, s.discovery_window_s, s.instance_ttl_s)
+        self.directory = ServiceDirectory(
+            self.nats, s.discovery_interval_s, s.discovery_window_s, s.instance_ttl_s, s.service_health_window_s
+        )
+        self.services = GrpcServices(self.directory, s.first_answer_timeout_s, s.idle_timeout_s)
+        await self.directory.watch_events()
         log.info("connected to NATS; discovering services")
         await self.directory.run()
 
@@ -100,6 +111,9 @@ class Gateway:
             return ["nats"]
         return self.directory.missing()
 
+    def troubled(self) -> dict[str, dict[str, object]]:
+        return self.directory.troubled() if self.directory is not None else {}
+
     async def converse(self, websocket: WebSocket) -> None:
         await websocket.accept()
         outbox = Outbox(websocket)
@@ -111,35 +125,19 @@ class Gateway:
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
-                    if message.get("bytes") is not None:
-                        if session is None:
-                            raise ProtocolError(ErrorCode.SESSION_NOT_STARTED, "send session.start before audio")
-                        session.on_audio(message["bytes"])
-                        continue
-                    client_event = parse_client_event(message.get("text") or "")
-                    if isinstance(client_event, SessionStart):
-                        if session is not None:
-                            raise ProtocolError(
-                                ErrorCode.SESSION_ALREADY_STARTED, "this connection already has a session"
-                            )
-                        session = self._open_session(client_event, outbox)
-                    elif session is None:
-                        raise ProtocolError(ErrorCode.SESSION_NOT_STARTED, "send session.start first")
-                    elif isinstance(client_event, TextInput):
-                        session.on_text(client_event.text)
-                    elif isinstance(client_event, InputCommit):
-                        session.on_commit()
-                    elif isinstance(client_event, ResponseCancel):
-                        session.cancel_reply()
-                    elif isinstance(client_event, AudioPlayed):
-                        session.on_audio_played(client_event)
-                    elif isinstance(client_event, SessionEnd):
-                        outbox.send(event("session.ended", session_id=session.id))
-                        break
+                    session = await self._handle(message, session, outbox)
                 except ProtocolError as exc:
                     outbox.send(error_event(exc.code, exc.message))
                     if exc.code == ErrorCode.TOO_MANY_SESSIONS:
                         break
+                except _EndSession:
+                    break
+                except Exception:
+                    # A bug must not end the conversation: say so, keep the session.
+                    log.exception("error handling a client message")
+                    outbox.send(
+                        error_event(ErrorCode.INTERNAL_ERROR, "the server failed on that event; it was dropped")
+                    )
         except WebSocketDisconnect:
             pass
         finally:
@@ -154,14 +152,54 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await websocket.close()
 
-    def _open_session(self, start: SessionStart, outbox: Outbox) -> ConversationSession:
+    async def _handle(
+        self, message: MutableMapping[str, Any], session: ConversationSession | None, outbox: Outbox
+    ) -> ConversationSession | None:
+        """One client frame; returns the session (opened by this frame if it was session.start)."""
+        if message.get("bytes") is not None:
+            if session is None:
+                raise ProtocolError(ErrorCode.SESSION_NOT_STARTED, "send session.start before audio")
+            session.on_audio(message["bytes"])
+            return session
+        s = self.settings
+        client_event = parse_client_event(message.get("text") or "", s.max_event_bytes, s.max_event_depth)
+        if isinstance(client_event, SessionStart):
+            if session is not None:
+                raise ProtocolError(ErrorCode.SESSION_ALREADY_STARTED, "this connection already has a session")
+            return await self._open_session(client_event, outbox)
+        if session is None:
+            raise ProtocolError(ErrorCode.SESSION_NOT_STARTED, "send session.start first")
+        if isinstance(client_event, TextInput):
+            session.on_text(client_event.text)
+        elif isinstance(client_event, InputCommit):
+            session.on_commit()
+        elif isinstance(client_event, ResponseCancel):
+            session.on_cancel()
+        elif isinstance(client_event, AudioPlaying):
+            session.on_audio_playing(client_event.response_id)
+        elif isinstance(client_event, AudioPlayed):
+            session.on_audio_played(client_event)
+        elif isinstance(client_event, SessionEnd):
+            outbox.send(event("session.ended", session_id=session.id))
+            raise _EndSession
+        return session
+
+    async def _open_session(self, start: SessionStart, outbox: Outbox) -> ConversationSession:
         if len(self.sessions) >= self.settings.max_sessions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_SESSIONS, f"the gateway is at its limit of {self.settings.max_sessions} sessions"
             )
-        if self.directory is None:
+        if self.services is None:
             raise ProtocolError(ErrorCode.SERVICE_UNAVAILABLE, "the gateway is not connected to NATS yet")
-        session = ConversationSession(self.settings, self.directory, outbox.send, start)
+        voice = start.voice or self.settings.voice
+        if voice:
+            known = await self.services.voices()
+            # None: no TTS instance can say right now; the first reply will tell.
+            if known is not None and voice not in known:
+                raise ProtocolError(
+                    ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; the TTS service has: {', '.join(sorted(known))}"
+                )
+        session = ConversationSession(self.settings, self.services, outbox.send, start)
         self.sessions.add(session)
         SESSIONS_TOTAL.inc()
         SESSIONS_ACTIVE.inc()
@@ -201,10 +239,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        missing = gateway.missing()
+        """503 naming the kinds with no ready instance, and the kinds that crashed or failed to start lately."""
+        missing, troubled = gateway.missing(), gateway.troubled()
+        body: dict[str, Any] = {"status": "not ready" if missing else "ready"}
         if missing:
-            return JSONResponse({"status": "not ready", "missing": missing}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            body["missing"] = missing
+        if troubled:
+            body["crashing"] = troubled
+        return JSONResponse(body, status_code=503 if missing else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -212,8 +254,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/v1/services")
     async def services() -> dict[str, Any]:
-        """Every known model-service instance, its address and its load."""
-        return gateway.directory.snapshot() if gateway.directory else {}
+        """Every known model-service instance, its address and its load; and recent crashes by kind."""
+        if gateway.directory is None:
+            return {}
+        return {**gateway.directory.snapshot(), "crashing": gateway.troubled()}
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -26,13 +26,12 @@ class AudioRing:
             self._held -= len(self._chunks.popleft()[1]) // 2
         return start
 
-    def since(self, position: int) -> bytes:
-        """Audio from `position` (clamped to what is held) to the end."""
+    def read(self, start: int, end: int) -> bytes:
+        """Audio from `start` to `end` (clamped to what is held)."""
         out = []
-        for start, pcm in self._chunks:
-            end = start + len(pcm) // 2
-            if end <= position:
+        for chunk_start, pcm in self._chunks:
+            chunk_end = chunk_start + len(pcm) // 2
+            if chunk_end <= start or chunk_start >= end:
                 continue
-            skip = max(0, position - start)
-            out.append(pcm[skip * 2 :])
+            out.append(pcm[max(0, start - chunk_start) * 2 : (min(end, chunk_end) - chunk_start) * 2])
         return b"".join(out)

@@ -1,16 +1,29 @@
-"""Calls to the model services, routed by the directory, with fail-over.
+"""Calls to the model services, routed by the directory, with fail-over and deadlines.
 
-A stream whose instance turns out to be gone (UNAVAILABLE) before it has
-answered anything is retried on another instance; once data has flowed, a
-failure is reported to the session instead (replaying half a reply would
-repeat audio the user already heard). gRPC's own retries never apply once
-response headers arrived, hence this layer.
+`ModelServices` is what a conversation needs from the model services; the
+session gets one injected (`GrpcServices` here, fakes in unit tests).
+
+Fail-over: a stream whose instance is gone (UNAVAILABLE) or full
+(RESOURCE_EXHAUSTED) before it has answered is retried on another instance;
+its request audio is replayed from the start (audio requests come from a
+factory for that reason). Once a reply has flowed a failure is reported to the
+session instead (replaying half a reply would repeat audio the user heard).
+gRPC's own retries never apply once response headers arrived, hence this layer.
+
+Deadlines are per wait for the next message, never per whole call: a long
+reply or a long utterance is fine, a silent service is not. A message is owed
+from the moment a request is complete (the LLM and TTS requests at once; an
+ASR stream once its end marker was sent; VAD events never): the first must
+come within `first_answer_timeout_s` (which covers waiting in a busy
+instance's queue), each next one within `idle_timeout_s`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -24,6 +37,11 @@ from parley_gateway.protocol import ErrorCode
 
 Message = TypeVar("Message")
 Metadata = tuple[tuple[str, str], ...]
+AudioRequests = Callable[[], AsyncIterable[AudioChunk]]
+# Re-check this often whether a message became owed while waiting for one.
+OWED_CHECK_S = 0.25
+VOICES_CACHE_S = 10.0
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class ServiceError(Exception):
@@ -33,65 +51,155 @@ class ServiceError(Exception):
         self.message = message
 
 
-def _error(kind: str, exc: grpc.aio.AioRpcError) -> ServiceError:
-    if exc.code() == grpc.StatusCode.NOT_FOUND and kind == "tts":
-        return ServiceError(ErrorCode.UNKNOWN_VOICE, exc.details() or "unknown voice")
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
-        return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"{kind} service: {exc.details()}")
-    return ServiceError(ErrorCode.SERVICE_ERROR, f"{kind} service: {exc.code().name}: {exc.details()}")
+class ModelServices(Protocol):
+    """What a conversation asks of the model services."""
+
+    def detect(self, audio: AudioRequests, metadata: Metadata) -> AsyncIterator[vad_pb2.VadEvent]: ...
+
+    def transcribe(
+        self, audio: AudioRequests, metadata: Metadata, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[asr_pb2.Transcript]:
+        """`owed_since`: when the end marker was sent (time.monotonic), None before."""
+        ...
+
+    def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]: ...
+
+    def synthesize(self, request: tts_pb2.SynthesizeRequest) -> AsyncIterator[AudioChunk]: ...
+
+    async def voices(self) -> set[str] | None:
+        """Voice ids the TTS service speaks; None when no TTS instance can say."""
+        ...
 
 
-async def _stream(
-    directory: ServiceDirectory, kind: str, open_call: Callable[[grpc.aio.Channel], Any]
-) -> AsyncIterator[Any]:
-    tried: set[str] = set()
-    while True:
+def _always_owed() -> Callable[[], float | None]:
+    started = time.monotonic()
+    return lambda: started
+
+
+def _never_owed() -> float | None:
+    return None
+
+
+class GrpcServices:
+    def __init__(self, directory: ServiceDirectory, first_answer_timeout_s: float, idle_timeout_s: float) -> None:
+        self.directory = directory
+        self.first_answer_timeout_s = first_answer_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._voices: tuple[float, set[str]] | None = None
+
+    def _error(self, kind: str, exc: grpc.aio.AioRpcError, answered: bool) -> ServiceError:
+        code = exc.code()
+        if code == grpc.StatusCode.NOT_FOUND and kind == "tts":
+            return ServiceError(ErrorCode.UNKNOWN_VOICE, exc.details() or "unknown voice")
+        if code == grpc.StatusCode.UNAVAILABLE and answered:
+            return ServiceError(ErrorCode.SERVICE_CRASHED, f"the {kind} service went away mid-stream: {exc.details()}")
+        if code in RETRYABLE:
+            return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"{kind} service: {exc.details()}")
+        return ServiceError(ErrorCode.SERVICE_ERROR, f"{kind} service: {code.name}: {exc.details()}")
+
+    def _unavailable(self, kind: str, tried: int) -> ServiceError:
+        health = self.directory.health[kind]
+        if health.troubled():
+            return ServiceError(ErrorCode.SERVICE_CRASHED, f"no {kind} service is available: {health.summary(kind)}")
+        if tried:
+            return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"every {kind} instance is gone or full")
+        return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"no {kind} service is available")
+
+    async def _stream(
+        self,
+        kind: str,
+        open_call: Callable[[grpc.aio.Channel], Any],
+        owed_since: Callable[[], float | None],
+        retry_after_answer: Callable[[Any], bool] = lambda _: False,
+    ) -> AsyncIterator[Any]:
+        tried: set[str] = set()
+        while True:
+            try:
+                async with self.directory.lease(kind, exclude=frozenset(tried)) as instance:
+                    assert instance.channel is not None
+                    call = open_call(instance.channel)
+                    answered = False
+                    try:
+                        async for message in self._with_deadlines(kind, call, owed_since):
+                            answered = answered or not retry_after_answer(message)
+                            yield message
+                        return
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() not in RETRYABLE or answered:
+                            raise self._error(kind, exc, answered) from None
+                        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                            self.directory.forget(kind, instance.record.id, "connection refused")
+                        tried.add(instance.record.id)
+                    finally:
+                        # Cancelling here is what stops the service's work on barge-in.
+                        call.cancel()
+            except NoInstance:
+                raise self._unavailable(kind, len(tried)) from None
+
+    async def _with_deadlines(
+        self, kind: str, call: AsyncIterable[Any], owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[Any]:
+        messages = aiter(call)
+        last_answer: float | None = None
+        while True:
+            following = asyncio.ensure_future(anext(messages))
+            try:
+                while True:
+                    done, _ = await asyncio.wait({following}, timeout=OWED_CHECK_S)
+                    if done:
+                        break
+                    since = owed_since()
+                    if since is None:
+                        continue
+                    if last_answer is None:
+                        limit, waited = self.first_answer_timeout_s, time.monotonic() - since
+                    else:
+                        limit, waited = self.idle_timeout_s, time.monotonic() - max(since, last_answer)
+                    if waited > limit:
+                        raise ServiceError(
+                            ErrorCode.SERVICE_TIMEOUT, f"the {kind} service sent nothing for {limit:g} s"
+                        )
+            finally:
+                following.cancel()
+            try:
+                message = following.result()
+            except StopAsyncIteration:
+                return
+            last_answer = time.monotonic()
+            yield message
+
+    def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]:
+        return self._stream("llm", lambda ch: llm_pb2_grpc.ConversationStub(ch).Generate(request), _always_owed())
+
+    def synthesize(self, request: tts_pb2.SynthesizeRequest) -> AsyncIterator[AudioChunk]:
+        return self._stream("tts", lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).Synthesize(request), _always_owed())
+
+    def transcribe(
+        self, audio: AudioRequests, metadata: Metadata, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[asr_pb2.Transcript]:
+        # Partials do not count as an answer: until the final, another instance can start over.
+        return self._stream(
+            "asr",
+            lambda ch: asr_pb2_grpc.SpeechRecognitionStub(ch).Transcribe(audio(), metadata=metadata),
+            owed_since,
+            retry_after_answer=lambda result: not result.is_final,
+        )
+
+    def detect(self, audio: AudioRequests, metadata: Metadata) -> AsyncIterator[vad_pb2.VadEvent]:
+        return self._stream(
+            "vad", lambda ch: vad_pb2_grpc.VoiceActivityStub(ch).Detect(audio(), metadata=metadata), _never_owed
+        )
+
+    async def voices(self) -> set[str] | None:
+        now = time.monotonic()
+        if self._voices is not None and now - self._voices[0] < VOICES_CACHE_S:
+            return self._voices[1]
         try:
-            async with directory.lease(kind, exclude=frozenset(tried)) as instance:
+            async with self.directory.lease("tts") as instance:
                 assert instance.channel is not None
-                call = open_call(instance.channel)
-                answered = False
-                try:
-                    async for message in call:
-                        answered = True
-                        yield message
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE or answered:
-                        raise _error(kind, exc) from None
-                    directory.forget(kind, instance.record.id, "connection refused")
-                    tried.add(instance.record.id)
-                finally:
-                    # Cancelling here is what stops the service's work on barge-in.
-                    call.cancel()
-        except NoInstance:
-            raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"no {kind} service is available") from None
-
-
-def generate(
-    directory: ServiceDirectory, request: llm_pb2.GenerateRequest, timeout_s: float
-) -> AsyncIterator[llm_pb2.TextDelta]:
-    return _stream(directory, "llm", lambda ch: llm_pb2_grpc.ConversationStub(ch).Generate(request, timeout=timeout_s))
-
-
-def synthesize(
-    directory: ServiceDirectory, request: tts_pb2.SynthesizeRequest, timeout_s: float
-) -> AsyncIterator[AudioChunk]:
-    return _stream(
-        directory, "tts", lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).Synthesize(request, timeout=timeout_s)
-    )
-
-
-def transcribe(
-    directory: ServiceDirectory, audio: AsyncIterable[AudioChunk], metadata: Metadata
-) -> AsyncIterator[asr_pb2.Transcript]:
-    # No fail-over once audio was consumed: the iterator cannot be replayed.
-    return _stream(
-        directory, "asr", lambda ch: asr_pb2_grpc.SpeechRecognitionStub(ch).Transcribe(audio, metadata=metadata)
-    )
-
-
-def detect(
-    directory: ServiceDirectory, audio: AsyncIterable[AudioChunk], metadata: Metadata
-) -> AsyncIterator[vad_pb2.VadEvent]:
-    return _stream(directory, "vad", lambda ch: vad_pb2_grpc.VoiceActivityStub(ch).Detect(audio, metadata=metadata))
+                stub = tts_pb2_grpc.TextToSpeechStub(instance.channel)
+                answer = await stub.ListVoices(tts_pb2.ListVoicesRequest(), timeout=self.idle_timeout_s)
+        except (NoInstance, grpc.aio.AioRpcError):
+            return None
+        self._voices = (now, {v.id for v in answer.voices})
+        return self._voices[1]

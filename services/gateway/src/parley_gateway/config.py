@@ -17,6 +17,14 @@ class GatewaySettings(CommonSettings):
         default=24000, ge=8000, le=48000, description="Rate of reply audio sent to clients."
     )
     max_frame_ms: int = Field(default=1000, ge=10, le=5000, description="Longest binary audio frame accepted.")
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=65536,
+        description="Largest WebSocket message read at all; bigger ones close the socket with 1009. Frames under "
+        "it that break the audio or event limits get an error event and the session goes on.",
+    )
+    max_event_bytes: int = Field(default=65536, ge=1024, description="Largest JSON event accepted.")
+    max_event_depth: int = Field(default=16, ge=2, le=64, description="Deepest nesting accepted in a JSON event.")
     audio_buffer_s: float = Field(
         default=60.0, gt=0, description="Input audio kept per session, to (re)feed ASR from the start of an utterance."
     )
@@ -34,7 +42,8 @@ class GatewaySettings(CommonSettings):
     echo_guard_ms: int = Field(
         default=300,
         ge=0,
-        description="Speech detected this soon after reply audio starts is taken for echo, not a barge-in.",
+        description="Speech starting this soon after a reply's playback starts may be its echo: it is transcribed, "
+        "and interrupts the reply only if its words are not the reply's own.",
     )
     playback_margin_ms: int = Field(
         default=250, ge=0, description="Slack added to the estimate of when the client finishes playing a reply."
@@ -44,4 +53,16 @@ class GatewaySettings(CommonSettings):
     discovery_interval_s: float = Field(default=1.0, gt=0, description="How often instances are polled.")
     discovery_window_s: float = Field(default=0.25, gt=0, description="How long replies to one poll are collected.")
     instance_ttl_s: float = Field(default=3.5, gt=0, description="An instance silent this long is forgotten.")
-    stream_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for a model service's answer.")
+    first_answer_timeout_s: float = Field(
+        default=45.0,
+        gt=0,
+        description="Longest wait for a model service's first answer once it is owed (a complete LLM or TTS "
+        "request, an ASR stream's end); covers a busy instance's queue, so keep it above the services' "
+        "PARLEY_*_QUEUE_TIMEOUT_S.",
+    )
+    idle_timeout_s: float = Field(
+        default=15.0, gt=0, description="Longest wait for each next message of a model service's answer."
+    )
+    service_health_window_s: float = Field(
+        default=300.0, gt=0, description="How long a service's crash or failed start counts against it in /readyz."
+    )

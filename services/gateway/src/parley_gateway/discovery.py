@@ -3,8 +3,15 @@
 Every `discovery_interval_s` the directory asks `$SRV.STATS.parley-<kind>`
 and keeps what answers. A new stream goes to the ready instance with the
 lowest load, counting both what the instance reported and the streams this
-gateway opened since. An instance that stops answering polls for
-`instance_ttl_s`, or refuses a connection, is forgotten.
+gateway opened since; an instance whose queue is full is skipped. An instance
+that stops answering polls for `instance_ttl_s`, or refuses a connection, is
+forgotten.
+
+It also listens to the instances' life events (`parley.service.*`): an
+instance that vanishes without saying it is stopping, or starts again where
+the last one never said goodbye, crashed. `ServiceHealth` keeps those crashes
+and load failures per kind, so `/readyz` and the sessions' errors can say
+"the llm service keeps crashing" instead of "nothing is available".
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from nats.aio.client import Client as NatsClient
 
-from parley.registry import KINDS, InstanceRecord, discover
+from parley.registry import EVENTS_SUBJECT, KINDS, InstanceRecord, ServiceEvent, discover
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +58,117 @@ class Instance:
     channel: grpc.aio.Channel | None = field(default=None, repr=False)
 
     @property
+    def admitted(self) -> int:
+        return self.record.active + self.opened_since_report
+
+    @property
     def load(self) -> float:
-        return (self.record.active + self.opened_since_report) / max(1, self.record.capacity)
+        return self.admitted / max(1, self.record.capacity)
+
+    @property
+    def full(self) -> bool:
+        return self.admitted >= self.record.capacity + self.record.queue_limit
+
+
+@dataclass
+class ServiceHealth:
+    """Crashes and load failures of one kind of service, as seen from here."""
+
+    window_s: float
+    crashes: deque[float] = field(default_factory=deque)
+    failures: deque[float] = field(default_factory=deque)
+    last_problem: str = ""
+
+    def _trim(self, now: float) -> None:
+        for times in (self.crashes, self.failures):
+            while times and now - times[0] > self.window_s:
+                times.popleft()
+
+    def crashed(self, why: str) -> None:
+        self.crashes.append(time.monotonic())
+        self.last_problem = why
+
+    def failed(self, error: str) -> None:
+        self.failures.append(time.monotonic())
+        self.last_problem = f"failed to start: {error}"
+
+    def troubled(self) -> bool:
+        self._trim(time.monotonic())
+        return bool(self.crashes or self.failures)
+
+    def describe(self) -> dict[str, object]:
+        self._trim(time.monotonic())
+        return {
+            "crashes": len(self.crashes),
+            "failed_starts": len(self.failures),
+            "window_s": self.window_s,
+            "last_problem": self.last_problem,
+        }
+
+    def summary(self, kind: str) -> str:
+        self._trim(time.monotonic())
+        parts = []
+        if self.crashes:
+            parts.append(f"crashed {len(self.crashes)} time(s)")
+        if self.failures:
+            parts.append(f"failed to start {len(self.failures)} time(s)")
+        return f"the {kind} service {' and '.join(parts)} in the last {self.window_s:.0f} s ({self.last_problem})"
 
 
 class ServiceDirectory:
-    def __init__(self, nc: NatsClient, interval_s: float, window_s: float, ttl_s: float) -> None:
+    def __init__(
+        self, nc: NatsClient, interval_s: float, window_s: float, ttl_s: float, health_window_s: float = 300.0
+    ) -> None:
         self.nc = nc
         self.interval_s = interval_s
         self.window_s = window_s
         self.ttl_s = ttl_s
         self.instances: dict[str, dict[str, Instance]] = {kind: {} for kind in KINDS}
+        self.health: dict[str, ServiceHealth] = {kind: ServiceHealth(health_window_s) for kind in KINDS}
+        # Per address, the last instance that started there and whether it said goodbye.
+        self._started: dict[str, tuple[str, bool]] = {}
+        self._crashed: set[str] = set()  # instance ids already counted as crashed
         self._closing: set[asyncio.Task[None]] = set()  # channel closes under way
+
+    async def watch_events(self) -> None:
+        """Follow the instances' life events (subscribes; returns at once)."""
+        await self.nc.subscribe(f"{EVENTS_SUBJECT}.>", cb=self._on_event)
+
+    async def _on_event(self, msg: Any) -> None:
+        try:
+            record = ServiceEvent.model_validate_json(msg.data)
+        except ValueError:
+            return
+        self.on_event(record)
+
+    def on_event(self, record: ServiceEvent) -> None:
+        if record.kind not in self.health:
+            return
+        health = self.health[record.kind]
+        if record.event == "started":
+            previous = self._started.get(record.address)
+            if previous is not None and not previous[1] and previous[0] != record.id:
+                self._count_crash(record.kind, previous[0], f"restarted at {record.address} without a clean stop")
+            self._started[record.address] = (record.id, False)
+        elif record.event == "stopping":
+            self._started[record.address] = (record.id, True)
+        elif record.event == "failed":
+            self._started[record.address] = (record.id, True)  # its failure is reported, not a crash
+            health.failed(record.error)
+            log.warning(
+                "%s instance %s at %s failed to start: %s", record.kind, record.id, record.address, record.error
+            )
+
+    def _count_crash(self, kind: str, instance_id: str, why: str) -> None:
+        if instance_id in self._crashed:
+            return
+        self._crashed.add(instance_id)
+        self.health[kind].crashed(why)
+        log.warning("%s instance %s crashed: %s", kind, instance_id, why)
+
+    def _said_goodbye(self, instance: Instance) -> bool:
+        started = self._started.get(instance.record.address)
+        return started is not None and started == (instance.record.id, True)
 
     async def run(self) -> None:
         while True:
@@ -94,6 +202,8 @@ class ServiceDirectory:
         instance = self.instances[kind].pop(instance_id, None)
         if instance is not None:
             log.warning("forgetting %s instance %s at %s: %s", kind, instance_id, instance.record.address, why)
+            if not self._said_goodbye(instance):
+                self._count_crash(kind, instance_id, f"{why} without a clean stop")
             if instance.channel is not None:
                 task = asyncio.get_running_loop().create_task(instance.channel.close())
                 self._closing.add(task)
@@ -105,11 +215,17 @@ class ServiceDirectory:
     def missing(self) -> list[str]:
         return [kind for kind in KINDS if not self.ready(kind)]
 
+    def troubled(self) -> dict[str, dict[str, object]]:
+        """Kinds that crashed or failed to start recently, with what is known."""
+        return {kind: health.describe() for kind, health in self.health.items() if health.troubled()}
+
     def pick(self, kind: str, exclude: frozenset[str] = frozenset()) -> Instance:
         candidates = [i for i in self.ready(kind) if i.record.id not in exclude]
         if not candidates:
             raise NoInstance(kind)
-        return min(candidates, key=lambda i: (i.load, i.held))
+        # A full instance would refuse; if all are full, the least loaded may have room by now.
+        open_ = [i for i in candidates if not i.full] or candidates
+        return min(open_, key=lambda i: (i.load, i.held))
 
     @contextlib.asynccontextmanager
     async def lease(self, kind: str, exclude: frozenset[str] = frozenset()) -> AsyncIterator[Instance]:
@@ -125,6 +241,7 @@ class ServiceDirectory:
             instance.held -= 1
 
     def snapshot(self) -> dict[str, list[dict[str, object]]]:
+        """Every known instance, by kind."""
         return {
             kind: [
                 {

@@ -6,6 +6,8 @@ by `event()` so every one carries its `type`.
 
 from __future__ import annotations
 
+import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"
+    EVENT_TOO_LARGE = "event_too_large"
     UNKNOWN_EVENT = "unknown_event"
     INVALID_EVENT = "invalid_event"
     SESSION_NOT_STARTED = "session_not_started"
@@ -23,7 +26,10 @@ class ErrorCode(StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     TOO_MANY_SESSIONS = "too_many_sessions"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    SERVICE_CRASHED = "service_crashed"
+    SERVICE_TIMEOUT = "service_timeout"
     SERVICE_ERROR = "service_error"
+    INTERNAL_ERROR = "internal_error"
     UNKNOWN_VOICE = "unknown_voice"
     EMPTY_TURN = "empty_turn"
 
@@ -51,7 +57,8 @@ class VadOptions(_Event):
 class SessionStart(_Event):
     type: Literal["session.start"]
     input_sample_rate: int = Field(default=16000, ge=8000, le=48000)
-    voice: str | None = Field(default=None, max_length=200)
+    # A voice id as the TTS service lists it (checked against it at session start).
+    voice: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
     system_prompt: str | None = Field(default=None, max_length=4000)
     language: str | None = Field(default=None, pattern="^[a-z]{2,3}$")
     # "vad": the server ends turns on silence; "push_to_talk": the client ends
@@ -77,6 +84,13 @@ class ResponseCancel(_Event):
     type: Literal["response.cancel"]
 
 
+class AudioPlaying(_Event):
+    """The client started playing a reply's audio now: the echo guard is timed from here."""
+
+    type: Literal["response.audio.playing"]
+    response_id: str
+
+
 class AudioPlayed(_Event):
     type: Literal["response.audio.played"]
     response_id: str
@@ -88,7 +102,8 @@ class SessionEnd(_Event):
 
 
 ClientEvent = Annotated[
-    SessionStart | TextInput | InputCommit | ResponseCancel | AudioPlayed | SessionEnd, Field(discriminator="type")
+    SessionStart | TextInput | InputCommit | ResponseCancel | AudioPlaying | AudioPlayed | SessionEnd,
+    Field(discriminator="type"),
 ]
 _client_event: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 CLIENT_EVENT_TYPES = {
@@ -96,14 +111,35 @@ CLIENT_EVENT_TYPES = {
     "text.input",
     "input.commit",
     "response.cancel",
+    "response.audio.playing",
     "response.audio.played",
     "session.end",
 }
 
 
-def parse_client_event(raw: str) -> ClientEvent:
-    import json
+# JSON strings, so that brackets inside them are not counted as nesting.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 
+
+def nests_deeper(raw: str, limit: int) -> bool:
+    """Whether `raw` nests arrays and objects more than `limit` deep, seen without parsing it."""
+    depth = 0
+    for bracket in _BRACKETS.finditer(_JSON_STRING.sub("", raw)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def parse_client_event(raw: str, max_bytes: int = 65536, max_depth: int = 16) -> ClientEvent:
+    """A client event, validated; size and nesting are checked before anything parses it."""
+    if len(raw) > max_bytes:  # characters: at most as many as bytes
+        raise ProtocolError(
+            ErrorCode.EVENT_TOO_LARGE, f"an event may be at most {max_bytes} bytes; this one is {len(raw)} characters"
+        )
+    if nests_deeper(raw, max_depth):
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"events may nest at most {max_depth} levels deep")
     try:
         data = json.loads(raw)
     except ValueError as exc:

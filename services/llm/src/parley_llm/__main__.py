@@ -9,7 +9,7 @@ import grpc
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.server import ServiceRuntime, ServiceSpec, run_service
 from parley_llm.config import LlmSettings
-from parley_llm.engines.base import TextGenerator
+from parley_llm.engines.base import ChatMessage, TextGenerator
 from parley_llm.engines.llama_cpp import LlamaCppGenerator
 from parley_llm.engines.openai_compat import OpenAICompatibleGenerator
 from parley_llm.servicer import ConversationServicer
@@ -33,10 +33,20 @@ def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
     servicer = ConversationServicer(settings, runtime)
     loop = asyncio.get_running_loop()
 
+    loaded: list[TextGenerator] = []
+
     def load_model() -> None:
-        for _ in range(settings.instances):
-            generator = make_generator(settings)
-            loop.call_soon_threadsafe(servicer.instances.put_nowait, generator)
+        loaded.extend(make_generator(settings) for _ in range(settings.instances))
+
+    def self_test() -> str:
+        # One real token from every copy: a build that cannot run on this CPU
+        # crashes here, before the service ever says it is ready.
+        for generator in loaded:
+            deltas = list(generator.stream([ChatMessage("user", "Hello")], max_tokens=1, temperature=0.0))
+            if not deltas or not deltas[-1].finish_reason:
+                raise RuntimeError(f"the model produced no answer: {deltas}")
+            loop.call_soon_threadsafe(servicer.pool.add, generator)
+        return f"{len(loaded)} instance(s) each generated a token"
 
     def add_servicers(server: grpc.aio.Server) -> None:
         llm_pb2_grpc.add_ConversationServicer_to_server(servicer, server)
@@ -46,6 +56,7 @@ def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
         grpc_services=[llm_pb2.DESCRIPTOR.services_by_name["Conversation"].full_name],
         add_servicers=add_servicers,
         load_model=load_model,
+        self_test=self_test,
         metadata={
             "engine": settings.engine,
             "model": settings.openai_model if settings.engine == "openai" else str(settings.model_path or "embedded"),
@@ -55,7 +66,7 @@ def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
 
 def main() -> None:
     settings = LlmSettings()
-    run_service("llm", settings, lambda runtime: build(settings, runtime))
+    run_service("llm", settings, settings.instances, lambda runtime: build(settings, runtime))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,25 @@ LABELS = {"user": "User", "assistant": "Assistant"}
 TRANSCRIPT_STOPS = ["\nUser:", "User:", "\n\n", "\nAssistant:"]
 
 
+def spoken_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The conversation as a model should see it.
+
+    Turns with no words are left out: a reply cut before the user heard any of
+    it leaves an empty assistant turn, and a base model prompted with an empty
+    "Assistant:" line answers the next question with nothing. Consecutive turns
+    of one role are then joined, since chat templates demand alternating roles.
+    """
+    turns: list[ChatMessage] = []
+    for message in messages:
+        if not message.content.strip():
+            continue
+        if turns and turns[-1].role == message.role:
+            turns[-1] = ChatMessage(message.role, f"{turns[-1].content}\n{message.content}")
+        else:
+            turns.append(message)
+    return turns
+
+
 def fit_history(
     messages: list[ChatMessage], budget_tokens: int, count_tokens: Callable[[list[ChatMessage]], int]
 ) -> list[ChatMessage]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -8,10 +7,11 @@ import grpc
 from prometheus_client import Histogram
 
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
+from parley.models import ModelPool, PoolTimeout
 from parley.server import ServiceRuntime
-from parley.threads import iterate_in_thread
 from parley_llm.config import LlmSettings
 from parley_llm.engines.base import ChatMessage, TextGenerator
+from parley_llm.prompt import spoken_turns
 from parley_llm.shaping import SpeechShaper
 
 FIRST_TOKEN_SECONDS = Histogram(
@@ -25,8 +25,8 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
     def __init__(self, settings: LlmSettings, runtime: ServiceRuntime) -> None:
         self.settings = settings
         self.runtime = runtime
-        # Free model instances; a stream takes one and gives it back when done.
-        self.instances: asyncio.Queue[TextGenerator] = asyncio.Queue()
+        # The model copies; a stream borrows one for its whole reply.
+        self.pool: ModelPool[TextGenerator] = ModelPool("llm")
 
     def _messages(self, request: llm_pb2.GenerateRequest) -> list[ChatMessage] | str:
         """The validated conversation, or the reason it is refused."""
@@ -38,8 +38,9 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
         unknown = {m.role for m in messages} - ROLES
         if unknown:
             return f"unknown role(s) {sorted(unknown)}; use system, user or assistant"
-        if messages[-1].role != "user":
-            return "the last message must be the user's"
+        if messages[-1].role != "user" or not messages[-1].content.strip():
+            return "the last message must be the user's, with words in it"
+        messages = spoken_turns(messages)
         if not any(m.role == "system" for m in messages):
             messages.insert(0, ChatMessage("system", self.settings.system_prompt))
         return messages
@@ -56,28 +57,31 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
         max_tokens = request.max_tokens or self.settings.max_tokens
         temperature = request.temperature if request.temperature >= 0 else self.settings.temperature
         async with self.runtime.stream("Generate", context):
-            generator = await self.instances.get()
             started = time.perf_counter()
             first_at: float | None = None
             tokens = 0
+            shaper = SpeechShaper() if self.settings.speech_shaping else None
             try:
-                shaper = SpeechShaper() if self.settings.speech_shaping else None
-                async for delta in iterate_in_thread(lambda: generator.stream(messages, max_tokens, temperature)):
-                    if first_at is None:
-                        first_at = time.perf_counter()
-                        FIRST_TOKEN_SECONDS.observe(first_at - started)
-                    tokens = delta.completion_tokens
-                    text = delta.text
-                    if shaper is not None:
-                        text = shaper.push(text) + (shaper.flush() if delta.finish_reason else "")
-                    if text or delta.finish_reason:
-                        yield llm_pb2.TextDelta(
-                            text=text,
-                            finish_reason=delta.finish_reason,
-                            completion_tokens=delta.completion_tokens,
-                            prompt_tokens=delta.prompt_tokens,
-                        )
-            finally:
-                self.instances.put_nowait(generator)
+                async with (
+                    self.pool.lease(self.settings.queue_timeout_s) as model,
+                    model.stream(lambda generator: generator.stream(messages, max_tokens, temperature)) as deltas,
+                ):
+                    async for delta in deltas:
+                        if first_at is None:
+                            first_at = time.perf_counter()
+                            FIRST_TOKEN_SECONDS.observe(first_at - started)
+                        tokens = delta.completion_tokens
+                        text = delta.text
+                        if shaper is not None:
+                            text = shaper.push(text) + (shaper.flush() if delta.finish_reason else "")
+                        if text or delta.finish_reason:
+                            yield llm_pb2.TextDelta(
+                                text=text,
+                                finish_reason=delta.finish_reason,
+                                completion_tokens=delta.completion_tokens,
+                                prompt_tokens=delta.prompt_tokens,
+                            )
+            except PoolTimeout as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             if first_at is not None and tokens > 1:
                 TOKENS_PER_SECOND.observe((tokens - 1) / max(1e-6, time.perf_counter() - first_at))

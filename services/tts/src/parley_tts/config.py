@@ -19,5 +19,8 @@ class TtsSettings(ServiceSettings):
     )
     default_voice: str = Field(default="joe", description="Voice used when a request names none.")
     threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads.")
+    instances: int = Field(
+        default=2, ge=1, description="Model copies; each speaks one request at a time, more requests wait in order."
+    )
     max_text_chars: int = Field(default=2000, ge=1, description="Longest text accepted in one request.")
     chunk_ms: int = Field(default=200, ge=10, le=2000, description="Audio per streamed chunk.")

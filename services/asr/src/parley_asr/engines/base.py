@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,11 +14,14 @@ class Recognition:
 
 
 class SpeechRecognizer(Protocol):
-    """A blocking recogniser of one utterance; called from worker threads."""
+    """One model copy, used by one worker thread at a time (the service keeps a pool of them)."""
 
     sample_rate: int
     multilingual: bool
 
-    def transcribe(self, audio: Float32Array, language: str | None) -> Recognition:
-        """Text of `audio` (mono float32 at `sample_rate`); `language` None means detect."""
+    def transcribe(self, audio: Float32Array, language: str | None, stop: threading.Event | None = None) -> Recognition:
+        """Text of `audio` (mono float32 at `sample_rate`); `language` None means detect.
+
+        When `stop` is set the recogniser may give up early (its result is then thrown away).
+        """
         ...

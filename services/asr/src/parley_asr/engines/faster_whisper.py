@@ -9,11 +9,17 @@ embedded tiny.en a 10 s window decodes a 2 s question ~3.5x faster with the
 same words (docs/benchmarks.md has the word error rates). Windows much
 shorter than 10 s make Whisper repeat itself; 30 restores stock behaviour.
 Utterances that do not fit take faster-whisper's standard path.
+
+A decode asked to stop (a partial made worthless by the end of the utterance)
+gives up before its next stage: mel features, encoder, decoder, or the next
+segment on the standard path. CTranslate2's Whisper decoder itself cannot be
+interrupted (it has no token callback).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +70,11 @@ class FasterWhisperRecognizer:
         self.beam_size = beam_size
         self.encoder_window_s = min(FULL_WINDOW_S, encoder_window_s)
 
-    def transcribe(self, audio: Float32Array, language: str | None) -> Recognition:
+    def transcribe(self, audio: Float32Array, language: str | None, stop: threading.Event | None = None) -> Recognition:
+        stop = stop or threading.Event()
         duration_s = audio.size / self.sample_rate
         if self.encoder_window_s < FULL_WINDOW_S and duration_s + WINDOW_MARGIN_S <= FULL_WINDOW_S:
-            return self._short_window(audio, language, duration_s)
+            return self._short_window(audio, language, duration_s, stop)
         segments, info = self.model.transcribe(
             audio,
             language=language if self.multilingual else "en",
@@ -76,14 +83,25 @@ class FasterWhisperRecognizer:
             condition_on_previous_text=False,
             without_timestamps=True,
         )
-        text = " ".join(segment.text.strip() for segment in segments).strip()
-        return Recognition(text=text, language=info.language)
+        texts: list[str] = []
+        for segment in segments:  # decoded lazily, one segment at a time
+            if stop.is_set():
+                break
+            texts.append(segment.text.strip())
+        return Recognition(text=" ".join(texts).strip(), language=info.language)
 
-    def _short_window(self, audio: Float32Array, language: str | None, duration_s: float) -> Recognition:
+    def _short_window(
+        self, audio: Float32Array, language: str | None, duration_s: float, stop: threading.Event
+    ) -> Recognition:
+        stopped = Recognition(text="", language=language or "")
         features = self.model.feature_extractor(audio)
         window = int(max(self.encoder_window_s, duration_s + WINDOW_MARGIN_S) * FRAMES_PER_S)
         features = np.pad(features[:, :window], ((0, 0), (0, max(0, window - features.shape[1]))))
+        if stop.is_set():
+            return stopped
         encoded = self.model.encode(features)
+        if stop.is_set():
+            return stopped
         if not self.multilingual:
             language = "en"
         elif not language:

