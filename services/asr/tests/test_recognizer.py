@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 import pytest
 
 from parley.asr.v1 import asr_pb2_grpc
@@ -87,18 +88,20 @@ def test_stable_prefix_ignores_case_and_punctuation() -> None:
 
 
 class SlowPartials:
-    """A fake recogniser whose first decode (a partial) runs until it is told to stop."""
+    """A fake recogniser whose first decode (a partial), on any of the copies sharing `calls`, runs until stopped."""
 
     sample_rate = 16000
     multilingual = False
 
-    def __init__(self) -> None:
+    def __init__(self, shared: list[int] | None = None) -> None:
+        self.shared = shared if shared is not None else [0]
         self.calls = 0
         self.first_stopped = threading.Event()
 
     def transcribe(self, audio: Float32Array, language: str | None, stop: threading.Event | None = None) -> Recognition:
         self.calls += 1
-        if self.calls == 1:
+        self.shared[0] += 1
+        if self.shared[0] == 1:
             assert stop is not None
             if stop.wait(timeout=10):
                 self.first_stopped.set()
@@ -126,3 +129,22 @@ async def test_the_end_of_an_utterance_stops_its_partial_decode() -> None:
     assert time.monotonic() - started < 3
     assert [r.text for r in results] == ["final of 1.0 s"]
     assert servicer.pool.free == 1
+
+
+async def test_a_partial_never_takes_the_last_free_copy() -> None:
+    """With two copies and one busy, a partial is skipped and a final runs: a final never waits behind a partial."""
+    calls = [0]
+    servicer = SpeechRecognitionServicer(AsrSettings(), ServiceRuntime("asr", 4))
+    servicer.add(SlowPartials(calls))  # type: ignore[arg-type]
+    servicer.add(SlowPartials(calls))  # type: ignore[arg-type]
+    calls[0] = 1  # every decode from now on answers at once
+    audio = np.zeros(16000, dtype=np.float32)
+    async with servicer.pool.lease():  # another stream is decoding on one copy
+        assert await servicer._decode(audio, None, final=False) is None
+        final = await servicer._decode(audio, None, final=True)
+        assert final is not None and final.text == "final of 1.0 s"
+    assert (await servicer._decode(audio, None, final=False)) is not None  # both free: a partial may run
+
+    alone = SpeechRecognitionServicer(AsrSettings(), ServiceRuntime("asr", 4))
+    alone.add(SlowPartials([1]))  # type: ignore[arg-type]
+    assert (await alone._decode(audio, None, final=False)) is not None  # one copy: partials may use it

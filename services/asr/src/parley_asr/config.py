@@ -24,7 +24,10 @@ class AsrSettings(ServiceSettings):
         description="Utterance streams held at once (they mostly buffer audio; decodes share the model copies).",
     )
     instances: int = Field(
-        default=1, ge=1, description="Model copies; each runs one decode at a time, final decodes wait in order."
+        default=2,
+        ge=1,
+        description="Model copies; each runs one decode at a time, final decodes wait in order. Partials never "
+        "take the last free copy, so with 2+ a final never waits behind a partial (1 for a large model on a GPU).",
     )
     device: str = Field(default="cpu", pattern="^(cpu|cuda|auto)$", description="Where CTranslate2 runs the model.")
     compute_type: str = Field(default="int8", description="CTranslate2 compute type: int8, float16, ...")

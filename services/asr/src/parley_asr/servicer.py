@@ -56,9 +56,10 @@ class TranscribeOptions(BaseModel):
 class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
     """Streams are cheap (they buffer audio); decodes borrow a model from the pool.
 
-    A partial decode runs only when a model is free at once, and is stopped
-    (not awaited to its end) when the utterance ends; the final decode waits
-    in order for a model, up to `queue_timeout_s`.
+    A partial decode runs only when a model is free at once (and, with several
+    copies, not the last free one), and is stopped (not awaited to its end) when
+    the utterance ends; the final decode waits in order for a model, up to
+    `queue_timeout_s`.
     """
 
     def __init__(self, settings: AsrSettings, runtime: ServiceRuntime) -> None:
@@ -73,7 +74,13 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
         self.pool.add(recognizer)
 
     async def _decode(self, audio: Float32Array, language: str | None, final: bool) -> asr_pb2.Transcript | None:
-        """One decode on a pooled model; None when a partial found no free model (it is skipped)."""
+        """One decode on a pooled model; None when a partial found no model to spare (it is skipped).
+
+        Partials are best effort: one never waits, and never takes the last free copy
+        when there are several, so that a final (which the user waits for) starts at once.
+        """
+        if not final and self.pool.free <= (1 if self.pool.size > 1 else 0):
+            return None
         stop = threading.Event()
         try:
             async with self.pool.lease(self.settings.queue_timeout_s if final else 0) as model:

@@ -39,7 +39,12 @@ class LlmSettings(ServiceSettings):
         "for base models; auto: chat when the GGUF has a template.",
     )
     context_tokens: int = Field(default=2048, ge=256, description="llama.cpp context size (n_ctx).")
-    threads: int = Field(default=0, ge=0, description="CPU threads per instance; 0 means llama.cpp's default.")
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="CPU threads per instance; 0 means one per CPU core, at most 4 (llama-cpp-python's own "
+        "default, half the cores, made the first words ~100 ms slower on 2 cores: docs/benchmarks.md).",
+    )
     gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU (-1 = all).")
     instances: int = Field(
         default=1, ge=1, description="Model copies; one llama.cpp instance serves one stream at a time."

@@ -18,7 +18,11 @@ class TtsSettings(ServiceSettings):
         default=None, description="Extra Piper voices (<name>.onnx + <name>.onnx.json) besides the embedded one."
     )
     default_voice: str = Field(default="joe", description="Voice used when a request names none.")
-    threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads.")
+    threads: int = Field(
+        default=2,
+        ge=1,
+        description="onnxruntime threads per model copy (they never spin-wait, so idle copies leave the cores alone).",
+    )
     instances: int = Field(
         default=2, ge=1, description="Model copies; each speaks one request at a time, more requests wait in order."
     )

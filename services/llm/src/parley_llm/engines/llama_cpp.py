@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -13,6 +14,11 @@ from parley_llm.engines.base import ChatMessage, Delta
 from parley_llm.prompt import TRANSCRIPT_STOPS, fit_history, transcript
 
 log = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """One per core, at most 4: the first words of a reply are on the voice-to-voice path."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def embedded_model_path() -> Path:
@@ -31,7 +37,7 @@ class LlamaCppGenerator:
         self.llm = Llama(
             model_path=str(path),
             n_ctx=context_tokens,
-            n_threads=threads or None,
+            n_threads=threads or default_threads(),
             n_gpu_layers=gpu_layers,
             verbose=False,
         )

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from piper import PiperVoice, SynthesisConfig
+import onnxruntime
+from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from parley.pcm import Float32Array
 from parley_tts.engines.base import UnknownVoice, UnspeakableText, VoiceInfo
@@ -57,11 +58,20 @@ class PiperSynthesizer:
     engine = "piper"
 
     def __init__(self, voices_dir: Path | None, threads: int) -> None:
-        del threads  # piper-tts builds its own onnxruntime session
+        # Our own session options rather than PiperVoice.load's defaults (a thread per core,
+        # spin-waiting between runs): on a small machine spinning threads take the cores the
+        # LLM writes the rest of the reply on, and `threads` is the operator's to choose.
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
         self._voices: dict[str, tuple[PiperVoice, VoiceInfo]] = {}
         for voice_id, model, config in find_voices(voices_dir):
-            voice = PiperVoice.load(model, config_path=config)
-            language = json.loads(config.read_text()).get("language", {}).get("code", "")
+            settings = json.loads(config.read_text())
+            session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+            voice = PiperVoice(config=PiperConfig.from_dict(settings), session=session)
+            language = settings.get("language", {}).get("code", "")
             info = VoiceInfo(voice_id, model.name.removesuffix(".onnx"), language, voice.config.sample_rate)
             self._voices[voice_id] = (voice, info)
             log.info("Piper voice %s loaded (%s, %d Hz)", voice_id, info.name, info.sample_rate)
