@@ -49,3 +49,13 @@ async def test_silent_instances_are_forgotten() -> None:
     d.instances["tts"]["b"].last_seen = 103.0
     d._expire(now=104.0)  # ttl 3 s: "a" has been silent for 4 s
     assert list(d.instances["tts"]) == ["b"]
+
+
+def test_instances_lost_while_our_own_nats_is_down_are_not_crashes() -> None:
+    d = directory(record("a", 0, 2), record("b", 0, 2))
+    d.instances["tts"]["a"].last_seen = 100.0
+    d.instances["tts"]["b"].last_seen = 103.0
+    d._expire(now=104.0, crashed=False)  # the poll failed: NATS, not the instance
+    assert "a" not in d.instances["tts"] and d.troubled() == {}
+    d._expire(now=107.0)  # NATS answers, the instance does not: it vanished without a goodbye
+    assert d.troubled()["tts"]["crashes"] == 1

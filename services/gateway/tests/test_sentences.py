@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from parley.testing import chunked
 from parley_gateway.sentences import SentenceChunker
 
 
@@ -20,15 +21,6 @@ def feed_in(pieces: list[str], first_clause_min_chars: int) -> list[str]:
     for piece in pieces:
         out += chunker.push(piece)
     return out + chunker.flush()
-
-
-def chunked(text: str, rng: random.Random, longest: int) -> list[str]:
-    pieces: list[str] = []
-    while text:
-        size = rng.randint(1, longest)
-        pieces.append(text[:size])
-        text = text[size:]
-    return pieces
 
 
 def test_first_piece_leaves_at_a_long_enough_clause() -> None:

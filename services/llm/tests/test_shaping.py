@@ -5,21 +5,13 @@ import re
 
 import pytest
 
+from parley.testing import chunked
 from parley_llm.shaping import SpeechShaper
 
 
 def shape(*deltas: str) -> str:
     shaper = SpeechShaper()
     return "".join(shaper.push(d) for d in deltas) + shaper.flush()
-
-
-def chunked(text: str, rng: random.Random, longest: int) -> list[str]:
-    pieces: list[str] = []
-    while text:
-        size = rng.randint(1, longest)
-        pieces.append(text[:size])
-        text = text[size:]
-    return pieces
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,7 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
     elif loading.done():
         error = f"{type(loading.exception()).__name__}: {loading.exception()}"
         log.error("%s model failed to load or self-test: %s", spec.kind, error)
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(Exception, asyncio.CancelledError):  # NATS may be unreachable: log only
             await asyncio.wait_for(asyncio.shield(registration), timeout=2)  # so the failure can be told
         await announce("failed", error)
 

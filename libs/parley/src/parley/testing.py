@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
@@ -61,3 +62,13 @@ async def serving(add_servicer: Callable[[grpc.aio.Server], None]) -> AsyncItera
     """A real gRPC server on a free loopback port, and a channel to it."""
     async with grpc_server(add_servicer) as address, grpc.aio.insecure_channel(address) as channel:
         yield channel
+
+
+def chunked(text: str, rng: random.Random, longest: int) -> list[str]:
+    """`text` cut into random pieces of 1..`longest` characters, as a model's stream might deliver it."""
+    pieces: list[str] = []
+    while text:
+        size = rng.randint(1, longest)
+        pieces.append(text[:size])
+        text = text[size:]
+    return pieces

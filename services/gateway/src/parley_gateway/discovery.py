@@ -176,7 +176,8 @@ class ServiceDirectory:
                 await self.poll()
             except Exception:  # NATS down or reconnecting: keep what we know until it expires
                 log.debug("discovery poll failed", exc_info=True)
-                self._expire(time.monotonic())
+                # Silence caused by our own NATS trouble says nothing about the instances.
+                self._expire(time.monotonic(), crashed=False)
             await asyncio.sleep(max(0.0, self.interval_s - self.window_s))
 
     async def poll(self) -> None:
@@ -193,16 +194,17 @@ class ServiceDirectory:
                     instance.record, instance.last_seen, instance.opened_since_report = record, now, 0
         self._expire(now)
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float, crashed: bool = True) -> None:
         for kind, known in self.instances.items():
             for instance_id in [i for i, inst in known.items() if now - inst.last_seen > self.ttl_s]:
-                self.forget(kind, instance_id, "stopped answering")
+                self.forget(kind, instance_id, "stopped answering", crashed)
 
-    def forget(self, kind: str, instance_id: str, why: str) -> None:
+    def forget(self, kind: str, instance_id: str, why: str, crashed: bool = True) -> None:
+        """Drop an instance; unless it said goodbye (or `crashed` is False), that counts as a crash."""
         instance = self.instances[kind].pop(instance_id, None)
         if instance is not None:
             log.warning("forgetting %s instance %s at %s: %s", kind, instance_id, instance.record.address, why)
-            if not self._said_goodbye(instance):
+            if crashed and not self._said_goodbye(instance):
                 self._count_crash(kind, instance_id, f"{why} without a clean stop")
             if instance.channel is not None:
                 task = asyncio.get_running_loop().create_task(instance.channel.close())
