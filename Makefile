@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # How llama.cpp is compiled (deploy/llama-cpp.toml): a portable baseline, never the build CPU's own.
 LLAMA_PROFILE ?= cpu
 WHEEL_CACHE ?= .parley/wheels
+# FireRedTTS2's model code; --no-deps, as it declares gradio (services/tts/pyproject.toml).
+FIREREDTTS2 := tts-webui-fireredtts2==0.1.0
 
 .PHONY: run test install lint proto proto-check docs fmt bench clean
 
@@ -26,7 +28,8 @@ $(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) deploy/l
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) tools/llama_wheel.py install --profile $(LLAMA_PROFILE) --cache $(WHEEL_CACHE)
-	$(PY) -m pip install --quiet -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
+	$(PY) -m pip install --quiet -r requirements-dev.txt $(addprefix -e ,$(PACKAGES)) -e 'services/tts[fireredtts2]'
+	$(PY) -m pip install --quiet --no-deps $(FIREREDTTS2)
 	touch $@
 
 lint: $(STAMP) proto-check

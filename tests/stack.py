@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,12 +15,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("vad", "asr", "llm", "tts")
+NATS_SERVER = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_nats(port: int, jetstream_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    """A real nats-server on loopback (with JetStream, kept in `jetstream_dir`, when given)."""
+    command = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port)]
+    if jetstream_dir is not None:
+        command += ["-js", "-sd", str(jetstream_dir)]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("nats-server did not start")
 
 
 @dataclass

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import urllib.request
 
+import grpc
+import numpy as np
 import pytest
+import soundfile
 
+from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley_gateway.client import ConversationClient
+from tests.speech import speak
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -82,3 +88,29 @@ async def test_a_voice_is_checked_when_the_session_starts(stack: Stack, voice: s
         await conv.send_event({"type": "text.input", "text": "Hello!"})
         done = await conv.wait_for("response.done", timeout_s=60)
     assert done["status"] == "completed" and conv.received.audio
+
+
+async def test_a_cloned_voice_on_a_piper_only_stack_is_stored_but_not_spoken(stack: Stack) -> None:
+    """The CPU default stores voices for every instance, and says plainly that none here can clone."""
+    reference = wav_bytes(speak("The quick brown fox jumps over the lazy dog, then runs into the forest."), 16000)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports['tts']}") as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        request = tts_pb2.CreateVoiceRequest(
+            name="Reader",
+            transcript="The quick brown fox jumps over the lazy dog, then runs into the forest.",
+            audio=reference,
+        )
+        voice = await stub.CreateVoice(request)
+        try:
+            async with ConversationClient(stack.ws_url, start_session=False) as conv:
+                await conv.send_event({"type": "session.start", "voice": voice.id})
+                error = await next_error(conv, 0)
+                assert error["code"] == "voice_unavailable" and "fireredtts2" in error["message"], error
+        finally:
+            await stub.DeleteVoice(tts_pb2.DeleteVoiceRequest(id=voice.id))
+
+
+def wav_bytes(pcm: bytes, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.frombuffer(pcm, dtype=np.int16), rate, format="WAV")
+    return buffer.getvalue()

@@ -34,9 +34,10 @@ def metrics_text(port: int) -> str:
 
 
 def gauge(text: str, name: str, kind: str) -> float:
-    match = re.search(rf'^{name}{{kind="{kind}"}} ([0-9.e+-]+)$', text, re.MULTILINE)
-    assert match is not None, f"no {name} for {kind}"
-    return float(match.group(1))
+    """The gauge for `kind`, summed over its engines' pools (the TTS pools are "tts-<engine>")."""
+    values = re.findall(rf'^{name}{{kind="{kind}(?:-[a-z0-9]+)?"}} ([0-9.e+-]+)$', text, re.MULTILINE)
+    assert values, f"no {name} for {kind}"
+    return sum(float(value) for value in values)
 
 
 STORYTELLER = (

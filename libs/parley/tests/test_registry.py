@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from parley.registry import InstanceLoad, InstanceRecord, StreamSlots, connect, discover, register
-from tests.stack import free_port
-
-NATS_SERVER = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
-
-
-def start_nats(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([NATS_SERVER, "-a", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL)
-    for _ in range(50):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.1)
-    raise RuntimeError("nats-server did not start")
+from tests.stack import free_port, start_nats
 
 
 @pytest.fixture

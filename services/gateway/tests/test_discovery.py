@@ -59,3 +59,11 @@ def test_instances_lost_while_our_own_nats_is_down_are_not_crashes() -> None:
     assert "a" not in d.instances["tts"] and d.troubled() == {}
     d._expire(now=107.0)  # NATS answers, the instance does not: it vanished without a goodbye
     assert d.troubled()["tts"]["crashes"] == 1
+
+
+def test_a_conversation_stays_on_its_instance_while_that_has_room() -> None:
+    d = directory(record("a", 0, 2), record("b", 3, 2))  # b is busier (and full: no queue)
+    assert d.pick("tts", prefer="b").record.id == "a"  # full: the preference yields
+    d.instances["tts"]["b"].record = record("b", 1, 2)
+    assert d.pick("tts", prefer="b").record.id == "b"  # room: the conversation's instance, though busier
+    assert d.pick("tts").record.id == "a"

@@ -13,7 +13,7 @@ from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2
 from parley.tts.v1 import tts_pb2
 from parley.vad.v1.vad_pb2 import VadEvent
-from parley_gateway.clients import AudioRequests, Metadata
+from parley_gateway.clients import AudioRequests, Metadata, TextRequests
 from parley_gateway.config import GatewaySettings
 from parley_gateway.protocol import SessionStart
 from parley_gateway.session import ASR_CHUNK_SAMPLES, ConversationSession
@@ -37,6 +37,7 @@ class FakeServices:
         self.vad_chunks_read = 0
         self.asr_streams: list[list[AudioChunk]] = []
         self.generated: list[llm_pb2.GenerateRequest] = []
+        self.spoken: list[list[str]] = []  # the text pieces of each Speak call
         self.hold_generation: asyncio.Event | None = None  # set: generation may go on
         self.slow_cancel: asyncio.Event | None = None  # set: a cancelled generation may finish
         self.transcript: Callable[[float], str] = lambda seconds: f"utterance of {seconds:.1f} s"
@@ -84,8 +85,21 @@ class FakeServices:
         for _ in range(2):
             yield AudioChunk(pcm=bytes(request.sample_rate // 5), sample_rate=request.sample_rate)  # 100 ms
 
-    async def voices(self) -> set[str] | None:
-        return {"joe"}
+    async def speak(
+        self, start: tts_pb2.SpeakStart, pieces: TextRequests, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[tts_pb2.SpeakResponse]:
+        self.spoken.append([])
+        piece = 0
+        async for text in pieces():
+            self.spoken[-1].append(text)
+            for _ in range(2):  # 100 ms each
+                chunk = AudioChunk(pcm=bytes(start.sample_rate // 5), sample_rate=start.sample_rate)
+                yield tts_pb2.SpeakResponse(audio=chunk, piece=piece)
+            piece += 1
+        yield tts_pb2.SpeakResponse(done=tts_pb2.SpeakDone(audio_s=0.2 * piece))
+
+    async def voices(self, fresh: bool = False) -> dict[str, list[str]] | None:
+        return {"joe": ["piper"]}
 
 
 class Client:
@@ -251,4 +265,15 @@ async def test_commit_without_audio_is_an_empty_turn(turn_detection: str) -> Non
     session, _ = open_session(FakeServices(), turn_detection=turn_detection)
     with pytest.raises(ProtocolError, match="no audio"):
         session.on_commit()
+    await session.close()
+
+
+async def test_a_reply_is_spoken_through_one_tts_stream_in_order() -> None:
+    """Every sentence of a reply goes to one TTS call (one instance, one voice context), in order."""
+    services = FakeServices()
+    session, client = open_session(services)
+    session.on_text("Hi there. How are you")  # the fake answers "Answer to Hi there. How are you."
+    await until(lambda: "response.done" in client.types())
+    assert services.spoken == [["Answer to Hi there.", "How are you."]]
+    assert client.of("response.audio.done")[0]["audio_ms"] == 400  # 2 pieces x 2 chunks x 100 ms
     await session.close()

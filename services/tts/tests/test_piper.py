@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import numpy as np
@@ -14,7 +14,15 @@ from parley.server import ServiceRuntime
 from parley.testing import OverlapProbe, serving
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley_tts.config import TtsSettings
-from parley_tts.engines.base import UnknownVoice, UnspeakableText, VoiceInfo
+from parley_tts.engines.base import (
+    CannotClone,
+    Context,
+    StoredVoice,
+    UnknownVoice,
+    UnspeakableText,
+    Utterance,
+    VoiceInfo,
+)
 from parley_tts.engines.piper import PiperSynthesizer
 from parley_tts.servicer import TextToSpeechServicer
 
@@ -23,16 +31,21 @@ class Probed:
     """The real synthesiser, with every request counted by an OverlapProbe."""
 
     engine = "piper"
+    cloning = False
 
     def __init__(self, inner: PiperSynthesizer) -> None:
         self.inner = inner
         self.probe = OverlapProbe()
+        self.sample_rate = inner.sample_rate
 
     def voices(self) -> list[VoiceInfo]:
         return self.inner.voices()
 
-    def synthesize(self, text: str, voice_id: str, speed: float) -> Iterator[Float32Array]:
-        return self.probe.through(self.inner.synthesize(text, voice_id, speed))
+    def new_context(self) -> Context:
+        return self.inner.new_context()
+
+    def synthesize(self, utterance: Utterance, context: Context) -> Iterator[Float32Array]:
+        return self.probe.through(self.inner.synthesize(utterance, context))
 
 
 @pytest.fixture(scope="module")
@@ -44,36 +57,42 @@ def servicer_for(*synthesizers: object, settings: TtsSettings | None = None) -> 
     settings = settings or TtsSettings(max_text_chars=50, chunk_ms=100)
     servicer = TextToSpeechServicer(settings, ServiceRuntime("tts", len(synthesizers), queue_limit=8))
     for synthesizer in synthesizers:
-        servicer.add(synthesizer)  # type: ignore[arg-type]
+        servicer.engines.add(synthesizer)  # type: ignore[arg-type]
     return servicer
 
 
-async def speak(stub: tts_pb2_grpc.TextToSpeechStub, text: str, **fields: object) -> bytes:
+async def synthesized(stub: tts_pb2_grpc.TextToSpeechStub, text: str, **fields: object) -> bytes:
     request = tts_pb2.SynthesizeRequest(text=text, **fields)  # type: ignore[arg-type]
     return b"".join([chunk.pcm async for chunk in stub.Synthesize(request)])
+
+
+def speak(synthesizer: PiperSynthesizer, utterance: Utterance) -> list[Float32Array]:
+    return list(synthesizer.synthesize(utterance, synthesizer.new_context()))
 
 
 def test_engine_speaks_a_sentence_at_a_time(synthesizer: PiperSynthesizer) -> None:
     [voice] = synthesizer.voices()
     assert (voice.id, voice.sample_rate, voice.language) == ("joe", 22050, "en_US")
-    pieces = list(synthesizer.synthesize("First sentence here. And a second one.", "joe", 1.0))
+    pieces = speak(synthesizer, Utterance("First sentence here. And a second one.", "joe"))
     assert len(pieces) == 2
     audio = np.concatenate(pieces)
     assert audio.dtype == np.float32 and np.sqrt(np.mean(audio**2)) > 0.02
-    fast = np.concatenate(list(synthesizer.synthesize("First sentence here. And a second one.", "joe", 1.5)))
+    fast = np.concatenate(speak(synthesizer, Utterance("First sentence here. And a second one.", "joe", speed=1.5)))
     assert fast.size < audio.size * 0.8
     with pytest.raises(UnknownVoice):
-        next(iter(synthesizer.synthesize("hi", "nobody", 1.0)))
+        speak(synthesizer, Utterance("hi", "nobody"))
+    with pytest.raises(CannotClone, match="fireredtts2"):
+        speak(synthesizer, Utterance("hi", StoredVoice("v_1", "hello", b"")))
 
 
 def test_text_the_voice_would_spell_out_is_refused_before_any_audio(synthesizer: PiperSynthesizer) -> None:
     # Scripts an English voice can only read by name, a long phrase per character.
     for text in ("你好，世界。今天天气很好。", "שלום עולם, מה שלומך היום", "𝕳𝖊𝖑𝖑𝖔 𝖋𝖗𝖎𝖊𝖓𝖉"):
         with pytest.raises(UnspeakableText, match="cannot read"):
-            next(iter(synthesizer.synthesize(text, "joe", 1.0)))
+            speak(synthesizer, Utterance(text, "joe"))
     # Ordinary text with digits, numbers, prices and letter names is fine.
     for text in ("It costs $3.50, or 4 euros.", "Call 555 123 4567 before 10:30.", "In 1969, 600,000,000 watched."):
-        assert list(synthesizer.synthesize(text, "joe", 1.0)), text
+        assert speak(synthesizer, Utterance(text, "joe")), text
 
 
 async def test_synthesize_limits_and_errors(synthesizer: PiperSynthesizer) -> None:
@@ -109,8 +128,8 @@ async def test_mathematical_letters_are_read_as_letters(synthesizer: PiperSynthe
     servicer = servicer_for(synthesizer)
     async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
         stub = tts_pb2_grpc.TextToSpeechStub(channel)
-        fancy = await speak(stub, "𝕳𝖊𝖑𝖑𝖔 𝖋𝖗𝖎𝖊𝖓𝖉", sample_rate=16000)
-        plain = await speak(stub, "Hello friend", sample_rate=16000)
+        fancy = await synthesized(stub, "𝕳𝖊𝖑𝖑𝖔 𝖋𝖗𝖎𝖊𝖓𝖉", sample_rate=16000)
+        plain = await synthesized(stub, "Hello friend", sample_rate=16000)
     # Piper's durations vary a little from call to call; spelled out it was over ten times longer.
     assert 0.7 * len(plain) < len(fancy) < 1.4 * len(plain), (len(fancy) / 32000, len(plain) / 32000)
 
@@ -129,7 +148,82 @@ async def test_rapid_cancel_then_request_never_shares_a_voice(synthesizer: Piper
             else:
                 await asyncio.sleep(0)
             call.cancel()
-        after = await speak(stub, "Still here.")
+        after = await synthesized(stub, "Still here.")
     assert probed.probe.overlaps == 0 and probed.probe.entries >= 50
     assert len(after) > 22050, "the voice answers properly after 200 interruptions"
-    assert servicer.pool.free == 1 and servicer.runtime.slots.active == 0
+    assert servicer.engines.by_name["piper"].pool.free == 1 and servicer.runtime.slots.active == 0
+
+
+async def speak_requests(*items: tts_pb2.SpeakRequest, gap_s: float = 0.0) -> AsyncIterator[tts_pb2.SpeakRequest]:
+    for item in items:
+        yield item
+        await asyncio.sleep(gap_s)
+
+
+async def test_a_reply_is_spoken_piece_by_piece_as_its_text_arrives(synthesizer: PiperSynthesizer) -> None:
+    servicer = servicer_for(synthesizer)
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        requests = speak_requests(
+            tts_pb2.SpeakRequest(start=tts_pb2.SpeakStart(sample_rate=16000, conversation_id="c1")),
+            tts_pb2.SpeakRequest(text="Hello there,"),
+            tts_pb2.SpeakRequest(text="how are you today?"),
+            tts_pb2.SpeakRequest(end_of_text=True),
+            gap_s=0.05,
+        )
+        responses = [r async for r in stub.Speak(requests)]
+    audio = [r for r in responses if r.HasField("audio")]
+    assert [r.piece for r in audio] == sorted(r.piece for r in audio) and {r.piece for r in audio} == {0, 1}
+    starts = [r.audio.start_s for r in audio]
+    assert starts == sorted(starts) and all(r.audio.sample_rate == 16000 for r in audio)
+    done = responses[-1]
+    assert done.HasField("done") and done.done.audio_s == pytest.approx(sum(len(r.audio.pcm) for r in audio) / 32000)
+    assert not done.done.HasField("speaker_similarity")  # a built-in voice: nothing to compare with
+
+
+async def test_a_reply_stream_without_its_start_or_end_is_refused_or_dropped(synthesizer: PiperSynthesizer) -> None:
+    servicer = servicer_for(synthesizer)
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as no_start:
+            async for _ in stub.Speak(speak_requests(tts_pb2.SpeakRequest(text="Hi."))):
+                pass
+        assert no_start.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # The client gives up (no end_of_text): no `done`, and nothing left running.
+        cut = [
+            r
+            async for r in stub.Speak(
+                speak_requests(tts_pb2.SpeakRequest(start=tts_pb2.SpeakStart()), tts_pb2.SpeakRequest(text="Hi."))
+            )
+        ]
+        assert not any(r.HasField("done") for r in cut)
+    assert servicer.runtime.slots.active == 0
+
+
+async def test_a_dialogue_gives_every_turn_audio_and_progress(synthesizer: PiperSynthesizer) -> None:
+    servicer = servicer_for(synthesizer)
+    script = "[S1] Good morning, how did you sleep? [S2] Very well, thank you. [S1] Great! [S3] [S4] Me too."
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        responses = [
+            r async for r in stub.SynthesizeDialogue(tts_pb2.DialogueRequest(script=script, sample_rate=16000))
+        ]
+        progress = [r.turn_done for r in responses if r.HasField("turn_done")]
+        assert [(p.turn, p.turns_total) for p in progress] == [(i, 5) for i in range(5)]
+        spoken = {r.turn for r in responses if r.HasField("audio")}
+        assert spoken == {0, 1, 2, 4}  # [S3] says nothing
+        assert progress[3].audio_s == 0 and all(p.audio_s > 0.3 for p in progress if p.turn != 3)
+
+        bad = [
+            tts_pb2.DialogueRequest(script="no tags here"),
+            tts_pb2.DialogueRequest(script="[S5] Who am I?"),
+            tts_pb2.DialogueRequest(script="[S1] " + "word " * 500),
+            tts_pb2.DialogueRequest(script="[S1] hi", turns=[tts_pb2.DialogueTurn(speaker=1, text="hi")]),
+            tts_pb2.DialogueRequest(script="[S1] hi", voices={1: "nobody"}),
+        ]
+        for request in bad:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in stub.SynthesizeDialogue(request):
+                    pass
+            assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), request
+            assert refused.value.details()

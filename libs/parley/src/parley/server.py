@@ -24,7 +24,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -54,7 +54,6 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
 ]
 
 
@@ -75,6 +74,11 @@ class ServiceSpec:
     self_test: Callable[[], str]
     # Extra NATS metadata (engine, model, ...).
     metadata: dict[str, str] = field(default_factory=dict)
+    # Called once NATS answers, with the connection (e.g. to bind JetStream buckets); an error
+    # is logged and retried, never fatal: the model serves without what it sets up.
+    on_nats: Callable[[NatsClient], Awaitable[None]] | None = None
+    # Largest request message (uploads need more than the 8 MiB default).
+    max_receive_bytes: int = 8 * 1024 * 1024
 
 
 class ServiceRuntime:
@@ -119,6 +123,18 @@ class ServiceRuntime:
             STREAMS_TOTAL.labels(self.kind, method, outcome).inc()
 
 
+async def _set_up_on_nats(set_up: Callable[[NatsClient], Awaitable[None]], nc: NatsClient) -> None:
+    delay = 1.0
+    while True:
+        try:
+            await set_up(nc)
+            return
+        except Exception as exc:  # JetStream off or NATS away: the service runs on without it, and retries
+            log.warning("NATS set-up failed (retrying in %.0f s): %s: %s", delay, type(exc).__name__, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 def _load_and_test(kind: str, spec: ServiceSpec) -> None:
     spec.load_model()
     started = time.monotonic()
@@ -147,7 +163,7 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
         start_http_server(settings.metrics_port, addr=settings.host)
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", spec.max_receive_bytes)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     spec.add_servicers(server)
@@ -186,6 +202,8 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
         )
         instance_id = service.id
         await announce("started")
+        if spec.on_nats is not None:
+            await _set_up_on_nats(spec.on_nats, nats_client)
 
     registration = asyncio.create_task(join_nats())
     loading = asyncio.create_task(_load_with_progress(spec.kind, spec))

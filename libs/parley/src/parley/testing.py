@@ -47,7 +47,7 @@ class OverlapProbe:
 @contextlib.asynccontextmanager
 async def grpc_server(add_servicer: Callable[[grpc.aio.Server], None]) -> AsyncIterator[str]:
     """A real gRPC server on a free loopback port; yields its address."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", 32 * 1024 * 1024)])
     add_servicer(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -194,10 +194,18 @@ class Gateway:
         voice = start.voice or self.settings.voice
         if voice:
             known = await self.services.voices()
+            if known is not None and voice not in known:
+                known = await self.services.voices(fresh=True)
             # None: no TTS instance can say right now; the first reply will tell.
             if known is not None and voice not in known:
                 raise ProtocolError(
                     ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; the TTS service has: {', '.join(sorted(known))}"
+                )
+            if known is not None and not known[voice]:
+                raise ProtocolError(
+                    ErrorCode.VOICE_UNAVAILABLE,
+                    f"{voice!r} is a cloned voice and no running TTS engine can clone: cloning needs the "
+                    "fireredtts2 engine (PARLEY_TTS_ENGINES=piper,fireredtts2, on a GPU)",
                 )
         session = ConversationSession(self.settings, self.services, outbox.send, start)
         self.sessions.add(session)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -38,6 +39,8 @@ from parley_gateway.protocol import ErrorCode
 Message = TypeVar("Message")
 Metadata = tuple[tuple[str, str], ...]
 AudioRequests = Callable[[], AsyncIterable[AudioChunk]]
+TextRequests = Callable[[], AsyncIterable[str]]
+AFFINITY_KEPT = 1024  # conversations whose TTS instance is remembered
 # Re-check this often whether a message became owed while waiting for one.
 OWED_CHECK_S = 0.25
 VOICES_CACHE_S = 10.0
@@ -66,8 +69,17 @@ class ModelServices(Protocol):
 
     def synthesize(self, request: tts_pb2.SynthesizeRequest) -> AsyncIterator[AudioChunk]: ...
 
-    async def voices(self) -> set[str] | None:
-        """Voice ids the TTS service speaks; None when no TTS instance can say."""
+    def speak(
+        self, start: tts_pb2.SpeakStart, pieces: TextRequests, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[tts_pb2.SpeakResponse]:
+        """One reply spoken while it is written, on one TTS instance (the conversation's, when it can)."""
+        ...
+
+    async def voices(self, fresh: bool = False) -> dict[str, list[str]] | None:
+        """Voice id -> the engines that can speak it (empty: none running can); None when no TTS instance can say.
+
+        Cached for a few seconds unless `fresh` (a voice created a moment ago is not in the cache yet).
+        """
         ...
 
 
@@ -85,7 +97,9 @@ class GrpcServices:
         self.directory = directory
         self.first_answer_timeout_s = first_answer_timeout_s
         self.idle_timeout_s = idle_timeout_s
-        self._voices: tuple[float, set[str]] | None = None
+        self._voices: tuple[float, dict[str, list[str]]] | None = None
+        # conversation id -> the TTS instance that spoke its last reply (it keeps the conversation's context)
+        self._tts_affinity: OrderedDict[str, str] = OrderedDict()
 
     def _error(self, kind: str, exc: grpc.aio.AioRpcError, answered: bool) -> ServiceError:
         code = exc.code()
@@ -111,12 +125,26 @@ class GrpcServices:
         open_call: Callable[[grpc.aio.Channel], Any],
         owed_since: Callable[[], float | None],
         retry_after_answer: Callable[[Any], bool] = lambda _: False,
+        affinity: OrderedDict[str, str] | None = None,
+        affinity_key: str = "",
     ) -> AsyncIterator[Any]:
+        """Messages of one call, failing over to another instance while nothing was answered yet.
+
+        With an `affinity` map and key, the instance that served the key last is preferred (when it
+        has room), and whichever serves it now is remembered.
+        """
         tried: set[str] = set()
+        remember = affinity is not None and bool(affinity_key)
         while True:
+            prefer = affinity.get(affinity_key, "") if affinity is not None and remember else ""
             try:
-                async with self.directory.lease(kind, exclude=frozenset(tried)) as instance:
+                async with self.directory.lease(kind, exclude=frozenset(tried), prefer=prefer) as instance:
                     assert instance.channel is not None
+                    if affinity is not None and remember:
+                        affinity[affinity_key] = instance.record.id
+                        affinity.move_to_end(affinity_key)
+                        while len(affinity) > AFFINITY_KEPT:
+                            affinity.popitem(last=False)
                     call = open_call(instance.channel)
                     answered = False
                     try:
@@ -174,6 +202,23 @@ class GrpcServices:
     def synthesize(self, request: tts_pb2.SynthesizeRequest) -> AsyncIterator[AudioChunk]:
         return self._stream("tts", lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).Synthesize(request), _always_owed())
 
+    def speak(
+        self, start: tts_pb2.SpeakStart, pieces: TextRequests, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[tts_pb2.SpeakResponse]:
+        def open_call(channel: grpc.aio.Channel) -> Any:
+            async def requests() -> AsyncIterator[tts_pb2.SpeakRequest]:
+                # Replayed from the first piece if the call moves to another instance.
+                yield tts_pb2.SpeakRequest(start=start)
+                async for text in pieces():
+                    yield tts_pb2.SpeakRequest(text=text)
+                yield tts_pb2.SpeakRequest(end_of_text=True)
+
+            return tts_pb2_grpc.TextToSpeechStub(channel).Speak(requests())
+
+        return self._stream(
+            "tts", open_call, owed_since, affinity=self._tts_affinity, affinity_key=start.conversation_id
+        )
+
     def transcribe(
         self, audio: AudioRequests, metadata: Metadata, owed_since: Callable[[], float | None]
     ) -> AsyncIterator[asr_pb2.Transcript]:
@@ -190,9 +235,9 @@ class GrpcServices:
             "vad", lambda ch: vad_pb2_grpc.VoiceActivityStub(ch).Detect(audio(), metadata=metadata), _never_owed
         )
 
-    async def voices(self) -> set[str] | None:
+    async def voices(self, fresh: bool = False) -> dict[str, list[str]] | None:
         now = time.monotonic()
-        if self._voices is not None and now - self._voices[0] < VOICES_CACHE_S:
+        if not fresh and self._voices is not None and now - self._voices[0] < VOICES_CACHE_S:
             return self._voices[1]
         try:
             async with self.directory.lease("tts") as instance:
@@ -201,5 +246,5 @@ class GrpcServices:
                 answer = await stub.ListVoices(tts_pb2.ListVoicesRequest(), timeout=self.idle_timeout_s)
         except (NoInstance, grpc.aio.AioRpcError):
             return None
-        self._voices = (now, {v.id for v in answer.voices})
+        self._voices = (now, {v.id: list(v.engines) for v in answer.voices})
         return self._voices[1]

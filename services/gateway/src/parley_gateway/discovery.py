@@ -221,18 +221,24 @@ class ServiceDirectory:
         """Kinds that crashed or failed to start recently, with what is known."""
         return {kind: health.describe() for kind, health in self.health.items() if health.troubled()}
 
-    def pick(self, kind: str, exclude: frozenset[str] = frozenset()) -> Instance:
+    def pick(self, kind: str, exclude: frozenset[str] = frozenset(), prefer: str = "") -> Instance:
+        """The least-loaded ready instance; `prefer` (one that holds this caller's context) if it has room."""
         candidates = [i for i in self.ready(kind) if i.record.id not in exclude]
         if not candidates:
             raise NoInstance(kind)
+        preferred = next((i for i in candidates if i.record.id == prefer), None)
+        if preferred is not None and not preferred.full:
+            return preferred
         # A full instance would refuse; if all are full, the least loaded may have room by now.
         open_ = [i for i in candidates if not i.full] or candidates
         return min(open_, key=lambda i: (i.load, i.held))
 
     @contextlib.asynccontextmanager
-    async def lease(self, kind: str, exclude: frozenset[str] = frozenset()) -> AsyncIterator[Instance]:
-        """The least-loaded instance, counted as busy while the caller streams to it."""
-        instance = self.pick(kind, exclude)
+    async def lease(
+        self, kind: str, exclude: frozenset[str] = frozenset(), prefer: str = ""
+    ) -> AsyncIterator[Instance]:
+        """The least-loaded instance (or `prefer`), counted as busy while the caller streams to it."""
+        instance = self.pick(kind, exclude, prefer)
         if instance.channel is None:
             instance.channel = grpc.aio.insecure_channel(instance.record.address, options=CHANNEL_OPTIONS)
         instance.opened_since_report += 1

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     SERVICE_ERROR = "service_error"
     INTERNAL_ERROR = "internal_error"
     UNKNOWN_VOICE = "unknown_voice"
+    VOICE_UNAVAILABLE = "voice_unavailable"
     EMPTY_TURN = "empty_turn"
 
 

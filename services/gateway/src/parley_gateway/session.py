@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -121,6 +122,54 @@ class Transcription:
         except ServiceError as exc:
             session.report(exc.code, exc.message)
         session.turns.transcribed(self.turn_id, text, language)
+
+
+class TextFeed:
+    """A reply's sentences for its TTS stream, as the LLM writes them.
+
+    Replayable from the start (the gateway may move the stream to another TTS
+    instance until audio flows), and it knows when an answer is owed: from the
+    moment a piece went out until the first audio of it came back.
+    """
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.ended = False
+        self._more = asyncio.Event()
+        self._owed_since: float | None = None  # time.monotonic() the oldest unanswered piece left
+        self._answered = -1  # the last piece audio came back for
+
+    def add(self, text: str) -> None:
+        self.pieces.append(text)
+        self._more.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._more.set()
+
+    def answered(self, piece: int) -> None:
+        if piece > self._answered:
+            self._answered = piece
+            self._owed_since = None
+
+    def owed_since(self) -> float | None:
+        return self._owed_since
+
+    async def read(self) -> AsyncIterator[str]:
+        sent = 0
+        while True:
+            if sent < len(self.pieces):
+                if self._owed_since is None and sent > self._answered:
+                    self._owed_since = time.monotonic()
+                sent += 1
+                yield self.pieces[sent - 1]
+            elif self.ended:
+                if self._owed_since is None:
+                    self._owed_since = time.monotonic()  # the end of the stream is owed now
+                return
+            else:
+                self._more.clear()
+                await self._more.wait()
 
 
 class ConversationSession:
@@ -347,8 +396,8 @@ class ConversationSession:
             out.defer(lambda: self.history.append(llm_pb2.Message(role="user", content=reply.user_text)))
             out.send(event("response.created", response_id=reply.id))
             created = True
-            sentences: asyncio.Queue[str | None] = asyncio.Queue()
-            speaker = asyncio.create_task(self._speak(reply, sentences))
+            feed = TextFeed()
+            speaker = asyncio.create_task(self._speak(reply, feed))
             chunker = SentenceChunker(self.settings.first_clause_min_chars)
             async for delta in self.services.generate(request):
                 reply.mark("llm_first_token", self.clock.now())
@@ -356,10 +405,10 @@ class ConversationSession:
                     reply.text += delta.text
                     out.send(event("response.text.delta", response_id=reply.id, text=delta.text))
                     for sentence in chunker.push(delta.text):
-                        sentences.put_nowait(sentence)
+                        self._say(reply, feed, sentence)
             for sentence in chunker.flush():
-                sentences.put_nowait(sentence)
-            sentences.put_nowait(None)
+                self._say(reply, feed, sentence)
+            feed.end()
             await speaker
         except asyncio.CancelledError:
             await _stop(speaker)
@@ -406,25 +455,33 @@ class ConversationSession:
         if reply.played_ms is not None:
             self._apply_heard(reply)
 
-    async def _speak(self, reply: Reply, sentences: asyncio.Queue[str | None]) -> None:
+    @staticmethod
+    def _say(reply: Reply, feed: TextFeed, sentence: str) -> None:
+        """Queue a sentence for the reply's TTS stream; it counts as heard only once its audio plays."""
+        reply.pieces.append(SpokenPiece(sentence, math.inf, math.inf))
+        feed.add(sentence)
+
+    async def _speak(self, reply: Reply, feed: TextFeed) -> None:
+        """The reply's TTS stream: one call, pinned to the TTS instance of this conversation when it can."""
         rate = self.settings.output_sample_rate
-        voice = self.options.voice or self.settings.voice
+        start = tts_pb2.SpeakStart(
+            voice=self.options.voice or self.settings.voice, sample_rate=rate, conversation_id=self.id
+        )
         out = reply.output
-        while (sentence := await sentences.get()) is not None:
-            # Recorded before its audio, so a cut mid-sentence still counts what was heard of it.
-            piece = SpokenPiece(sentence, reply.audio_ms, reply.audio_ms)
-            reply.pieces.append(piece)
-            request = tts_pb2.SynthesizeRequest(text=sentence, voice=voice, sample_rate=rate)
-            async for chunk in self.services.synthesize(request):
-                if not chunk.pcm:
-                    continue
-                if "tts_first_audio" not in reply.marks:
-                    reply.mark("tts_first_audio", self.clock.now())
-                    out.send(event("response.audio.started", response_id=reply.id, sample_rate=rate))
-                    out.defer(lambda: reply.mark("first_audio_sent", self.clock.now()))
-                out.send(chunk.pcm)
-                reply.audio_ms += duration_s(chunk.pcm, rate) * 1000
-                piece.end_ms = reply.audio_ms
+        async for response in self.services.speak(start, feed.read, feed.owed_since):
+            if not response.HasField("audio") or not response.audio.pcm:
+                continue
+            feed.answered(response.piece)
+            if "tts_first_audio" not in reply.marks:
+                reply.mark("tts_first_audio", self.clock.now())
+                out.send(event("response.audio.started", response_id=reply.id, sample_rate=rate))
+                out.defer(lambda: reply.mark("first_audio_sent", self.clock.now()))
+            piece = reply.pieces[response.piece]
+            if piece.start_ms == math.inf:
+                piece.start_ms = reply.audio_ms
+            out.send(response.audio.pcm)
+            reply.audio_ms += duration_s(response.audio.pcm, rate) * 1000
+            piece.end_ms = reply.audio_ms
 
     # ---- life cycle ----------------------------------------------------------
 

@@ -5,6 +5,13 @@ onnxruntime session, per voice); the service keeps several in its pool. Piper
 turns text into phonemes with espeak-ng, whose state is process-global
 (`set_voice` then `get_phonemes`), so phonemisation takes a process-wide lock
 while the expensive part, the neural model, runs on each copy in parallel.
+
+Piper cannot clone, and a voice is one speaker. A dialogue still gets a distinct
+voice per speaker ([S1]..[S4]) from one Piper voice: each speaker has a pitch
+factor, applied by resampling the audio (which moves pitch and formants together,
+so it reads as another person), while Piper speaks slower or faster by the same
+factor so that the tempo stays natural. bench/tts_dialogue.py measures how
+different they sound to a speaker embedder.
 """
 
 from __future__ import annotations
@@ -17,10 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import soxr
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from parley.pcm import Float32Array
-from parley_tts.engines.base import UnknownVoice, UnspeakableText, VoiceInfo
+from parley_tts.engines.base import (
+    CannotClone,
+    Context,
+    StoredVoice,
+    UnknownVoice,
+    UnspeakableText,
+    Utterance,
+    VoiceInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +49,12 @@ _ESPEAK = threading.Lock()
 # Hebrew and emoji 13-15, "mathematical" letters 27.
 MAX_PHONEMES_PER_CHAR = 8.0
 PHONEME_SLACK = 24
+# Pitch factor per dialogue speaker [S1]..[S4] (1.0: the voice as it is).
+SPEAKER_PITCH = {1: 1.0, 2: 1.3, 3: 0.82, 4: 1.15}
+
+
+class _NoContext:
+    """Piper speaks every utterance on its own."""
 
 
 def embedded_voice() -> tuple[str, Path, Path]:
@@ -56,6 +78,7 @@ def find_voices(voices_dir: Path | None) -> list[tuple[str, Path, Path]]:
 
 class PiperSynthesizer:
     engine = "piper"
+    cloning = False
 
     def __init__(self, voices_dir: Path | None, threads: int) -> None:
         # Our own session options rather than PiperVoice.load's defaults (a thread per core,
@@ -75,20 +98,39 @@ class PiperSynthesizer:
             info = VoiceInfo(voice_id, model.name.removesuffix(".onnx"), language, voice.config.sample_rate)
             self._voices[voice_id] = (voice, info)
             log.info("Piper voice %s loaded (%s, %d Hz)", voice_id, info.name, info.sample_rate)
+        self.sample_rate = next(iter(self._voices.values()))[1].sample_rate
 
     def voices(self) -> list[VoiceInfo]:
         return [info for _, info in self._voices.values()]
 
-    def synthesize(self, text: str, voice_id: str, speed: float) -> Iterator[Float32Array]:
-        if voice_id not in self._voices:
-            raise UnknownVoice(voice_id)
-        voice, _ = self._voices[voice_id]
+    def new_context(self) -> Context:
+        return _NoContext()
+
+    def encode_reference(self, audio_16k: Float32Array, transcript: str) -> bytes:
+        raise CannotClone("Piper cannot clone a voice from a recording: use the fireredtts2 engine")
+
+    def synthesize(self, utterance: Utterance, context: Context) -> Iterator[Float32Array]:
+        if isinstance(utterance.voice, StoredVoice):
+            raise CannotClone(f"Piper cannot speak the cloned voice {utterance.voice.id!r}: use the fireredtts2 engine")
+        if utterance.voice not in self._voices:
+            raise UnknownVoice(utterance.voice)
+        voice, info = self._voices[utterance.voice]
+        pitch = SPEAKER_PITCH[utterance.speaker]
+        # Spoken `pitch` times slower, then played `pitch` times faster: higher, same tempo.
+        pieces = self._speak(voice, utterance.text, utterance.speed / pitch)
+        if pitch == 1.0:
+            yield from pieces
+            return
+        for piece in pieces:
+            yield soxr.resample(piece, round(info.sample_rate * pitch), info.sample_rate).astype(np.float32)
+
+    def _speak(self, voice: PiperVoice, text: str, speed: float) -> Iterator[Float32Array]:
         with _ESPEAK:
             sentences = voice.phonemize(text)
         phonemes = sum(len(s) for s in sentences)
         if phonemes > MAX_PHONEMES_PER_CHAR * len(text) + PHONEME_SLACK:
             raise UnspeakableText(
-                f"voice {voice_id!r} would spell out {len(text)} characters as {phonemes} phonemes: "
+                f"the voice would spell out {len(text)} characters as {phonemes} phonemes: "
                 "the text is in a script or symbols it cannot read"
             )
         config = SynthesisConfig(length_scale=1.0 / speed)

@@ -27,7 +27,12 @@ if _version_not_supported:
 
 
 class TextToSpeechStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors, on every method: INVALID_ARGUMENT for input past a limit or that
+    cannot be spoken (the message names the limit and its setting), NOT_FOUND for
+    an unknown voice, FAILED_PRECONDITION for a voice or feature the chosen engine
+    cannot speak (the message names an engine that can), RESOURCE_EXHAUSTED when
+    the instance is full (another instance may have room).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -40,26 +45,96 @@ class TextToSpeechStub:
                 request_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
                 response_deserializer=parley_dot_audio_dot_v1_dot_audio__pb2.AudioChunk.FromString,
                 _registered_method=True)
+        self.Speak = channel.stream_stream(
+                '/parley.tts.v1.TextToSpeech/Speak',
+                request_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.SpeakRequest.SerializeToString,
+                response_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.SpeakResponse.FromString,
+                _registered_method=True)
+        self.SynthesizeDialogue = channel.unary_stream(
+                '/parley.tts.v1.TextToSpeech/SynthesizeDialogue',
+                request_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.DialogueRequest.SerializeToString,
+                response_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.DialogueResponse.FromString,
+                _registered_method=True)
+        self.CreateVoice = channel.unary_unary(
+                '/parley.tts.v1.TextToSpeech/CreateVoice',
+                request_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.CreateVoiceRequest.SerializeToString,
+                response_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.Voice.FromString,
+                _registered_method=True)
+        self.GetVoice = channel.unary_unary(
+                '/parley.tts.v1.TextToSpeech/GetVoice',
+                request_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.GetVoiceRequest.SerializeToString,
+                response_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.Voice.FromString,
+                _registered_method=True)
         self.ListVoices = channel.unary_unary(
                 '/parley.tts.v1.TextToSpeech/ListVoices',
                 request_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.ListVoicesRequest.SerializeToString,
                 response_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.ListVoicesResponse.FromString,
                 _registered_method=True)
+        self.DeleteVoice = channel.unary_unary(
+                '/parley.tts.v1.TextToSpeech/DeleteVoice',
+                request_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.DeleteVoiceRequest.SerializeToString,
+                response_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.DeleteVoiceResponse.FromString,
+                _registered_method=True)
 
 
 class TextToSpeechServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors, on every method: INVALID_ARGUMENT for input past a limit or that
+    cannot be spoken (the message names the limit and its setting), NOT_FOUND for
+    an unknown voice, FAILED_PRECONDITION for a voice or feature the chosen engine
+    cannot speak (the message names an engine that can), RESOURCE_EXHAUSTED when
+    the instance is full (another instance may have room).
+    """
 
     def Synthesize(self, request, context):
-        """Audio chunks for `text` in `voice`, first chunk as early as the engine can.
-        Errors: INVALID_ARGUMENT for empty/oversized text, NOT_FOUND for an
-        unknown voice, RESOURCE_EXHAUSTED when every engine slot is busy.
+        """Audio for one text, first chunk as early as the engine can. A cloned voice's
+        speaker similarity is sent in the trailing metadata `parley-speaker-similarity`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Speak(self, request_iterator, context):
+        """One assistant reply, spoken while it is being written. The first request
+        carries `start`, then `text` pieces as they come (each spoken in order, the
+        next one while the previous plays), then `end_of_text`. The whole reply stays
+        on one instance and one model copy, so its voice and prosody stay one; with a
+        `conversation_id`, earlier replies of that conversation on this instance are
+        kept as context (engines that use context). Each audio chunk names the piece
+        it speaks; the last message is `done`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SynthesizeDialogue(self, request, context):
+        """A script of [S1]..[S4] turns, a voice per speaker, spoken in order; each
+        chunk names its turn, and a `turn_done` after each turn gives the progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateVoice(self, request, context):
+        """Voices: built-in ones of every engine, and stored (cloned) ones that every
+        instance shares through NATS JetStream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVoice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListVoices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVoice(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,10 +148,35 @@ def add_TextToSpeechServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.SynthesizeRequest.FromString,
                     response_serializer=parley_dot_audio_dot_v1_dot_audio__pb2.AudioChunk.SerializeToString,
             ),
+            'Speak': grpc.stream_stream_rpc_method_handler(
+                    servicer.Speak,
+                    request_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.SpeakRequest.FromString,
+                    response_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.SpeakResponse.SerializeToString,
+            ),
+            'SynthesizeDialogue': grpc.unary_stream_rpc_method_handler(
+                    servicer.SynthesizeDialogue,
+                    request_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.DialogueRequest.FromString,
+                    response_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.DialogueResponse.SerializeToString,
+            ),
+            'CreateVoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVoice,
+                    request_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.CreateVoiceRequest.FromString,
+                    response_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.Voice.SerializeToString,
+            ),
+            'GetVoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVoice,
+                    request_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.GetVoiceRequest.FromString,
+                    response_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.Voice.SerializeToString,
+            ),
             'ListVoices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVoices,
                     request_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.ListVoicesRequest.FromString,
                     response_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.ListVoicesResponse.SerializeToString,
+            ),
+            'DeleteVoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVoice,
+                    request_deserializer=parley_dot_tts_dot_v1_dot_tts__pb2.DeleteVoiceRequest.FromString,
+                    response_serializer=parley_dot_tts_dot_v1_dot_tts__pb2.DeleteVoiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,7 +187,12 @@ def add_TextToSpeechServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TextToSpeech:
-    """Missing associated documentation comment in .proto file."""
+    """Errors, on every method: INVALID_ARGUMENT for input past a limit or that
+    cannot be spoken (the message names the limit and its setting), NOT_FOUND for
+    an unknown voice, FAILED_PRECONDITION for a voice or feature the chosen engine
+    cannot speak (the message names an engine that can), RESOURCE_EXHAUSTED when
+    the instance is full (another instance may have room).
+    """
 
     @staticmethod
     def Synthesize(request,
@@ -117,6 +222,114 @@ class TextToSpeech:
             _registered_method=True)
 
     @staticmethod
+    def Speak(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/parley.tts.v1.TextToSpeech/Speak',
+            parley_dot_tts_dot_v1_dot_tts__pb2.SpeakRequest.SerializeToString,
+            parley_dot_tts_dot_v1_dot_tts__pb2.SpeakResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SynthesizeDialogue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.tts.v1.TextToSpeech/SynthesizeDialogue',
+            parley_dot_tts_dot_v1_dot_tts__pb2.DialogueRequest.SerializeToString,
+            parley_dot_tts_dot_v1_dot_tts__pb2.DialogueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.tts.v1.TextToSpeech/CreateVoice',
+            parley_dot_tts_dot_v1_dot_tts__pb2.CreateVoiceRequest.SerializeToString,
+            parley_dot_tts_dot_v1_dot_tts__pb2.Voice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.tts.v1.TextToSpeech/GetVoice',
+            parley_dot_tts_dot_v1_dot_tts__pb2.GetVoiceRequest.SerializeToString,
+            parley_dot_tts_dot_v1_dot_tts__pb2.Voice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListVoices(request,
             target,
             options=(),
@@ -133,6 +346,33 @@ class TextToSpeech:
             '/parley.tts.v1.TextToSpeech/ListVoices',
             parley_dot_tts_dot_v1_dot_tts__pb2.ListVoicesRequest.SerializeToString,
             parley_dot_tts_dot_v1_dot_tts__pb2.ListVoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.tts.v1.TextToSpeech/DeleteVoice',
+            parley_dot_tts_dot_v1_dot_tts__pb2.DeleteVoiceRequest.SerializeToString,
+            parley_dot_tts_dot_v1_dot_tts__pb2.DeleteVoiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,307 @@
+"""The FireRedTTS2 engine core on a tiny random-weight model (tiny_fireredtts2.py) on CPU.
+
+Random weights say nothing about speech quality; these tests pin down what the engine feeds the model
+(frames, speaker tags, prompt codes, the context window), how it streams, and how it stops.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from parley_tts.__main__ import capacity, load_engines
+from parley_tts.config import TtsSettings
+from parley_tts.engines.base import UnspeakableText, Utterance
+from parley_tts.engines.fireredtts2 import (
+    MIN_FRAMES,
+    RANDOM_VOICE,
+    TEXT_END,
+    TEXT_START,
+    ContextTooLong,
+    FireRedTTS2Model,
+    FireRedTTS2Synthesizer,
+    MissingModelFiles,
+    Segment,
+)
+from services.tts.tests.tiny_fireredtts2 import AUDIO_VOCAB, CODEBOOKS, FRAME_LIMIT, write_models_dir
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models_dir(tmp_path_factory.mktemp("fireredtts2"))
+
+
+@pytest.fixture(scope="module")
+def model(models_dir: Path) -> FireRedTTS2Model:
+    return FireRedTTS2Model.load(models_dir, "cpu")
+
+
+class Recorder:
+    """Wraps the LLM's generate_frame: keeps what it was fed, and can set `stop` during frame `stop_at`."""
+
+    def __init__(self, model: FireRedTTS2Model, stop: threading.Event | None = None, stop_at: int = -1) -> None:
+        self.inner = model.llm.generate_frame
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+        self.stop, self.stop_at = stop, stop_at
+
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor, *args: Any) -> torch.Tensor:
+        self.calls.append((tokens[0].numpy().copy(), mask[0].numpy().copy()))
+        frame = self.inner(tokens, mask, *args)
+        if self.stop is not None and len(self.calls) == self.stop_at:
+            self.stop.set()  # as another thread would, while this frame is being computed
+        return frame
+
+    @property
+    def prompt(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.calls[0]
+
+
+def record(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> Recorder:
+    recorder = Recorder(model, **kwargs)
+    monkeypatch.setattr(model.llm, "generate_frame", recorder)
+    return recorder
+
+
+def codes_of(value: int, frames: int) -> np.ndarray:
+    """Codes that say which segment they belong to: every index is `value`."""
+    return np.full((frames, CODEBOOKS), value, dtype=np.int64)
+
+
+def audio_rows(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return tokens[mask[:, 0]][:, :-1]
+
+
+def speak_all(model: FireRedTTS2Model, text: str, context: list[Segment], **kwargs: Any) -> list[np.ndarray]:
+    kwargs.setdefault("max_frames", 12)
+    return list(model.speak(text, kwargs.pop("speaker", "[S1]"), context, threading.Event(), **kwargs))
+
+
+def test_stream_equals_one_shot_decode(model: FireRedTTS2Model) -> None:
+    chunks = speak_all(model, "Hello there, how are you?", [], max_frames=12)
+
+    assert model.last_codes is not None and model.last_codes.shape == (12, CODEBOOKS)
+    assert len(chunks) == 12  # one chunk per frame, the last one flushed at the end
+    # The codec's overlap: the first chunk is 360 samples short, the last 360 long, the rest one frame.
+    assert [len(c) for c in chunks] == [1560] + [model.frame_samples] * 10 + [2280]
+    with torch.inference_mode():
+        one_shot = model.codec.decode(torch.from_numpy(model.last_codes.T).unsqueeze(0))[0].numpy()
+    stream = np.concatenate(chunks)
+    assert stream.dtype == np.float32 and stream.shape == one_shot.shape == (12 * model.frame_samples,)
+    assert np.abs(one_shot).max() > 1e-3  # the random codebooks make audio depend on the codes
+    np.testing.assert_allclose(stream, one_shot, atol=1e-5)
+
+
+def test_speaker_tag_goes_into_the_text_frames(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    earlier = Segment("[S1]", "Hi there.", codes_of(3, 5))
+    recorder = record(model, monkeypatch)
+    speak_all(model, "How are you? [S1] I am fine.", [earlier], speaker="[S2]", max_frames=2)
+
+    tokens, mask = recorder.prompt
+    text_column = tokens[mask[:, -1] & ~mask[:, 0]][:, -1].tolist()
+    first = model.tokenizer.encode("[S1]" + TEXT_START + "Hi there." + TEXT_END)
+    # The tag the caller gives, and no tag smuggled in through the text: clean_text drops brackets.
+    second = model.tokenizer.encode("[S2]" + TEXT_START + "How are you? S1 I am fine." + TEXT_END)
+    assert text_column == first + second
+    assert tokens[-len(second) :, -1].tolist() == second  # the request's text frames come last
+    assert not mask[-len(second) :, :-1].any()  # text frames carry no audio columns
+    s1, s2 = model.tokenizer.encode("[S1]") + model.tokenizer.encode("[S2]")
+    assert text_column.count(s1) == 1 and text_column.count(s2) == 1
+
+
+def test_clone_prompt_feeds_the_stored_codes(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = (0.2 * np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+    codes = model.encode_reference(reference)
+    assert codes.shape == (13, CODEBOOKS) and codes.dtype == np.int64  # ceil(1 s / 80 ms)
+    assert codes.min() >= 0 and codes.max() < AUDIO_VOCAB
+    voice = Segment("[S1]", "A reference transcript.", codes, voice_prompt=True)
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("speak must not encode audio")
+
+    monkeypatch.setattr(model, "encode_reference", never)
+    monkeypatch.setattr(model.codec, "encode", never)
+    recorder = record(model, monkeypatch)
+    chunks = speak_all(model, "Say it in my voice.", [voice], max_frames=3)
+
+    assert len(chunks) == 3
+    tokens, mask = recorder.prompt
+    prompt_text = model.tokenizer.encode("[S1]" + TEXT_START + "A reference transcript." + TEXT_END)
+    assert tokens[: len(prompt_text), -1].tolist() == prompt_text  # the voice prompt comes first
+    audio = audio_rows(tokens, mask)
+    np.testing.assert_array_equal(audio[: len(codes)], codes)  # exactly the stored codes
+    assert len(audio) == len(codes) + 1 and not audio[-1].any()  # then the EOS frame, and nothing else
+    assert recorder.prompt[0].shape[0] == len(prompt_text) + len(codes) + 1 + len(
+        model.tokenizer.encode("[S1]" + TEXT_START + "Say it in my voice." + TEXT_END)
+    )
+
+
+def test_reference_at_another_rate_is_resampled(model: FireRedTTS2Model) -> None:
+    second = np.random.default_rng(1).standard_normal(48000).astype(np.float32) * 0.1
+    assert model.encode_reference(second, sample_rate=48000).shape == (13, CODEBOOKS)
+
+
+def test_stop_between_frames_generates_nothing_more(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = record(model, monkeypatch)
+    stop = threading.Event()
+    received = []
+    for chunk in model.speak("Hello there, how are you?", "[S1]", [], stop, max_frames=30):
+        received.append(chunk)
+        if len(received) == 3:
+            stop.set()
+            frames_at_stop = len(recorder.calls)
+    assert len(received) == 3
+    assert len(recorder.calls) == frames_at_stop  # not one frame after the stop
+    assert model.last_codes is not None and len(model.last_codes) == 3  # the codes of what was yielded
+
+
+def test_stop_during_a_frame_ends_after_that_frame(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = threading.Event()
+    recorder = record(model, monkeypatch, stop=stop, stop_at=5)
+    received = list(model.speak("Hello there, how are you?", "[S1]", [], stop, max_frames=30))
+    assert len(recorder.calls) == 5  # the frame in flight finishes, no other starts
+    assert len(received) == 3  # chunks of frames 1-3; frame 4 waited for frame 5 and frame 5 for nothing
+    assert model.last_codes is not None and len(model.last_codes) == 3
+
+
+def test_stop_before_start_and_early_close(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = record(model, monkeypatch)
+    stop = threading.Event()
+    stop.set()
+    assert list(model.speak("Hello.", "[S1]", [], stop, max_frames=10)) == []
+    assert recorder.calls == [] and model.last_codes is not None and len(model.last_codes) == 0
+
+    stream: Iterator[np.ndarray] = model.speak("Hello there.", "[S1]", [], threading.Event(), max_frames=10)
+    next(stream), next(stream)
+    stream.close()  # what ModelPool does when a caller goes away
+    assert model.last_codes is not None and len(model.last_codes) == 2
+
+
+def test_max_frames_bounds_the_output(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = record(model, monkeypatch)
+    chunks = speak_all(model, "Hello.", [], max_frames=7)
+    assert len(recorder.calls) == 7 and len(chunks) == 7
+    assert model.last_codes is not None and len(model.last_codes) == 7
+
+
+def test_context_window_drops_oldest_first_and_keeps_the_prompt(
+    model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert model.frame_limit == FRAME_LIMIT
+    older = Segment("[S2]", "Hi.", codes_of(1, 15))
+    voice = Segment("[S1]", "Hi.", codes_of(2, 15), voice_prompt=True)
+    turns = [Segment("[S2]" if i % 2 else "[S1]", "Hi.", codes_of(3 + i, 15)) for i in range(4)]
+    context = [older, voice, *turns]
+
+    def fed(max_frames: int) -> tuple[list[int], int]:
+        """Which segments reached the model (by their code values), and the prompt's length."""
+        recorder = record(model, monkeypatch)
+        speak_all(model, "Hello.", context, max_frames=max_frames)
+        tokens, mask = recorder.prompt
+        audio = audio_rows(tokens, mask)
+        return [int(v) for v in dict.fromkeys(audio[:, 0]) if v], len(tokens)
+
+    everything, length = fed(max_frames=4)  # 6 segments of ~27 frames + text fit in 160 with 4 to generate
+    assert everything == [1, 2, 3, 4, 5, 6] and length + 4 <= FRAME_LIMIT
+    trimmed, length = fed(max_frames=60)  # two segments must go: the oldest that are not the voice prompt
+    assert trimmed == [2, 4, 5, 6] and length + 60 <= FRAME_LIMIT
+    assert model.last_codes is not None and len(model.last_codes) == 60
+
+
+def test_a_request_that_cannot_fit_is_refused(model: FireRedTTS2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = record(model, monkeypatch)
+    voice = Segment("[S1]", "Hi.", codes_of(2, 100), voice_prompt=True)
+    with pytest.raises(ContextTooLong, match=f"limit of {FRAME_LIMIT} frames"):
+        model.speak("Hello.", "[S1]", [voice], threading.Event(), max_frames=60)
+    with pytest.raises(ContextTooLong):
+        model.speak("Hello.", "[S1]", [], threading.Event(), max_frames=FRAME_LIMIT)
+    assert recorder.calls == []  # refused before any model work
+
+
+def test_bad_requests(model: FireRedTTS2Model) -> None:
+    stop = threading.Event()
+    with pytest.raises(UnspeakableText):
+        model.speak("  ", "[S1]", [], stop, max_frames=5)
+    with pytest.raises(ValueError, match="speaker"):
+        model.speak("Hello.", "S1", [], stop, max_frames=5)
+    with pytest.raises(ValueError, match="shape"):
+        model.speak("Hello.", "[S1]", [Segment("[S1]", "Hi.", codes_of(1, 4)[:, :8])], stop, max_frames=5)
+    with pytest.raises(ValueError, match=r"0\.\.31"):
+        model.speak("Hello.", "[S1]", [Segment("[S1]", "Hi.", codes_of(AUDIO_VOCAB, 4))], stop, max_frames=5)
+
+
+def test_load_picks_the_checkpoint(models_dir: Path) -> None:
+    pretrain = FireRedTTS2Model.load(models_dir, "cpu", checkpoint="pretrain", frame_limit=100)
+    saved = torch.load(models_dir / "llm_pretrain.pt")["model"]["codebook0_head.weight"]
+    torch.testing.assert_close(pretrain.llm.codebook0_head.weight, saved)
+    assert pretrain.frame_limit == 100
+    assert next(pretrain.llm.parameters()).dtype == torch.float32  # bf16 is for CUDA only
+
+
+def test_missing_files_are_named_in_one_error(models_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(MissingModelFiles) as nothing:
+        FireRedTTS2Model.load(tmp_path / "nowhere", "cpu")
+    assert nothing.value.missing == [
+        "config_llm.json",
+        "llm_posttrain.pt",
+        "config_codec.json",
+        "codec.pt",
+        "Qwen2.5-1.5B/tokenizer.json (or vocab.json and merges.txt)",
+    ]
+
+    partial = tmp_path / "partial"
+    shutil.copytree(models_dir, partial)
+    (partial / "codec.pt").unlink()
+    shutil.rmtree(partial / "Qwen2.5-1.5B")
+    with pytest.raises(MissingModelFiles) as some:
+        FireRedTTS2Model.load(partial, "cpu")
+    assert "codec.pt" in str(some.value) and "Qwen2.5-1.5B/tokenizer.json" in str(some.value)
+    assert some.value.missing == ["codec.pt", "Qwen2.5-1.5B/tokenizer.json (or vocab.json and merges.txt)"]
+
+    (partial / "llm_pretrain.pt").unlink()
+    with pytest.raises(MissingModelFiles, match=r"llm_pretrain\.pt, codec\.pt"):
+        FireRedTTS2Model.load(partial, "cpu", checkpoint="pretrain")
+
+
+def test_the_service_loads_the_engine_only_where_it_may(models_dir: Path) -> None:
+    """What `python -m parley_tts` loads for PARLEY_TTS_ENGINES, and its refusal without a GPU."""
+    settings = TtsSettings(
+        engines="piper,fireredtts2",
+        fireredtts2_models_dir=models_dir,
+        fireredtts2_allow_cpu=True,
+        fireredtts2_copies=2,
+        instances=1,
+    )
+    copies = load_engines(settings)
+    assert [c.engine for c in copies] == ["piper", "fireredtts2", "fireredtts2"]
+    assert copies[1] is not copies[2] and copies[1].model is not copies[2].model  # type: ignore[attr-defined]
+    assert capacity(settings) == 3
+    hello = list(copies[1].synthesize(Utterance("Hello.", RANDOM_VOICE), copies[1].new_context()))
+    assert sum(chunk.size for chunk in hello) >= MIN_FRAMES * 1920 - 360  # bounded: random weights never stop
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+            load_engines(settings.model_copy(update={"fireredtts2_allow_cpu": False}))
+    with pytest.raises(MissingModelFiles):
+        load_engines(settings.model_copy(update={"fireredtts2_models_dir": models_dir / "nowhere"}))
+    with pytest.raises(ValueError, match="engines"):
+        TtsSettings(engines="piper,coqui")
+
+
+def test_speed_is_refused_and_context_is_kept_per_speaker(models_dir: Path) -> None:
+    synthesizer = FireRedTTS2Synthesizer(FireRedTTS2Model.load(models_dir, "cpu"), max_frames=8)
+    memory = synthesizer.new_context()
+    with pytest.raises(UnspeakableText, match="speed"):
+        list(synthesizer.synthesize(Utterance("Hi.", RANDOM_VOICE, speed=1.5), memory))
+    list(synthesizer.synthesize(Utterance("Hello there.", RANDOM_VOICE, speaker=1), memory))
+    list(synthesizer.synthesize(Utterance("Hi!", RANDOM_VOICE, speaker=2), memory))
+    assert [(s.speaker, s.text, len(s.codes)) for s in memory.segments] == [
+        ("[S1]", "Hello there.", 8),
+        ("[S2]", "Hi!", 8),
+    ]

@@ -1,0 +1,158 @@
+"""A whole FireRedTTS2 models directory with tiny random weights, built from the package's own classes.
+
+It is laid out like the real one (config_llm.json, llm_pretrain.pt, llm_posttrain.pt, config_codec.json,
+codec.pt, Qwen2.5-1.5B/), so `FireRedTTS2Model.load` itself is what the tests exercise. The sizes are
+tiny so that a frame takes milliseconds on CPU:
+
+- the LLM's backbone and decoder are torchtune qwen2 models of one or two layers, registered as flavours
+  in `fireredtts2.llm.modules.FLAVORS` (config_llm.json names flavours, not sizes); `max_seq_len` is
+  small because `setup_caches` allocates a max_seq_len² mask, and it is the model's frame limit;
+- the text tokenizer is a byte-level BPE trained here (no hub), saved as a `PreTrainedTokenizerFast`;
+- the codec's Whisper encoder, which upstream builds at Whisper-large-v3 size whatever the config says,
+  gets a tiny size through config_codec.json's optional `codec.ssl` section, which the engine reads;
+- the RVQ codebooks are zero buffers until a checkpoint fills them, and zero codebooks would make the
+  decoded audio ignore the codes: they are random here.
+
+Random weights never emit the all-zero EOS frame, so every test bounds its lengths with max_frames.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# The fireredtts2 classes come through the engine module: importing it is what makes the package's
+# submodules importable without its torchaudio-importing __init__.
+from parley_tts.engines.fireredtts2 import (
+    TOKENIZER_DIR,
+    AcousticDecoder,
+    Model,
+    ModelArgs,
+    RedCodec,
+    ResidualDownConv,
+    ResidualVQ,
+    SslAdaptor,
+    UpConv,
+    WhisperAcousticEncoder,
+    load_custom_tokenizer,
+    semantic_encoder,
+)
+
+CODEBOOKS = 16  # as the real model: frames are 17 columns
+AUDIO_VOCAB = 32  # >= 10: the decoder samples codebooks 1..15 with a fixed top-k of 10
+FRAME_LIMIT = 160  # the tiny backbone's max_seq_len
+
+_CORPUS = [
+    "Hello there, how are you today?",
+    "I am fine, thank you. And you?",
+    "The quick brown fox jumps over the lazy dog.",
+    "This is a tiny tokenizer for tests only.",
+]
+
+_ENCODER = {"embed_dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64}
+CODEC_SECTIONS = {
+    "ssl": _ENCODER,
+    "ssl_adaptor": {"in_dim": 32, "embed_dim": 32, "out_dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64},
+    "acoustic_encoder": _ENCODER,
+    "downsample": {"embed_dim": 64, "avg_pooler": 4},  # semantic 32 + acoustic 32
+    "rvq": {
+        "input_dim": 64,
+        "rvq_dim": 32,
+        "output_dim": 32,
+        "num_quantizers": CODEBOOKS,
+        "codebook_size": AUDIO_VOCAB,
+        "codebook_dim": 8,
+    },
+    "upsample": {"embed_dim": 32, "stride": 4},
+    "semantic_decoder": {"in_dim": 32, "embed_dim": 32, "out_dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64},
+    "acoustic_decoder": {"embed_dim": 32, "num_layers": 1, "num_heads": 2, "hop_length": 240, "causal": True},
+}
+
+
+def register_flavours(max_seq_len: int = FRAME_LIMIT) -> tuple[str, str]:
+    """Tiny backbone and decoder flavours in the package's registry; their names."""
+    from fireredtts2.llm.modules import FLAVORS
+    from torchtune.models.qwen2 import qwen2
+
+    backbone, decoder = f"tiny-backbone-{max_seq_len}", "tiny-decoder"
+    FLAVORS[backbone] = lambda: qwen2(
+        vocab_size=8,  # unused: the package replaces the token embeddings
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        embed_dim=64,
+        intermediate_dim=128,
+        max_seq_len=max_seq_len,
+        norm_eps=1e-6,
+    )
+    FLAVORS[decoder] = lambda: qwen2(
+        vocab_size=8,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        embed_dim=32,
+        intermediate_dim=64,
+        max_seq_len=CODEBOOKS,
+        norm_eps=1e-6,
+    )
+    return backbone, decoder
+
+
+def write_tokenizer(directory: Path) -> int:
+    """A byte-level BPE like Qwen's, trained offline on a few sentences; its size with FireRedTTS2's tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(str(directory))
+    return len(load_custom_tokenizer(str(directory)))
+
+
+def write_models_dir(directory: Path, seed: int = 0, frame_limit: int = FRAME_LIMIT) -> Path:
+    """Write a complete tiny models directory into `directory` and return it."""
+    from fireredtts2.llm.utils import init_weights
+
+    torch.manual_seed(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    text_vocab = write_tokenizer(directory / TOKENIZER_DIR)
+    backbone, decoder = register_flavours(frame_limit)
+    settings = {
+        "backbone_flavor": backbone,
+        "decoder_flavor": decoder,
+        "text_vocab_size": text_vocab,
+        "audio_vocab_size": AUDIO_VOCAB,
+        "audio_num_codebooks": CODEBOOKS,
+        "decoder_loss_weight": 0.6,
+    }
+    (directory / "config_llm.json").write_text(json.dumps({"llm_models": settings}, indent=2))
+    for checkpoint in ("pretrain", "posttrain"):
+        llm = init_weights(Model(ModelArgs(**settings, use_text_loss=True)))  # audio_head starts uninitialised
+        torch.save({"model": llm.state_dict()}, directory / f"llm_{checkpoint}.pt")
+
+    (directory / "config_codec.json").write_text(json.dumps({"codec": CODEC_SECTIONS}, indent=2))
+    codec = RedCodec(
+        semantic_encoder(CODEC_SECTIONS["ssl"]),
+        SslAdaptor(**CODEC_SECTIONS["ssl_adaptor"]),
+        WhisperAcousticEncoder(**CODEC_SECTIONS["acoustic_encoder"]),
+        ResidualDownConv(**CODEC_SECTIONS["downsample"]),
+        ResidualVQ(**CODEC_SECTIONS["rvq"]),
+        UpConv(**CODEC_SECTIONS["upsample"]),
+        SslAdaptor(**CODEC_SECTIONS["semantic_decoder"]),
+        AcousticDecoder(**CODEC_SECTIONS["acoustic_decoder"]),
+    )
+    with torch.no_grad():
+        for quantizer in codec.rvq.quantizers:
+            quantizer.codebook.normal_()
+    torch.save({"generator": codec.state_dict()}, directory / "codec.pt")
+    return directory
