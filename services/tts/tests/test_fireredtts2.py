@@ -18,7 +18,7 @@ import torch
 
 from parley_tts.__main__ import capacity, load_engines
 from parley_tts.config import TtsSettings
-from parley_tts.engines.base import UnspeakableText, Utterance
+from parley_tts.engines.base import StoredVoice, UnspeakableText, Utterance
 from parley_tts.engines.fireredtts2 import (
     MIN_FRAMES,
     RANDOM_VOICE,
@@ -29,6 +29,7 @@ from parley_tts.engines.fireredtts2 import (
     FireRedTTS2Synthesizer,
     MissingModelFiles,
     Segment,
+    codes_to_bytes,
 )
 from services.tts.tests.tiny_fireredtts2 import AUDIO_VOCAB, CODEBOOKS, FRAME_LIMIT, write_models_dir
 
@@ -305,3 +306,15 @@ def test_speed_is_refused_and_context_is_kept_per_speaker(models_dir: Path) -> N
         ("[S1]", "Hello there.", 8),
         ("[S2]", "Hi!", 8),
     ]
+    # S1 takes a stored voice: its prompt goes first, its turns in the random voice go.
+    ana = StoredVoice("ana-1", "A reference.", codes_to_bytes(codes_of(3, 5)))
+    list(synthesizer.synthesize(Utterance("Good.", ana, speaker=1), memory))
+    assert [(s.speaker, s.text, s.voice_prompt) for s in memory.segments] == [
+        ("[S1]", "A reference.", True),
+        ("[S2]", "Hi!", False),
+        ("[S1]", "Good.", False),
+    ]
+    list(synthesizer.synthesize(Utterance("Again.", ana, speaker=1), memory))  # the same voice: nothing is dropped
+    assert [s.text for s in memory.segments] == ["A reference.", "Hi!", "Good.", "Again."]
+    list(synthesizer.synthesize(Utterance("Random.", RANDOM_VOICE, speaker=1), memory))
+    assert [(s.speaker, s.text) for s in memory.segments] == [("[S2]", "Hi!"), ("[S1]", "Random.")]

@@ -562,11 +562,15 @@ class FireRedTTS2Synthesizer:
         voice = utterance.voice
         if isinstance(voice, StoredVoice):
             if context.prompts.get(speaker) != voice.id:
+                _forget_speaker(context, speaker)  # what it said in another voice would pull towards that voice
                 context.prompts[speaker] = voice.id
                 context.segments.insert(
                     _prompt_count(context), Segment(speaker, voice.transcript, codes_from_bytes(voice.codes), True)
                 )
-        elif voice != RANDOM_VOICE:
+        elif voice == RANDOM_VOICE:
+            if speaker in context.prompts:
+                _forget_speaker(context, speaker)
+        else:
             raise UnknownVoice(voice)
         frames = min(self.max_frames, max(MIN_FRAMES, int(len(utterance.text) * FRAMES_PER_CHAR)))
         stop = threading.Event()  # the pool stops us by closing this generator between frames
@@ -590,6 +594,12 @@ class FireRedTTS2Synthesizer:
         if not transcript.strip():
             raise ValueError("a FireRedTTS2 voice needs the transcript of its reference")
         return codes_to_bytes(self.model.encode_reference(audio_16k, FireRedTTS2Model.reference_rate))
+
+
+def _forget_speaker(memory: DialogueMemory, speaker: str) -> None:
+    """A speaker changes voice: its prompt and its earlier turns leave the context."""
+    memory.segments = [segment for segment in memory.segments if segment.speaker != speaker]
+    memory.prompts.pop(speaker, None)
 
 
 def _prompt_count(memory: DialogueMemory) -> int:
