@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from parley.registry import connect
+from parley_gateway.api import errors as api_errors
+from parley_gateway.api import speech, transcriptions, voices
 from parley_gateway.clients import GrpcServices
 from parley_gateway.config import GatewaySettings
 from parley_gateway.discovery import ServiceDirectory
@@ -240,6 +242,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="Parley gateway", lifespan=lifespan)
     app.state.gateway = gateway
+    api_errors.install(app)
+    for area in (speech, transcriptions, voices):
+        app.include_router(area.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

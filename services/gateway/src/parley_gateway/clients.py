@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -48,10 +48,14 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class ServiceError(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    """A model service call that failed; `status` and `detail` are the service's own, when it answered."""
+
+    def __init__(self, code: ErrorCode, message: str, status: grpc.StatusCode | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status
+        self.detail = detail or message
 
 
 class ModelServices(Protocol):
@@ -104,12 +108,14 @@ class GrpcServices:
     def _error(self, kind: str, exc: grpc.aio.AioRpcError, answered: bool) -> ServiceError:
         code = exc.code()
         if code == grpc.StatusCode.NOT_FOUND and kind == "tts":
-            return ServiceError(ErrorCode.UNKNOWN_VOICE, exc.details() or "unknown voice")
+            return ServiceError(ErrorCode.UNKNOWN_VOICE, exc.details() or "unknown voice", code, exc.details() or "")
         if code == grpc.StatusCode.UNAVAILABLE and answered:
             return ServiceError(ErrorCode.SERVICE_CRASHED, f"the {kind} service went away mid-stream: {exc.details()}")
         if code in RETRYABLE:
-            return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"{kind} service: {exc.details()}")
-        return ServiceError(ErrorCode.SERVICE_ERROR, f"{kind} service: {code.name}: {exc.details()}")
+            return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"{kind} service: {exc.details()}", code)
+        return ServiceError(
+            ErrorCode.SERVICE_ERROR, f"{kind} service: {code.name}: {exc.details()}", code, exc.details() or ""
+        )
 
     def _unavailable(self, kind: str, tried: int) -> ServiceError:
         health = self.directory.health[kind]
@@ -234,6 +240,26 @@ class GrpcServices:
         return self._stream(
             "vad", lambda ch: vad_pb2_grpc.VoiceActivityStub(ch).Detect(audio(), metadata=metadata), _never_owed
         )
+
+    async def tts_unary(self, call: Callable[[Any], Awaitable[Message]], timeout_s: float) -> Message:
+        """One unary TTS call (voices) on the least-loaded instance, another if it is gone or full."""
+        tried: set[str] = set()
+        while True:
+            try:
+                async with self.directory.lease("tts", exclude=frozenset(tried)) as instance:
+                    assert instance.channel is not None
+                    try:
+                        return await asyncio.wait_for(call(tts_pb2_grpc.TextToSpeechStub(instance.channel)), timeout_s)
+                    except TimeoutError:
+                        raise ServiceError(
+                            ErrorCode.SERVICE_TIMEOUT, f"the tts service did not answer in {timeout_s:g} s"
+                        ) from None
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() not in RETRYABLE:
+                            raise self._error("tts", exc, answered=False) from None
+                        tried.add(instance.record.id)
+            except NoInstance:
+                raise self._unavailable("tts", len(tried)) from None
 
     async def voices(self, fresh: bool = False) -> dict[str, list[str]] | None:
         now = time.monotonic()

@@ -66,3 +66,19 @@ class GatewaySettings(CommonSettings):
     service_health_window_s: float = Field(
         default=300.0, gt=0, description="How long a service's crash or failed start counts against it in /readyz."
     )
+    # HTTP API (/v1/audio/*, /v1/voices)
+    api_max_speech_chars: int = Field(default=4096, ge=1, description="Longest `input` of POST /v1/audio/speech.")
+    api_max_upload_bytes: int = Field(
+        default=25_000_000, ge=1000, description="Largest audio upload (transcriptions, voices)."
+    )
+    api_max_transcription_s: float = Field(default=600.0, gt=0, description="Longest audio a transcription accepts.")
+    api_transcription_segment_s: float = Field(
+        default=28.0,
+        gt=1,
+        le=55,
+        description="Speech found by the VAD is cut into pieces of at most this long for the ASR service.",
+    )
+    api_parallel_segments: int = Field(default=2, ge=1, description="ASR streams one transcription uses at once.")
+    api_voices_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for the TTS service to make, read or delete a voice."
+    )

@@ -1,0 +1,63 @@
+"""Parts of the HTTP API that need no stack: streaming encoders, subtitles, cutting speech into pieces."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from parley.vad.v1 import vad_pb2
+from parley_gateway.api.encoding import encoder_for
+from parley_gateway.api.transcriptions import Segment, speech_stretches, subtitles
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav"])
+def test_audio_streams_out_while_it_comes_in_and_decodes_whole(fmt: str) -> None:
+    tone = (np.sin(2 * np.pi * 220 * np.arange(48000) / 24000) * 8000).astype("<i2").tobytes()  # 2 s at 24 kHz
+    encoder = encoder_for(fmt, 24000)  # type: ignore[arg-type]
+    pieces = [encoder.push(tone[i : i + 9600]) for i in range(0, len(tone), 9600)]  # 200 ms each
+    assert sum(1 for piece in pieces[:-1] if piece) >= len(pieces) - 3, "bytes must flow before the end"
+    data = b"".join(pieces) + encoder.finish()
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        seconds = sum(frame.samples for frame in container.decode(stream)) / stream.rate
+    assert 1.95 < seconds < 2.1
+
+
+def test_subtitles() -> None:
+    segments = [Segment(0.5, 2.25, "Hello there."), Segment(3.0, 3.0, ""), Segment(3661.5, 3662.0, "Late.")]
+    assert subtitles(segments, "srt") == (
+        "1\n00:00:00,500 --> 00:00:02,250\nHello there.\n\n2\n01:01:01,500 --> 01:01:02,000\nLate.\n"
+    )
+    assert subtitles(segments, "vtt") == (
+        "WEBVTT\n\n00:00:00.500 --> 00:00:02.250\nHello there.\n\n01:01:01.500 --> 01:01:02.000\nLate.\n"
+    )
+
+
+class FakeVad:
+    def __init__(self, events: list[tuple[int, float]]) -> None:
+        self.events = events
+
+    async def detect(self, audio: Any, metadata: Any) -> AsyncIterator[vad_pb2.VadEvent]:
+        async for _ in audio():
+            pass
+        for kind, at in self.events:
+            yield vad_pb2.VadEvent(kind=kind, timestamp_s=at)  # type: ignore[arg-type]
+
+
+async def test_speech_is_cut_into_pieces_the_asr_service_takes() -> None:
+    started, stopped = vad_pb2.VadEvent.SPEECH_STARTED, vad_pb2.VadEvent.SPEECH_STOPPED
+    vad = FakeVad([(started, 1.0), (stopped, 3.0), (started, 10.0), (stopped, 75.0), (started, 99.0)])
+    pcm = bytes(2 * 16000 * 100)  # 100 s
+    pieces = await speech_stretches(vad, pcm, longest_s=28)  # type: ignore[arg-type]
+    assert [(p.start_s, p.end_s) for p in pieces] == [
+        (1.0, 3.0),
+        (10.0, 38.0),
+        (38.0, 66.0),
+        (66.0, 75.0),
+        (99.0, 100.0),
+    ]
