@@ -96,6 +96,6 @@ def test_health_readiness_and_metrics(stack: Stack) -> None:
 def test_web_page_is_served(stack: Stack) -> None:
     with urllib.request.urlopen(f"{stack.url}/") as response:
         page = response.read().decode()
-    assert "/static/app.js" in page
-    with urllib.request.urlopen(f"{stack.url}/static/app.js") as response:
+    assert 'src="static/js/main.js"' in page  # relative: the page works under any proxy path
+    with urllib.request.urlopen(f"{stack.url}/static/js/conversation.js") as response:
         assert "/v1/conversation" in response.read().decode()

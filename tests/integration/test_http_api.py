@@ -175,3 +175,47 @@ async def test_voices_can_be_made_listed_and_deleted(stack: Stack) -> None:
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
         remaining = {v["id"] for v in (await http.get("/v1/voices")).json()["voices"]}
         assert remaining.isdisjoint({voice["id"]}) and not any(v.startswith(("noise-", "short-")) for v in remaining)
+
+
+async def test_a_dialogue_job_streams_reports_progress_and_downloads(stack: Stack) -> None:
+    script = " ".join(
+        f"[S{speaker}] {line}"
+        for speaker, line in [
+            (1, "Welcome to the show, today we talk about gardens."),
+            (2, "Thanks for having me, I love gardens."),
+            (3, "What grows best in the shade?"),
+            (4, "Ferns, mostly, and moss."),
+        ]
+    )
+    async with httpx.AsyncClient(base_url=stack.url, timeout=120) as http:
+        made = await http.post("/v1/dialogues", json={"script": script})
+        assert made.status_code == 202, made.text
+        job = made.json()
+        assert job["status"] == "running" and job["turns_total"] == 4
+
+        streamed = bytearray()
+        async with http.stream("GET", job["audio_url"]) as audio:
+            assert audio.headers["content-type"] == "audio/wav"
+            async for piece in audio.aiter_bytes():
+                streamed += piece
+        done = (await http.get(f"/v1/dialogues/{job['id']}")).json()
+        assert done["status"] == "done" and done["progress"] == 1.0 and done["turns_done"] == 4
+        assert [t["speaker"] for t in done["turns"]] == [1, 2, 3, 4]
+        assert all(t["end_s"] - t["start_s"] > 0.8 for t in done["turns"]), done["turns"]
+
+        wav = await http.get(done["download_url"])
+        assert wav.headers["content-disposition"].endswith(f'{job["id"]}.wav"')
+        samples, rate = soundfile.read(io.BytesIO(wav.content), dtype="int16")
+        assert rate == 24000 and abs(samples.size / rate - done["audio_s"]) < 0.01
+        assert bytes(streamed[44:]) == samples.tobytes()  # what streamed is the same audio
+        for turn in done["turns"]:
+            part = samples[int(turn["start_s"] * rate) : int(turn["end_s"] * rate)] / 32768
+            assert np.sqrt(np.mean(part**2)) > 0.02  # every line is spoken
+
+        bad = await http.post("/v1/dialogues", json={"script": "no speaker tags"})
+        assert bad.status_code == 400 and "speaker tag" in bad.json()["error"]["message"]
+        unknown = await http.post("/v1/dialogues", json={"script": "[S1] Hi.", "voices": {"1": "nobody"}})
+        assert unknown.status_code == 404
+        assert (await http.get("/v1/dialogues/dlg-nothing")).status_code == 404
+        assert (await http.delete(f"/v1/dialogues/{job['id']}")).json()["deleted"] is True
+        assert (await http.get(f"/v1/dialogues/{job['id']}")).status_code == 404

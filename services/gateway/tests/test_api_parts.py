@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,9 +11,12 @@ import av
 import numpy as np
 import pytest
 
+from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.tts.v1 import tts_pb2
 from parley.vad.v1 import vad_pb2
 from parley_gateway.api.encoding import encoder_for
 from parley_gateway.api.transcriptions import Segment, speech_stretches, subtitles
+from parley_gateway.dialogues import DialogueJobs, TooManyJobs
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav"])
@@ -61,3 +65,42 @@ async def test_speech_is_cut_into_pieces_the_asr_service_takes() -> None:
         (66.0, 75.0),
         (99.0, 100.0),
     ]
+
+
+async def dialogue_stream(messages: list[tts_pb2.DialogueResponse]) -> AsyncIterator[tts_pb2.DialogueResponse]:
+    for message in messages:
+        yield message
+
+
+async def test_dialogue_jobs_are_bounded_and_expire() -> None:
+    now = [1000.0]
+    jobs = DialogueJobs(max_jobs=2, keep_s=60, clock=lambda: now[0])
+    started = tts_pb2.DialogueStarted(turns_total=1, speakers=[2], sample_rate=16000)
+    spoken = [
+        tts_pb2.DialogueResponse(audio=AudioChunk(pcm=bytes(3200), sample_rate=16000), turn=0),
+        tts_pb2.DialogueResponse(turn=0, turn_done=tts_pb2.TurnDone(turn=0, turns_total=1, audio_s=0.1)),
+    ]
+    first = jobs.start(started, dialogue_stream(spoken))
+    assert first.task is not None
+    await first.task
+    assert first.summary()["status"] == "done" and first.summary()["turns"][0]["speaker"] == 2
+    assert [piece async for piece in first.stream()] == [bytes(3200)]
+
+    hanging: asyncio.Event = asyncio.Event()
+
+    async def never_ending() -> AsyncIterator[tts_pb2.DialogueResponse]:
+        await hanging.wait()
+        yield spoken[0]
+
+    jobs.make_room()
+    second = jobs.start(started, never_ending())
+    jobs.make_room()  # full: the finished job makes room
+    assert set(jobs.jobs) == {second.id}
+    third = jobs.start(started, never_ending())
+    with pytest.raises(TooManyJobs):
+        jobs.make_room()  # both running
+    now[0] += 3600
+    assert await jobs.delete(second.id) and second.status == "cancelled"
+    jobs.make_room()
+    await jobs.close()
+    assert third.status == "cancelled" and jobs.jobs == {}

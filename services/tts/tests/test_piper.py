@@ -208,6 +208,8 @@ async def test_a_dialogue_gives_every_turn_audio_and_progress(synthesizer: Piper
         responses = [
             r async for r in stub.SynthesizeDialogue(tts_pb2.DialogueRequest(script=script, sample_rate=16000))
         ]
+        assert responses[0].started.turns_total == 5 and list(responses[0].started.speakers) == [1, 2, 1, 3, 4]
+        assert responses[0].started.sample_rate == 16000
         progress = [r.turn_done for r in responses if r.HasField("turn_done")]
         assert [(p.turn, p.turns_total) for p in progress] == [(i, 5) for i in range(5)]
         spoken = {r.turn for r in responses if r.HasField("audio")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from parley.registry import connect
+from parley_gateway.api import dialogues, monitor, speech, transcriptions, voices
 from parley_gateway.api import errors as api_errors
-from parley_gateway.api import speech, transcriptions, voices
 from parley_gateway.clients import GrpcServices
 from parley_gateway.config import GatewaySettings
+from parley_gateway.dialogues import DialogueJobs
 from parley_gateway.discovery import ServiceDirectory
 from parley_gateway.metrics import ERRORS_TOTAL, SESSIONS_ACTIVE, SESSIONS_TOTAL
+from parley_gateway.monitor import Monitor
 from parley_gateway.protocol import (
     AudioPlayed,
     AudioPlaying,
@@ -46,14 +48,18 @@ STATIC_DIR = Path(__file__).parent / "static"
 class Outbox:
     """The single writer of one WebSocket, so events keep the order they were queued in."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, observer: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.websocket = websocket
+        self.observer = observer  # sees every event (the monitor keeps turns' timings and errors)
         self.queue: asyncio.Queue[dict[str, Any] | bytes | None] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
 
     def send(self, message: dict[str, Any] | bytes) -> None:
-        if isinstance(message, dict) and message.get("type") == "error":
-            ERRORS_TOTAL.labels(message.get("code", "")).inc()
+        if isinstance(message, dict):
+            if message.get("type") == "error":
+                ERRORS_TOTAL.labels(message.get("code", "")).inc()
+            if self.observer is not None:
+                self.observer(message)
         self.queue.put_nowait(message)
 
     async def _run(self) -> None:
@@ -82,6 +88,8 @@ class Gateway:
         self.directory: ServiceDirectory | None = None
         self.services: GrpcServices | None = None
         self.sessions: set[ConversationSession] = set()
+        self.dialogues = DialogueJobs(settings.api_max_dialogues, settings.api_dialogue_keep_s)
+        self.monitor = Monitor()
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -101,6 +109,7 @@ class Gateway:
     async def stop(self) -> None:
         for session in list(self.sessions):
             await session.close()
+        await self.dialogues.close()
         for task in self._tasks:
             task.cancel()
         if self.directory is not None:
@@ -118,7 +127,7 @@ class Gateway:
 
     async def converse(self, websocket: WebSocket) -> None:
         await websocket.accept()
-        outbox = Outbox(websocket)
+        outbox = Outbox(websocket, self.monitor.observe)
         session: ConversationSession | None = None
         pinger = asyncio.create_task(self._ping(outbox))
         try:
@@ -243,7 +252,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="Parley gateway", lifespan=lifespan)
     app.state.gateway = gateway
     api_errors.install(app)
-    for area in (speech, transcriptions, voices):
+    for area in (speech, transcriptions, voices, dialogues, monitor):
         app.include_router(area.router)
 
     @app.get("/healthz")

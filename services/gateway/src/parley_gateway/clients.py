@@ -208,6 +208,11 @@ class GrpcServices:
     def synthesize(self, request: tts_pb2.SynthesizeRequest) -> AsyncIterator[AudioChunk]:
         return self._stream("tts", lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).Synthesize(request), _always_owed())
 
+    def dialogue(self, request: tts_pb2.DialogueRequest) -> AsyncIterator[tts_pb2.DialogueResponse]:
+        return self._stream(
+            "tts", lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).SynthesizeDialogue(request), _always_owed()
+        )
+
     def speak(
         self, start: tts_pb2.SpeakStart, pieces: TextRequests, owed_since: Callable[[], float | None]
     ) -> AsyncIterator[tts_pb2.SpeakResponse]:

@@ -82,3 +82,7 @@ class GatewaySettings(CommonSettings):
     api_voices_timeout_s: float = Field(
         default=120.0, gt=0, description="Longest wait for the TTS service to make, read or delete a voice."
     )
+    api_max_dialogues: int = Field(default=8, ge=1, description="Dialogue jobs kept at once (running or finished).")
+    api_dialogue_keep_s: float = Field(
+        default=3600.0, gt=0, description="How long a finished dialogue's audio is kept."
+    )

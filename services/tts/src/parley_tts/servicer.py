@@ -332,6 +332,10 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             out_rate = request.sample_rate or engine.rate_of(next(iter(voices.values())).voice)
             memory = engine.new_context()
             async with self.runtime.stream("SynthesizeDialogue", context):
+                started = tts_pb2.DialogueStarted(
+                    turns_total=len(lines), speakers=[line.speaker for line in lines], sample_rate=out_rate
+                )
+                yield tts_pb2.DialogueResponse(started=started)
                 for index, line in enumerate(lines):
                     sent = 0
                     heard: list[Float32Array] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
@@ -100,7 +101,5 @@ async def preview_voice(
 
 
 def _check_id(voice_id: str) -> None:
-    import re
-
     if not re.match(VOICE_ID, voice_id) or not voice_id:
         raise ApiError(400, f"{voice_id[:40]!r} is not a voice id", "invalid_request", "voice_id")

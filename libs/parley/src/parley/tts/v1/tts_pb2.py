@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from parley.audio.v1 import audio_pb2 as parley_dot_audio_dot_v1_dot_audio__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/tts/v1/tts.proto\x12\rparley.tts.v1\x1a\x1bparley/audio/v1/audio.proto\"d\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\r\n\x05speed\x18\x04 \x01(\x02\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\"h\n\nSpeakStart\x12\r\n\x05voice\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\r\n\x05speed\x18\x03 \x01(\x02\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"i\n\x0cSpeakRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.parley.tts.v1.SpeakStartH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x15\n\x0b\x65nd_of_text\x18\x03 \x01(\x08H\x00\x42\x06\n\x04item\"T\n\tSpeakDone\x12\x0f\n\x07\x61udio_s\x18\x01 \x01(\x01\x12\x1f\n\x12speaker_similarity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_speaker_similarity\"r\n\rSpeakResponse\x12*\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1b.parley.audio.v1.AudioChunk\x12\r\n\x05piece\x18\x02 \x01(\x05\x12&\n\x04\x64one\x18\x03 \x01(\x0b\x32\x18.parley.tts.v1.SpeakDone\"-\n\x0c\x44ialogueTurn\x12\x0f\n\x07speaker\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xdd\x01\n\x0f\x44ialogueRequest\x12*\n\x05turns\x18\x01 \x03(\x0b\x32\x1b.parley.tts.v1.DialogueTurn\x12\x0e\n\x06script\x18\x02 \x01(\t\x12:\n\x06voices\x18\x03 \x03(\x0b\x32*.parley.tts.v1.DialogueRequest.VoicesEntry\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x1a-\n\x0bVoicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\x08TurnDone\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x12\x13\n\x0bturns_total\x18\x02 \x01(\x05\x12\x0f\n\x07\x61udio_s\x18\x03 \x01(\x01\x12\x1f\n\x12speaker_similarity\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_speaker_similarity\"x\n\x10\x44ialogueResponse\x12*\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1b.parley.audio.v1.AudioChunk\x12\x0c\n\x04turn\x18\x02 \x01(\x05\x12*\n\tturn_done\x18\x03 \x01(\x0b\x32\x17.parley.tts.v1.TurnDone\"\xce\x01\n\x05Voice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1a\n\x12native_sample_rate\x18\x04 \x01(\x05\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x0f\n\x07\x65ngines\x18\x06 \x03(\t\x12\x0e\n\x06\x63loned\x18\x07 \x01(\x08\x12\x12\n\ntranscript\x18\x08 \x01(\t\x12\x1c\n\x14reference_duration_s\x18\t \x01(\x01\x12\x1a\n\x12\x63reated_at_unix_ms\x18\n \x01(\x03\"W\n\x12\x43reateVoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x12\n\ntranscript\x18\x03 \x01(\t\x12\r\n\x05\x61udio\x18\x04 \x01(\x0c\"\x1d\n\x0fGetVoiceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x11ListVoicesRequest\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\"y\n\x12ListVoicesResponse\x12$\n\x06voices\x18\x01 \x03(\x0b\x32\x14.parley.tts.v1.Voice\x12\x15\n\rdefault_voice\x18\x02 \x01(\t\x12&\n\x07\x65ngines\x18\x03 \x03(\x0b\x32\x15.parley.tts.v1.Engine\"U\n\x06\x45ngine\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63loning\x18\x02 \x01(\x08\x12\x10\n\x08speakers\x18\x03 \x01(\x05\x12\x1a\n\x12native_sample_rate\x18\x04 \x01(\x05\" \n\x12\x44\x65leteVoiceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteVoiceResponse2\xb1\x04\n\x0cTextToSpeech\x12M\n\nSynthesize\x12 .parley.tts.v1.SynthesizeRequest\x1a\x1b.parley.audio.v1.AudioChunk0\x01\x12\x46\n\x05Speak\x12\x1b.parley.tts.v1.SpeakRequest\x1a\x1c.parley.tts.v1.SpeakResponse(\x01\x30\x01\x12W\n\x12SynthesizeDialogue\x12\x1e.parley.tts.v1.DialogueRequest\x1a\x1f.parley.tts.v1.DialogueResponse0\x01\x12\x46\n\x0b\x43reateVoice\x12!.parley.tts.v1.CreateVoiceRequest\x1a\x14.parley.tts.v1.Voice\x12@\n\x08GetVoice\x12\x1e.parley.tts.v1.GetVoiceRequest\x1a\x14.parley.tts.v1.Voice\x12Q\n\nListVoices\x12 .parley.tts.v1.ListVoicesRequest\x1a!.parley.tts.v1.ListVoicesResponse\x12T\n\x0b\x44\x65leteVoice\x12!.parley.tts.v1.DeleteVoiceRequest\x1a\".parley.tts.v1.DeleteVoiceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/tts/v1/tts.proto\x12\rparley.tts.v1\x1a\x1bparley/audio/v1/audio.proto\"d\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\r\n\x05speed\x18\x04 \x01(\x02\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\"h\n\nSpeakStart\x12\r\n\x05voice\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\r\n\x05speed\x18\x03 \x01(\x02\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"i\n\x0cSpeakRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.parley.tts.v1.SpeakStartH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x15\n\x0b\x65nd_of_text\x18\x03 \x01(\x08H\x00\x42\x06\n\x04item\"T\n\tSpeakDone\x12\x0f\n\x07\x61udio_s\x18\x01 \x01(\x01\x12\x1f\n\x12speaker_similarity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_speaker_similarity\"r\n\rSpeakResponse\x12*\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1b.parley.audio.v1.AudioChunk\x12\r\n\x05piece\x18\x02 \x01(\x05\x12&\n\x04\x64one\x18\x03 \x01(\x0b\x32\x18.parley.tts.v1.SpeakDone\"-\n\x0c\x44ialogueTurn\x12\x0f\n\x07speaker\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xdd\x01\n\x0f\x44ialogueRequest\x12*\n\x05turns\x18\x01 \x03(\x0b\x32\x1b.parley.tts.v1.DialogueTurn\x12\x0e\n\x06script\x18\x02 \x01(\t\x12:\n\x06voices\x18\x03 \x03(\x0b\x32*.parley.tts.v1.DialogueRequest.VoicesEntry\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x1a-\n\x0bVoicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\x08TurnDone\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x12\x13\n\x0bturns_total\x18\x02 \x01(\x05\x12\x0f\n\x07\x61udio_s\x18\x03 \x01(\x01\x12\x1f\n\x12speaker_similarity\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_speaker_similarity\"M\n\x0f\x44ialogueStarted\x12\x13\n\x0bturns_total\x18\x01 \x01(\x05\x12\x10\n\x08speakers\x18\x02 \x03(\x05\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\"\xa9\x01\n\x10\x44ialogueResponse\x12*\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1b.parley.audio.v1.AudioChunk\x12\x0c\n\x04turn\x18\x02 \x01(\x05\x12*\n\tturn_done\x18\x03 \x01(\x0b\x32\x17.parley.tts.v1.TurnDone\x12/\n\x07started\x18\x04 \x01(\x0b\x32\x1e.parley.tts.v1.DialogueStarted\"\xce\x01\n\x05Voice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1a\n\x12native_sample_rate\x18\x04 \x01(\x05\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x0f\n\x07\x65ngines\x18\x06 \x03(\t\x12\x0e\n\x06\x63loned\x18\x07 \x01(\x08\x12\x12\n\ntranscript\x18\x08 \x01(\t\x12\x1c\n\x14reference_duration_s\x18\t \x01(\x01\x12\x1a\n\x12\x63reated_at_unix_ms\x18\n \x01(\x03\"W\n\x12\x43reateVoiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x12\n\ntranscript\x18\x03 \x01(\t\x12\r\n\x05\x61udio\x18\x04 \x01(\x0c\"\x1d\n\x0fGetVoiceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x11ListVoicesRequest\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\"y\n\x12ListVoicesResponse\x12$\n\x06voices\x18\x01 \x03(\x0b\x32\x14.parley.tts.v1.Voice\x12\x15\n\rdefault_voice\x18\x02 \x01(\t\x12&\n\x07\x65ngines\x18\x03 \x03(\x0b\x32\x15.parley.tts.v1.Engine\"U\n\x06\x45ngine\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63loning\x18\x02 \x01(\x08\x12\x10\n\x08speakers\x18\x03 \x01(\x05\x12\x1a\n\x12native_sample_rate\x18\x04 \x01(\x05\" \n\x12\x44\x65leteVoiceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteVoiceResponse2\xb1\x04\n\x0cTextToSpeech\x12M\n\nSynthesize\x12 .parley.tts.v1.SynthesizeRequest\x1a\x1b.parley.audio.v1.AudioChunk0\x01\x12\x46\n\x05Speak\x12\x1b.parley.tts.v1.SpeakRequest\x1a\x1c.parley.tts.v1.SpeakResponse(\x01\x30\x01\x12W\n\x12SynthesizeDialogue\x12\x1e.parley.tts.v1.DialogueRequest\x1a\x1f.parley.tts.v1.DialogueResponse0\x01\x12\x46\n\x0b\x43reateVoice\x12!.parley.tts.v1.CreateVoiceRequest\x1a\x14.parley.tts.v1.Voice\x12@\n\x08GetVoice\x12\x1e.parley.tts.v1.GetVoiceRequest\x1a\x14.parley.tts.v1.Voice\x12Q\n\nListVoices\x12 .parley.tts.v1.ListVoicesRequest\x1a!.parley.tts.v1.ListVoicesResponse\x12T\n\x0b\x44\x65leteVoice\x12!.parley.tts.v1.DeleteVoiceRequest\x1a\".parley.tts.v1.DeleteVoiceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,24 +52,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIALOGUEREQUEST_VOICESENTRY']._serialized_end=857
   _globals['_TURNDONE']._serialized_start=859
   _globals['_TURNDONE']._serialized_end=977
-  _globals['_DIALOGUERESPONSE']._serialized_start=979
-  _globals['_DIALOGUERESPONSE']._serialized_end=1099
-  _globals['_VOICE']._serialized_start=1102
-  _globals['_VOICE']._serialized_end=1308
-  _globals['_CREATEVOICEREQUEST']._serialized_start=1310
-  _globals['_CREATEVOICEREQUEST']._serialized_end=1397
-  _globals['_GETVOICEREQUEST']._serialized_start=1399
-  _globals['_GETVOICEREQUEST']._serialized_end=1428
-  _globals['_LISTVOICESREQUEST']._serialized_start=1430
-  _globals['_LISTVOICESREQUEST']._serialized_end=1465
-  _globals['_LISTVOICESRESPONSE']._serialized_start=1467
-  _globals['_LISTVOICESRESPONSE']._serialized_end=1588
-  _globals['_ENGINE']._serialized_start=1590
-  _globals['_ENGINE']._serialized_end=1675
-  _globals['_DELETEVOICEREQUEST']._serialized_start=1677
-  _globals['_DELETEVOICEREQUEST']._serialized_end=1709
-  _globals['_DELETEVOICERESPONSE']._serialized_start=1711
-  _globals['_DELETEVOICERESPONSE']._serialized_end=1732
-  _globals['_TEXTTOSPEECH']._serialized_start=1735
-  _globals['_TEXTTOSPEECH']._serialized_end=2296
+  _globals['_DIALOGUESTARTED']._serialized_start=979
+  _globals['_DIALOGUESTARTED']._serialized_end=1056
+  _globals['_DIALOGUERESPONSE']._serialized_start=1059
+  _globals['_DIALOGUERESPONSE']._serialized_end=1228
+  _globals['_VOICE']._serialized_start=1231
+  _globals['_VOICE']._serialized_end=1437
+  _globals['_CREATEVOICEREQUEST']._serialized_start=1439
+  _globals['_CREATEVOICEREQUEST']._serialized_end=1526
+  _globals['_GETVOICEREQUEST']._serialized_start=1528
+  _globals['_GETVOICEREQUEST']._serialized_end=1557
+  _globals['_LISTVOICESREQUEST']._serialized_start=1559
+  _globals['_LISTVOICESREQUEST']._serialized_end=1594
+  _globals['_LISTVOICESRESPONSE']._serialized_start=1596
+  _globals['_LISTVOICESRESPONSE']._serialized_end=1717
+  _globals['_ENGINE']._serialized_start=1719
+  _globals['_ENGINE']._serialized_end=1804
+  _globals['_DELETEVOICEREQUEST']._serialized_start=1806
+  _globals['_DELETEVOICEREQUEST']._serialized_end=1838
+  _globals['_DELETEVOICERESPONSE']._serialized_start=1840
+  _globals['_DELETEVOICERESPONSE']._serialized_end=1861
+  _globals['_TEXTTOSPEECH']._serialized_start=1864
+  _globals['_TEXTTOSPEECH']._serialized_end=2425
 # @@protoc_insertion_point(module_scope)

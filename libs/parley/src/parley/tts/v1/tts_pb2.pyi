@@ -104,15 +104,27 @@ class TurnDone(_message.Message):
     speaker_similarity: float
     def __init__(self, turn: _Optional[int] = ..., turns_total: _Optional[int] = ..., audio_s: _Optional[float] = ..., speaker_similarity: _Optional[float] = ...) -> None: ...
 
+class DialogueStarted(_message.Message):
+    __slots__ = ("turns_total", "speakers", "sample_rate")
+    TURNS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SPEAKERS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    turns_total: int
+    speakers: _containers.RepeatedScalarFieldContainer[int]
+    sample_rate: int
+    def __init__(self, turns_total: _Optional[int] = ..., speakers: _Optional[_Iterable[int]] = ..., sample_rate: _Optional[int] = ...) -> None: ...
+
 class DialogueResponse(_message.Message):
-    __slots__ = ("audio", "turn", "turn_done")
+    __slots__ = ("audio", "turn", "turn_done", "started")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     TURN_DONE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
     audio: _audio_pb2.AudioChunk
     turn: int
     turn_done: TurnDone
-    def __init__(self, audio: _Optional[_Union[_audio_pb2.AudioChunk, _Mapping]] = ..., turn: _Optional[int] = ..., turn_done: _Optional[_Union[TurnDone, _Mapping]] = ...) -> None: ...
+    started: DialogueStarted
+    def __init__(self, audio: _Optional[_Union[_audio_pb2.AudioChunk, _Mapping]] = ..., turn: _Optional[int] = ..., turn_done: _Optional[_Union[TurnDone, _Mapping]] = ..., started: _Optional[_Union[DialogueStarted, _Mapping]] = ...) -> None: ...
 
 class Voice(_message.Message):
     __slots__ = ("id", "name", "language", "native_sample_rate", "engine", "engines", "cloned", "transcript", "reference_duration_s", "created_at_unix_ms")

@@ -107,8 +107,9 @@ class TextToSpeechServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SynthesizeDialogue(self, request, context):
-        """A script of [S1]..[S4] turns, a voice per speaker, spoken in order; each
-        chunk names its turn, and a `turn_done` after each turn gives the progress.
+        """A script of [S1]..[S4] turns, a voice per speaker, spoken in order: first
+        `started` (turns, speakers, rate), then audio chunks naming their turn, and a
+        `turn_done` after each turn with the progress.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,4 @@
-// Parley browser client.
+// The conversation page: talk to the assistant.
 //
 //   mic -> capture worklet (16 kHz PCM16, 100 ms frames) -> WebSocket binary frames
 //   WebSocket reply PCM16 -> resampled here to the context rate -> playback worklet
@@ -12,6 +12,8 @@
 // the time and the server ends turns on silence; "push_to_talk" sends audio
 // only while the talk button (or Space) is held, and input.commit on release.
 
+import { fillVoiceSelect, listVoices } from './api.js';
+
 const INPUT_RATE = 16000;
 const FRAME_SAMPLES = 1600; // 100 ms at 16 kHz
 const DEFAULT_OUTPUT_RATE = 24000; // until session.started says otherwise
@@ -23,6 +25,8 @@ const MAX_ERRORS = 5;
 const METER_FLOOR_DB = -60;
 const RECENT_RESPONSES = 20; // assistant messages kept addressable for late events
 const MODE_KEY = 'parley.turn_detection';
+// After a connection drops unexpectedly (Wi-Fi, a proxy, a gateway restart): wait, then reconnect.
+const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -39,10 +43,14 @@ const ui = {
   mode: $('mode'),
   ptt: $('ptt'),
   pttLabel: $('ptt-label'),
+  voice: $('voice-select'),
+  systemPrompt: $('system-prompt'),
+  page: document.querySelector('[data-page="talk"]'),
 };
 
 let audio = null; // {ctx, ready: Promise, playback: AudioWorkletNode | null}
 let session = null;
+const reconnect = { attempt: 0, timer: null };
 // Flushes awaiting the worklet's 'flushed' reply, oldest first: the socket to
 // report on and the responses whose played time is settled by that reply.
 const pendingFlushes = [];
@@ -85,8 +93,8 @@ function ensureAudio() {
   const ctx = new AudioContext({ latencyHint: 'interactive' });
   const state = { ctx, playback: null, ready: null };
   state.ready = Promise.all([
-    ctx.audioWorklet.addModule('/static/capture-worklet.js'),
-    ctx.audioWorklet.addModule('/static/playback-worklet.js'),
+    ctx.audioWorklet.addModule('static/capture-worklet.js'),
+    ctx.audioWorklet.addModule('static/playback-worklet.js'),
   ]).then(
     () => {
       state.playback = new AudioWorkletNode(ctx, 'playback-processor', {
@@ -113,6 +121,9 @@ function onPlaybackMessage({ data }) {
     // The server times its echo guard from here: what the microphone hears now may be this reply.
     if (session?.pendingPlayback.has(data.id)) send(session.ws, { type: 'response.audio.playing', response_id: data.id });
   } else if (data.type === 'ended') {
+    // The page's own record that this reply was heard to its end (tests read it too).
+    const reply = session?.assistant.get(data.id);
+    if (reply) reply.el.dataset.played = 'true';
     if (session?.pendingPlayback.delete(data.id)) {
       reportPlayed(session.ws, data.id, data.played, true);
       return;
@@ -216,12 +227,51 @@ function newSession(turnDetection) {
   };
 }
 
+/** Whether the gateway says every service is up; if not, say what it waits for. */
+async function serverReady() {
+  try {
+    const response = await fetch('readyz');
+    if (response.ok) return true;
+    const body = await response.json();
+    const crashing = Object.keys(body.crashing ?? {});
+    addError(
+      'not_ready',
+      `The server is not ready: waiting for ${(body.missing ?? []).join(', ') || 'services'}` +
+        (crashing.length ? ` (crashing: ${crashing.join(', ')})` : ''),
+    );
+  } catch {
+    addError('not_ready', 'The server cannot be reached');
+  }
+  return false;
+}
+
+function scheduleReconnect() {
+  if (reconnect.attempt >= RECONNECT_DELAYS_MS.length) {
+    addError('connection', 'Gave up reconnecting; press Connect to try again');
+    return;
+  }
+  const delay = RECONNECT_DELAYS_MS[reconnect.attempt++];
+  setStatus('connecting', `Connection lost — reconnecting in ${delay / 1000} s…`);
+  reconnect.timer = setTimeout(() => {
+    reconnect.timer = null;
+    connect();
+  }, delay);
+}
+
 async function connect() {
+  clearTimeout(reconnect.timer);
+  reconnect.timer = null;
   const s = (session = newSession(ui.mode.value));
   setStatus('connecting', 'Connecting…');
   try {
     const { ctx, ready } = ensureAudio();
     const resumed = ctx.resume(); // must start inside the click
+    if (!(await serverReady())) {
+      if (session !== s) return;
+      teardown('error', 'Server not ready');
+      if (reconnect.attempt > 0) scheduleReconnect();
+      return;
+    }
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
     });
@@ -262,7 +312,10 @@ function openSocket(s) {
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => {
     setStatus('connecting', 'Starting session…');
-    send(ws, { type: 'session.start', input_sample_rate: INPUT_RATE, turn_detection: s.turnDetection });
+    const start = { type: 'session.start', input_sample_rate: INPUT_RATE, turn_detection: s.turnDetection };
+    if (ui.voice.value) start.voice = ui.voice.value;
+    if (ui.systemPrompt.value.trim()) start.system_prompt = ui.systemPrompt.value.trim();
+    send(ws, start);
   };
   ws.onmessage = (event) => {
     if (typeof event.data !== 'string') {
@@ -281,13 +334,18 @@ function openSocket(s) {
   // 'error' carries no detail and is always followed by 'close'.
   ws.onclose = (event) => {
     const detail = `code ${event.code}${event.reason ? `: ${event.reason}` : ''}`;
-    if (event.code !== 1000) addError('connection', `Connection closed (${detail})`);
+    const unexpected = event.code !== 1000;
+    if (unexpected) addError('connection', `Connection closed (${detail})`);
     teardown('closed', `Disconnected (${detail})`);
+    if (unexpected && (s.started || reconnect.attempt > 0)) scheduleReconnect();
   };
 }
 
 /** User-initiated end of the session. */
 function disconnect() {
+  clearTimeout(reconnect.timer);
+  reconnect.timer = null;
+  reconnect.attempt = 0;
   if (session?.started) send(session.ws, { type: 'session.end' });
   teardown('idle', 'Disconnected');
 }
@@ -330,6 +388,7 @@ function onEvent(s, message) {
   switch (message.type) {
     case 'session.started':
       s.started = true;
+      reconnect.attempt = 0;
       s.outputRate = message.output_sample_rate || DEFAULT_OUTPUT_RATE;
       setStatus('connected', s.pushToTalk ? 'Connected — hold to talk' : 'Connected — listening');
       break;
@@ -656,9 +715,10 @@ ui.ptt.addEventListener('contextmenu', (event) => event.preventDefault()); // lo
 
 // Space anywhere but in a text field holds the talk button. It must not also
 // press whatever button has focus (Connect would disconnect).
-const typingInto = (target) => target instanceof HTMLInputElement || target instanceof HTMLSelectElement;
+const typingInto = (target) =>
+  target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement;
 document.addEventListener('keydown', (event) => {
-  if (event.code !== 'Space' || !session?.pushToTalk || typingInto(event.target)) return;
+  if (event.code !== 'Space' || !session?.pushToTalk || typingInto(event.target) || ui.page.hidden) return;
   event.preventDefault();
   if (!event.repeat) startTalking();
 });
@@ -691,3 +751,8 @@ ui.stop.addEventListener('click', () => {
 window.addEventListener('pagehide', () => {
   if (session) disconnect();
 });
+
+// The voices the TTS service offers (cloned ones only where an engine can speak them).
+listVoices()
+  .then(({ voices }) => fillVoiceSelect(ui.voice, voices))
+  .catch((err) => addError('voices', `Could not list voices: ${err.message}`));

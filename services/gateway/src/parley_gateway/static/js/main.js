@@ -1,0 +1,34 @@
+// Shows one page at a time (from the URL's #hash) and loads each page's module once, when
+// it is first shown. Pages share nothing but the small client in api.js.
+
+const PAGES = {
+  talk: () => import('./conversation.js'),
+  voices: () => import('./voices.js'),
+  dialogue: () => import('./dialogue.js'),
+  speech: () => import('./playground.js'),
+  monitor: () => import('./monitor.js'),
+};
+const loaded = new Map(); // page name -> Promise of its module
+
+function show() {
+  const name = location.hash.slice(1) in PAGES ? location.hash.slice(1) : 'talk';
+  for (const section of document.querySelectorAll('[data-page]')) {
+    section.hidden = section.dataset.page !== name;
+  }
+  for (const link of document.querySelectorAll('nav.tabs a')) {
+    if (link.getAttribute('href') === `#${name}`) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  if (!loaded.has(name)) {
+    const section = document.querySelector(`[data-page="${name}"]`);
+    loaded.set(
+      name,
+      PAGES[name]().then((page) => (page.mount ? page.mount(section) : undefined)),
+    );
+  }
+  const page = loaded.get(name);
+  page.then(() => document.body.setAttribute('data-ready', name));
+}
+
+window.addEventListener('hashchange', show);
+show();

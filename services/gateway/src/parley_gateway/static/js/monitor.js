@@ -1,0 +1,72 @@
+// Monitor: live state pushed by the gateway (/v1/monitor/stream, server-sent events): the
+// model services and their load, sessions, recent turns' stage latencies, the machine, errors.
+
+import { el } from './api.js';
+
+const STAGES = ['vad_silence_ms', 'asr_ms', 'llm_first_token_ms', 'tts_first_audio_ms', 'voice_to_voice_ms'];
+const KINDS = ['vad', 'asr', 'llm', 'tts'];
+
+export function mount(root) {
+  const services = el('tbody', { 'data-testid': 'monitor-services' });
+  const stages = el('tbody', { 'data-testid': 'monitor-stages' });
+  const chart = el('div', { class: 'chart', 'data-testid': 'monitor-chart', role: 'img',
+    'aria-label': 'Voice-to-voice latency of recent turns' });
+  const system = el('p', { 'data-testid': 'monitor-system' });
+  const gpus = el('ul', { 'data-testid': 'monitor-gpus' });
+  const errors = el('ul', { 'data-testid': 'monitor-errors', class: 'errors' });
+  const live = el('span', { role: 'status', 'data-testid': 'monitor-live' }, 'Connecting…');
+  root.append(
+    el('h2', {}, 'Monitor ', live),
+    el('h3', {}, 'Services'),
+    el('table', {}, el('thead', {}, el('tr', {}, ...['Service', 'Address', 'Engine', 'Ready', 'Streams', 'Capacity']
+      .map((h) => el('th', {}, h)))), services),
+    el('h3', {}, 'Latency of recent turns (ms)'),
+    el('table', {}, el('thead', {}, el('tr', {}, ...['Stage', 'p50', 'p95', 'Turns'].map((h) => el('th', {}, h)))),
+      stages),
+    chart,
+    el('h3', {}, 'Machine'), system, gpus,
+    el('h3', {}, 'Recent errors'), errors,
+  );
+
+  const source = new EventSource('v1/monitor/stream');
+  source.onopen = () => {
+    live.textContent = 'Live';
+  };
+  source.onerror = () => {
+    live.textContent = 'Reconnecting…'; // EventSource retries by itself
+  };
+  source.onmessage = (event) => render(JSON.parse(event.data));
+
+  function render(state) {
+    const rows = [];
+    for (const kind of KINDS) {
+      const instances = state.services?.[kind] ?? [];
+      if (instances.length === 0) {
+        rows.push(el('tr', { dataset: { kind } }, el('td', {}, kind), el('td', { colspan: '5' }, 'no instance')));
+      }
+      for (const i of instances) {
+        rows.push(el('tr', { dataset: { kind, ready: String(i.ready) } }, el('td', {}, kind), el('td', {}, i.address),
+          el('td', {}, i.engine || ''), el('td', {}, i.ready ? 'yes' : 'no'), el('td', {}, String(i.active)),
+          el('td', {}, String(i.capacity))));
+      }
+    }
+    services.replaceChildren(...rows);
+    stages.replaceChildren(...STAGES.filter((s) => state.stages[s]).map((s) =>
+      el('tr', {}, el('td', {}, s.replace(/_ms$/, '')), el('td', {}, String(state.stages[s].p50)),
+        el('td', {}, String(state.stages[s].p95)), el('td', {}, String(state.stages[s].n)))));
+    const recent = state.turns.map((t) => t.timings.voice_to_voice_ms).filter((v) => typeof v === 'number');
+    const top = Math.max(1000, ...recent);
+    chart.replaceChildren(...recent.map((v) => el('span', { class: 'bar', style: `height:${(100 * v) / top}%`,
+      title: `${Math.round(v)} ms` })));
+    const gib = (bytes) => (bytes / 2 ** 30).toFixed(1);
+    const s = state.system;
+    system.textContent = `${state.sessions} session(s) · CPU ${s.cpu_percent.toFixed(0)} % of ${s.cpus} cores · ` +
+      `memory ${gib(s.memory_used_bytes)} of ${gib(s.memory_total_bytes)} GiB`;
+    gpus.replaceChildren(...(state.gpus.length ? state.gpus.map((g) => el('li', {}, `GPU ${g.index} ${g.name}: ` +
+      `${g.utilization_percent} %, ${gib(g.memory_used_bytes)} of ${gib(g.memory_total_bytes)} GiB`))
+      : [el('li', {}, 'No GPU found')]));
+    errors.replaceChildren(...state.errors.slice().reverse().map((e) =>
+      el('li', {}, `${new Date(e.at * 1000).toLocaleTimeString()} ${e.code}: ${e.message}`)));
+    root.dataset.services = KINDS.filter((k) => (state.services?.[k] ?? []).some((i) => i.ready)).join(',');
+  }
+}

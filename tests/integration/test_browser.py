@@ -1,0 +1,188 @@
+"""The web app in a real (headless) Chromium against the real stack, with a fake microphone.
+
+Playwright drives Debian's /usr/bin/chromium; the microphone is a spoken WAV made at test time
+(Chromium plays it in a loop as the capture device). Every check reads the page's own state
+(data attributes the pages set), never a sleep. Screenshots of every page go to
+test-artifacts/screenshots/ (ignored by git); no test may leave a console error behind.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from tests.speech import silence, speak
+from tests.stack import ROOT, Stack
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+QUESTION = "What is the capital of France?"
+REFERENCE_TEXT = "The quick brown fox jumps over the lazy dog, then runs into the forest."
+
+
+def wav_bytes(pcm: bytes, rate: int = 16000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One spoken question, then silence long enough for the reply (Chromium loops the file)."""
+    path = tmp_path_factory.mktemp("mic") / "question.wav"
+    path.write_bytes(wav_bytes(silence(1.0) + speak(QUESTION) + silence(25.0)))
+    return path
+
+
+@pytest.fixture(scope="module")
+async def browser(microphone: Path) -> AsyncIterator[Browser]:
+    if not shutil.which(CHROMIUM):
+        pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run does)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--autoplay-policy=no-user-gesture-required",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={microphone}",
+            ],
+        )
+        yield launched
+        await launched.close()
+
+
+class PageErrors:
+    def __init__(self, page: Page) -> None:
+        self.messages: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.messages.append(f"page error: {error}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.messages.append(message.text)
+
+
+@pytest.fixture
+async def page(browser: Browser, stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Page]:
+    context = await browser.new_context(base_url=stack.url, accept_downloads=True)
+    opened = await context.new_page()
+    errors = PageErrors(opened)
+    yield opened
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await opened.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+    await context.close()
+    assert errors.messages == [], errors.messages
+
+
+async def test_a_spoken_turn_through_the_page(page: Page) -> None:
+    await page.goto("/")
+    await page.get_by_role("button", name="Connect").click()
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "connected", timeout=30_000)
+    user = page.get_by_test_id("user-message").first
+    await expect(user).to_contain_text("capital", timeout=60_000)
+    reply = page.get_by_test_id("assistant-message").first
+    await expect(reply).to_have_attribute("data-played", "true", timeout=90_000)  # its audio played to the end
+    assert (await reply.inner_text()).strip()
+    await expect(page.get_by_test_id("timings").first).to_be_visible()
+    await page.get_by_role("button", name="Disconnect").click()
+
+
+async def test_the_main_controls_are_labelled_and_reachable_by_keyboard(page: Page) -> None:
+    await page.goto("/")
+    for label in ("Turn taking", "Message", "Voice", "Personality (system prompt)"):
+        await expect(page.get_by_label(label, exact=True)).to_have_count(1)
+    connect = page.get_by_role("button", name="Connect")
+    for _ in range(20):
+        await page.keyboard.press("Tab")
+        if await connect.evaluate("button => document.activeElement === button"):
+            break
+    else:
+        pytest.fail("Tab never reaches the Connect button")
+    await page.get_by_role("link", name="Voices").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator('[data-page="voices"]')).to_be_visible()
+
+
+async def test_voice_studio_upload_check_save_list_delete(page: Page, stack: Stack) -> None:
+    await page.goto("/#voices")
+    studio = page.locator('[data-page="voices"]')
+    await expect(studio.locator('tr[data-voice="joe"]')).to_be_visible(timeout=20_000)
+    await expect(page.get_by_test_id("cloning-notice")).to_be_visible()  # the CPU default cannot clone
+
+    not_audio = {"name": "notes.wav", "mimeType": "audio/wav", "buffer": b"these are just words\n" * 40}
+    await page.get_by_test_id("voice-file").set_input_files(not_audio)  # type: ignore[arg-type]
+    await expect(page.get_by_test_id("voice-check")).to_contain_text("not audio")
+    await expect(page.get_by_test_id("voice-save")).to_be_disabled()
+
+    reference = {"name": "reference.wav", "mimeType": "audio/wav", "buffer": wav_bytes(speak(REFERENCE_TEXT))}
+    await page.get_by_test_id("voice-file").set_input_files(reference)  # type: ignore[arg-type]
+    await expect(page.get_by_test_id("voice-check")).to_contain_text("Looks good")
+    await page.get_by_label("Name").fill("Browser Voice")
+    await page.get_by_label("What the recording says, word for word").fill(REFERENCE_TEXT)
+    await page.get_by_test_id("voice-save").click()
+    row = studio.locator("tr", has_text="Browser Voice")
+    await expect(row).to_be_visible(timeout=30_000)
+    await expect(row).to_contain_text("none running")
+    await row.get_by_role("button", name="Delete Browser Voice").click()
+    await expect(row).to_have_count(0)
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        listed = (await http.get("/v1/voices")).json()["voices"]
+    assert not any(v["name"] == "Browser Voice" for v in listed)
+
+
+async def test_dialogue_studio_generates_and_downloads_a_wav(page: Page, stack: Stack) -> None:
+    await page.goto("/#dialogue")
+    await page.get_by_test_id("dialogue-generate").click()
+    studio = page.locator('[data-page="dialogue"]')
+    await expect(studio).to_have_attribute("data-state", "done", timeout=120_000)
+    await expect(page.get_by_test_id("dialogue-progress")).to_have_attribute("value", "1")
+    async with page.expect_download() as download_info:
+        await page.get_by_test_id("dialogue-download").click()
+    download = await download_info.value
+    samples, rate = soundfile.read(await download.path(), dtype="float32")
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        [job] = [d for d in (await http.get("/v1/dialogues")).json()["dialogues"] if d["status"] == "done"][-1:]
+    assert len(job["turns"]) == 4 and abs(samples.size / rate - job["audio_s"]) < 0.01
+    for turn in job["turns"]:  # audio for every line
+        part = samples[int(turn["start_s"] * rate) : int(turn["end_s"] * rate)]
+        assert part.size > rate // 2 and np.sqrt(np.mean(part**2)) > 0.02, turn
+
+
+async def test_playground_speaks_and_downloads(page: Page) -> None:
+    await page.goto("/#speech")
+    await page.get_by_label("Format").select_option("wav")
+    await page.get_by_test_id("speech-speak").click()
+    await expect(page.locator('[data-page="speech"]')).to_have_attribute("data-state", "done", timeout=60_000)
+    async with page.expect_download() as download_info:
+        await page.get_by_test_id("speech-download").click()
+    samples, rate = soundfile.read(await (await download_info.value).path(), dtype="float32")
+    assert rate == 24000 and samples.size > rate and np.sqrt(np.mean(samples**2)) > 0.02
+
+
+async def test_monitor_lists_all_four_services(page: Page) -> None:
+    await page.goto("/#monitor")
+    monitor = page.locator('[data-page="monitor"]')
+    await expect(monitor).to_have_attribute("data-services", "vad,asr,llm,tts", timeout=30_000)
+    await expect(page.get_by_test_id("monitor-live")).to_have_text("Live")
+    await expect(page.get_by_test_id("monitor-system")).to_contain_text("CPU")
