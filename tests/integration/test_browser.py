@@ -9,13 +9,16 @@ test-artifacts/screenshots/ (ignored by git); no test may leave a console error 
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import signal
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import soundfile
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
@@ -72,6 +75,12 @@ async def browser(microphone: Path) -> AsyncIterator[Browser]:
         await launched.close()
 
 
+async def open_page(page: Page, name: str) -> None:
+    """Go to a page and wait until its module is loaded (its controls work only from then on)."""
+    await page.goto(f"/#{name}")
+    await expect(page.locator("body")).to_have_attribute("data-ready", name, timeout=20_000)
+
+
 class PageErrors:
     def __init__(self, page: Page) -> None:
         self.messages: list[str] = []
@@ -96,7 +105,7 @@ async def page(browser: Browser, stack: Stack, request: pytest.FixtureRequest) -
 
 
 async def test_a_spoken_turn_through_the_page(page: Page) -> None:
-    await page.goto("/")
+    await open_page(page, "talk")
     await page.get_by_role("button", name="Connect").click()
     await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "connected", timeout=30_000)
     user = page.get_by_test_id("user-message").first
@@ -109,7 +118,7 @@ async def test_a_spoken_turn_through_the_page(page: Page) -> None:
 
 
 async def test_the_main_controls_are_labelled_and_reachable_by_keyboard(page: Page) -> None:
-    await page.goto("/")
+    await open_page(page, "talk")
     for label in ("Turn taking", "Message", "Voice", "Personality (system prompt)"):
         await expect(page.get_by_label(label, exact=True)).to_have_count(1)
     connect = page.get_by_role("button", name="Connect")
@@ -125,7 +134,7 @@ async def test_the_main_controls_are_labelled_and_reachable_by_keyboard(page: Pa
 
 
 async def test_voice_studio_upload_check_save_list_delete(page: Page, stack: Stack) -> None:
-    await page.goto("/#voices")
+    await open_page(page, "voices")
     studio = page.locator('[data-page="voices"]')
     await expect(studio.locator('tr[data-voice="joe"]')).to_be_visible(timeout=20_000)
     await expect(page.get_by_test_id("cloning-notice")).to_be_visible()  # the CPU default cannot clone
@@ -152,7 +161,7 @@ async def test_voice_studio_upload_check_save_list_delete(page: Page, stack: Sta
 
 
 async def test_dialogue_studio_generates_and_downloads_a_wav(page: Page, stack: Stack) -> None:
-    await page.goto("/#dialogue")
+    await open_page(page, "dialogue")
     await page.get_by_test_id("dialogue-generate").click()
     studio = page.locator('[data-page="dialogue"]')
     await expect(studio).to_have_attribute("data-state", "done", timeout=120_000)
@@ -170,7 +179,7 @@ async def test_dialogue_studio_generates_and_downloads_a_wav(page: Page, stack: 
 
 
 async def test_playground_speaks_and_downloads(page: Page) -> None:
-    await page.goto("/#speech")
+    await open_page(page, "speech")
     await page.get_by_label("Format").select_option("wav")
     await page.get_by_test_id("speech-speak").click()
     await expect(page.locator('[data-page="speech"]')).to_have_attribute("data-state", "done", timeout=60_000)
@@ -181,8 +190,41 @@ async def test_playground_speaks_and_downloads(page: Page) -> None:
 
 
 async def test_monitor_lists_all_four_services(page: Page) -> None:
-    await page.goto("/#monitor")
+    await open_page(page, "monitor")
     monitor = page.locator('[data-page="monitor"]')
     await expect(monitor).to_have_attribute("data-services", "vad,asr,llm,tts", timeout=30_000)
     await expect(page.get_by_test_id("monitor-live")).to_have_text("Live")
     await expect(page.get_by_test_id("monitor-system")).to_contain_text("CPU")
+
+
+async def test_the_page_reconnects_after_the_gateway_restarts(browser: Browser, stack: Stack) -> None:
+    """Killed gateway (supervisord restarts it): the page says so, reconnects by itself, and talks again."""
+    context = await browser.new_context(base_url=stack.url)
+    page = await context.new_page()
+    errors = PageErrors(page)
+    try:
+        await open_page(page, "talk")
+        # Push-to-talk: the looping fake microphone stays out of this conversation.
+        await page.get_by_label("Turn taking").select_option("push_to_talk")
+        await page.get_by_role("button", name="Connect").click()
+        status = page.get_by_test_id("status")
+        await expect(status).to_have_attribute("data-state", "connected", timeout=30_000)
+
+        [gateway] = [
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == stack.ports["gateway"] and c.pid
+        ]
+        os.kill(gateway, signal.SIGKILL)
+        await expect(page.get_by_test_id("errors")).to_contain_text("Connection closed", timeout=10_000)
+        await expect(status).to_have_attribute("data-state", "connected", timeout=60_000)
+        await page.get_by_test_id("text-input").fill("Hello again!")
+        await page.get_by_test_id("send").click()
+        await expect(page.get_by_test_id("assistant-message").first).to_have_attribute(
+            "data-played", "true", timeout=90_000
+        )
+    finally:
+        await context.close()
+    # While the gateway was down, the browser logged its failed attempts to reach it; nothing else.
+    unexpected = [m for m in errors.messages if "ERR_CONNECTION_REFUSED" not in m and "WebSocket" not in m]
+    assert unexpected == [], unexpected
