@@ -38,6 +38,7 @@ class FakeServices:
         self.asr_streams: list[list[AudioChunk]] = []
         self.generated: list[llm_pb2.GenerateRequest] = []
         self.spoken: list[list[str]] = []  # the text pieces of each Speak call
+        self.speaker_similarity: float | None = None  # what SpeakDone says (a cloned voice)
         self.hold_generation: asyncio.Event | None = None  # set: generation may go on
         self.slow_cancel: asyncio.Event | None = None  # set: a cancelled generation may finish
         self.transcript: Callable[[float], str] = lambda seconds: f"utterance of {seconds:.1f} s"
@@ -96,7 +97,9 @@ class FakeServices:
                 chunk = AudioChunk(pcm=bytes(start.sample_rate // 5), sample_rate=start.sample_rate)
                 yield tts_pb2.SpeakResponse(audio=chunk, piece=piece)
             piece += 1
-        yield tts_pb2.SpeakResponse(done=tts_pb2.SpeakDone(audio_s=0.2 * piece))
+        yield tts_pb2.SpeakResponse(
+            done=tts_pb2.SpeakDone(audio_s=0.2 * piece, speaker_similarity=self.speaker_similarity)
+        )
 
     async def voices(self, fresh: bool = False) -> dict[str, list[str]] | None:
         return {"joe": ["piper"]}
@@ -276,4 +279,17 @@ async def test_a_reply_is_spoken_through_one_tts_stream_in_order() -> None:
     await until(lambda: "response.done" in client.types())
     assert services.spoken == [["Answer to Hi there.", "How are you."]]
     assert client.of("response.audio.done")[0]["audio_ms"] == 400  # 2 pieces x 2 chunks x 100 ms
+    await session.close()
+
+
+async def test_a_cloned_voice_reply_reports_its_similarity_score() -> None:
+    services = FakeServices()
+    session, client = open_session(services)
+    session.on_text("Hello")
+    await until(lambda: len(client.of("response.done")) == 1)
+    assert "speaker_similarity" not in client.of("response.done")[0]  # a built-in voice: no score
+    services.speaker_similarity = 0.8123
+    session.on_text("Again")
+    await until(lambda: len(client.of("response.done")) == 2)
+    assert client.of("response.done")[1]["speaker_similarity"] == 0.812
     await session.close()

@@ -78,6 +78,7 @@ class Reply:
     audio_ms: float = 0.0
     history_index: int | None = None  # where its assistant turn sits in history
     played_ms: float | None = None  # what the client reported having played
+    speaker_similarity: float | None = None  # a cloned voice: how much the reply sounded like it
     task: asyncio.Task[None] | None = None
 
     def mark(self, stage: str, at: float) -> None:

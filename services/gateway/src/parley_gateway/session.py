@@ -440,7 +440,12 @@ class ConversationSession:
         for name, value in timings.items():
             if name.endswith("_ms") and name not in {"vad_silence_ms", "asr_ms"}:
                 STAGE_SECONDS.labels(name.removesuffix("_ms")).observe(value / 1000)
-        self.send(event("response.done", response_id=reply.id, status=status, text=reply.text.strip(), timings=timings))
+        extra = {} if reply.speaker_similarity is None else {"speaker_similarity": reply.speaker_similarity}
+        self.send(
+            event(
+                "response.done", response_id=reply.id, status=status, text=reply.text.strip(), timings=timings, **extra
+            )
+        )
 
     def _apply_heard(self, reply: Reply) -> None:
         assert reply.history_index is not None and reply.played_ms is not None
@@ -469,6 +474,8 @@ class ConversationSession:
         )
         out = reply.output
         async for response in self.services.speak(start, feed.read, feed.owed_since):
+            if response.HasField("done") and response.done.HasField("speaker_similarity"):
+                reply.speaker_similarity = round(response.done.speaker_similarity, 3)
             if not response.HasField("audio") or not response.audio.pcm:
                 continue
             feed.answered(response.piece)

@@ -430,7 +430,7 @@ function onEvent(s, message) {
       }
       break;
     case 'response.done':
-      finishResponse(s, message.response_id, message.timings);
+      finishResponse(s, message.response_id, message.timings, message.speaker_similarity);
       break;
     case 'response.cancelled': {
       // Also sent after response.done while the server thinks the reply is
@@ -525,12 +525,17 @@ function assistantMessage(s, responseId) {
   return entry;
 }
 
-function finishResponse(s, responseId, timings) {
+function finishResponse(s, responseId, timings, similarity) {
   const entry = s.assistant.get(responseId);
   if (!entry || entry.done) return;
   entry.done = true;
   if (![...s.assistant.values()].some((e) => !e.done)) ui.transcript.removeAttribute('aria-busy');
   const parts = formatTimings(timings);
+  // The cloning quality score: how much this reply sounded like the chosen cloned voice.
+  if (typeof similarity === 'number') {
+    if (parts.length > 0) parts.push(' · ');
+    parts.push(`voice match ${similarity.toFixed(2)}`);
+  }
   if (parts.length === 0) return;
   const el = document.createElement('p');
   el.className = 'timings';
