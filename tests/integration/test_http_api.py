@@ -219,3 +219,11 @@ async def test_a_dialogue_job_streams_reports_progress_and_downloads(stack: Stac
         assert (await http.get("/v1/dialogues/dlg-nothing")).status_code == 404
         assert (await http.delete(f"/v1/dialogues/{job['id']}")).json()["deleted"] is True
         assert (await http.get(f"/v1/dialogues/{job['id']}")).status_code == 404
+
+
+async def test_the_api_is_documented_at_docs(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        assert (await http.get("/docs")).status_code == 200
+        paths = (await http.get("/openapi.json")).json()["paths"]
+    for path in ("/v1/audio/speech", "/v1/audio/transcriptions", "/v1/voices", "/v1/dialogues", "/v1/monitor/stream"):
+        assert path in paths, path
