@@ -228,3 +228,20 @@ async def test_the_page_reconnects_after_the_gateway_restarts(browser: Browser, 
     # While the gateway was down, the browser logged its failed attempts to reach it; nothing else.
     unexpected = [m for m in errors.messages if "ERR_CONNECTION_REFUSED" not in m and "WebSocket" not in m]
     assert unexpected == [], unexpected
+
+
+async def test_a_voice_recorded_in_the_browser_is_checked_and_saved(page: Page, stack: Stack) -> None:
+    await open_page(page, "voices")
+    record = page.get_by_test_id("voice-record")
+    await record.click()
+    await expect(record).to_have_text("Stop recording")
+    await page.wait_for_timeout(4500)  # the recording's own length: the fake microphone speaks in it
+    await record.click()
+    await expect(page.get_by_test_id("voice-check")).to_contain_text("Looks good", timeout=10_000)
+    await page.get_by_label("Name").fill("Recorded Voice")
+    await page.get_by_label("What the recording says, word for word").fill(QUESTION)
+    await page.get_by_test_id("voice-save").click()
+    row = page.locator('[data-page="voices"] tr', has_text="Recorded Voice")
+    await expect(row).to_be_visible(timeout=30_000)  # the server decoded the browser's WebM/Opus too
+    await row.get_by_role("button", name="Delete Recorded Voice").click()
+    await expect(row).to_have_count(0)
