@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile
+import websockets
 
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley_gateway.client import ConversationClient
@@ -114,3 +115,23 @@ def wav_bytes(pcm: bytes, rate: int) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, np.frombuffer(pcm, dtype=np.int16), rate, format="WAV")
     return buffer.getvalue()
+
+
+async def test_a_websocket_from_another_site_is_refused(stack: Stack) -> None:
+    """Cross-site WebSocket hijacking: a page elsewhere cannot open a conversation through a visitor's browser."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(stack.ws_url, origin=websockets.Origin("http://evil.example")):
+            pass
+    assert refused.value.response.status_code == 403
+    own = f"http://127.0.0.1:{stack.ports['gateway']}"
+    async with websockets.connect(stack.ws_url, origin=websockets.Origin(own)) as ws:
+        await ws.send('{"type": "session.start"}')
+        assert "session.started" in str(await ws.recv())
+
+
+def test_pages_carry_security_headers(stack: Stack) -> None:
+    with urllib.request.urlopen(f"{stack.url}/") as response:
+        headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"

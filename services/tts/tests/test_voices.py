@@ -148,6 +148,14 @@ async def until_answered(call: Callable[[], Awaitable[T]], within_s: float = 20)
             await asyncio.sleep(0.1)
 
 
+async def listed(store: VoiceStore) -> list[VoiceProfile]:
+    """The store's voices once there are any (raises TimeoutError while there are none, to be retried)."""
+    found = await store.all()
+    if not found:
+        raise TimeoutError("no voices yet")
+    return found
+
+
 # ---- the store itself ------------------------------------------------------------------------------
 
 
@@ -169,7 +177,8 @@ async def test_two_instances_share_voices_and_they_survive_a_nats_restart(tmp_pa
         server.terminate()
         server.wait()
         server = start_nats(port, tmp_path)  # the same JetStream directory
-        [after] = await until_answered(b.all)  # the clients notice the restart and reconnect
+        # The clients notice the restart and reconnect; JetStream may answer before it restored the bucket.
+        [after] = await until_answered(lambda: listed(b))
         assert after == seen
         await b.add_codes(after.id, "other", b"more")
         assert (await a.get(after.id)).codes == ["fireredtts2", "other"]  # type: ignore[union-attr]

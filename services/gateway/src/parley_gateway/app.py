@@ -17,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from parley.registry import connect
-from parley_gateway.api import dialogues, monitor, speech, transcriptions, voices
+from parley_gateway.access import Access, AccessMiddleware
+from parley_gateway.api import auth, dialogues, monitor, speech, transcriptions, voices
 from parley_gateway.api import errors as api_errors
 from parley_gateway.clients import GrpcServices
 from parley_gateway.config import GatewaySettings
@@ -90,9 +91,16 @@ class Gateway:
         self.sessions: set[ConversationSession] = set()
         self.dialogues = DialogueJobs(settings.api_max_dialogues, settings.api_dialogue_keep_s)
         self.monitor = Monitor()
+        self.access = Access(settings.key_list(), settings.origin_list(), settings.token_ttl_s)
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
+        if not self.access.enabled and self.settings.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "no API keys are set and the gateway listens on %s: anyone who reaches it can use it "
+                "(set PARLEY_GATEWAY_API_KEYS)",
+                self.settings.host,
+            )
         self._tasks.append(asyncio.create_task(self._join_nats()))
 
     async def _join_nats(self) -> None:
@@ -252,7 +260,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="Parley gateway", lifespan=lifespan)
     app.state.gateway = gateway
     api_errors.install(app)
-    for area in (speech, transcriptions, voices, dialogues, monitor):
+    app.add_middleware(AccessMiddleware, access=gateway.access)
+    for area in (auth, speech, transcriptions, voices, dialogues, monitor):
         app.include_router(area.router)
 
     @app.get("/healthz")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from parley.settings import CommonSettings
@@ -86,3 +86,28 @@ class GatewaySettings(CommonSettings):
     api_dialogue_keep_s: float = Field(
         default=3600.0, gt=0, description="How long a finished dialogue's audio is kept."
     )
+    # Access control (a public pod is reachable by anyone with its URL)
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys; when set, every route but /healthz and the page shell needs one "
+        "(Authorization: Bearer, X-API-Key, or a token from POST /v1/auth/token). Empty: open.",
+    )
+    allowed_origins: str = Field(
+        default="",
+        description="Comma-separated extra origins (https://host:port) whose pages may open the WebSocket; "
+        "the gateway's own origin is always allowed.",
+    )
+    token_ttl_s: float = Field(default=3600.0, gt=0, description="How long a browser token lasts.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, value: str) -> str:
+        if any(0 < len(key.strip()) < 16 for key in value.split(",")):
+            raise ValueError("every API key must be at least 16 characters")
+        return value
+
+    def key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    def origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]

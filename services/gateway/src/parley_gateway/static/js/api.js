@@ -22,7 +22,61 @@ async function failure(response) {
   return new ApiError(response.status, message, code);
 }
 
-/** Fetch; throws ApiError with the server's message unless the answer is 2xx. */
+// ---- access: the API key (asked once, kept in this browser) and short-lived tokens ----------
+
+const KEY_STORE = 'parley.api_key';
+let asking = null; // one key dialog at a time, whichever page asked
+let token = null; // {value, until} minted from the key, for URLs that cannot carry a header
+
+function storedKey() {
+  try {
+    return localStorage.getItem(KEY_STORE) || '';
+  } catch {
+    return '';
+  }
+}
+
+/** Headers that carry the key, when there is one. */
+export function authHeaders() {
+  const key = storedKey();
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
+/** Ask the user for the key (a modal dialog); resolves once one was entered. */
+function askKey() {
+  asking ??= new Promise((resolve) => {
+    const dialog = document.getElementById('key-dialog');
+    const input = document.getElementById('key-input');
+    dialog.addEventListener(
+      'close',
+      () => {
+        try {
+          localStorage.setItem(KEY_STORE, input.value.trim());
+        } catch {
+          // kept for this page only
+        }
+        token = null;
+        asking = null;
+        resolve();
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  });
+  return asking;
+}
+
+/** `url` with a fresh `?token=` when the server needs a key (for WebSockets, EventSource, media). */
+export async function withToken(url) {
+  if (!storedKey()) return url;
+  if (!token || token.until < Date.now() + 60_000) {
+    const minted = await request('v1/auth/token', { method: 'POST' }).then((r) => r.json());
+    token = { value: minted.token, until: Date.now() + minted.expires_in * 1000 };
+  }
+  return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token.value)}`;
+}
+
+/** Fetch; throws ApiError with the server's message unless the answer is 2xx. Asks for the key on a 401. */
 export async function request(path, options = {}) {
   const init = { ...options };
   if (init.json !== undefined) {
@@ -30,9 +84,15 @@ export async function request(path, options = {}) {
     init.headers = { 'content-type': 'application/json', ...(init.headers ?? {}) };
     delete init.json;
   }
-  const response = await fetch(path, init);
-  if (!response.ok) throw await failure(response);
-  return response;
+  for (let attempt = 0; ; attempt += 1) {
+    const response = await fetch(path, { ...init, headers: { ...(init.headers ?? {}), ...authHeaders() } });
+    if (response.status === 401 && attempt < 3) {
+      await askKey();
+      continue;
+    }
+    if (!response.ok) throw await failure(response);
+    return response;
+  }
 }
 
 export async function getJson(path) {

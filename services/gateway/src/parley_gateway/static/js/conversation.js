@@ -12,7 +12,7 @@
 // the time and the server ends turns on silence; "push_to_talk" sends audio
 // only while the talk button (or Space) is held, and input.commit on release.
 
-import { fillVoiceSelect, listVoices } from './api.js';
+import { authHeaders, fillVoiceSelect, listVoices, request, withToken } from './api.js';
 
 const INPUT_RATE = 16000;
 const FRAME_SAMPLES = 1600; // 100 ms at 16 kHz
@@ -91,6 +91,10 @@ class StreamResampler {
 function ensureAudio() {
   if (audio) return audio;
   const ctx = new AudioContext({ latencyHint: 'interactive' });
+  // On the page, for whoever needs to know whether reply audio can be heard now (tests do).
+  ctx.addEventListener('statechange', () => {
+    document.body.dataset.audio = ctx.state;
+  });
   const state = { ctx, playback: null, ready: null };
   state.ready = Promise.all([
     ctx.audioWorklet.addModule('static/capture-worklet.js'),
@@ -118,6 +122,8 @@ function ensureAudio() {
 
 function onPlaybackMessage({ data }) {
   if (data.type === 'started') {
+    const starting = session?.assistant.get(data.id);
+    if (starting) starting.el.dataset.playing = 'true';
     // The server times its echo guard from here: what the microphone hears now may be this reply.
     if (session?.pendingPlayback.has(data.id)) send(session.ws, { type: 'response.audio.playing', response_id: data.id });
   } else if (data.type === 'ended') {
@@ -230,7 +236,11 @@ function newSession(turnDetection) {
 /** Whether the gateway says every service is up; if not, say what it waits for. */
 async function serverReady() {
   try {
-    const response = await fetch('readyz');
+    let response = await fetch('readyz', { headers: authHeaders() });
+    if (response.status === 401) {
+      await request('v1/voices'); // asks for the API key, once
+      response = await fetch('readyz', { headers: authHeaders() });
+    }
     if (response.ok) return true;
     const body = await response.json();
     const crashing = Object.keys(body.crashing ?? {});
@@ -281,10 +291,11 @@ async function connect() {
       return;
     }
     s.stream = stream;
-    await Promise.all([resumed, ready]);
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const [url] = await Promise.all([withToken(`${scheme}//${location.host}/v1/conversation`), resumed, ready]);
     if (session !== s) return;
     startCapture(s, ctx);
-    openSocket(s);
+    openSocket(s, url);
   } catch (err) {
     if (session !== s) return;
     addError(err.name === 'NotAllowedError' ? 'microphone' : 'audio', err.message || String(err));
@@ -306,9 +317,8 @@ function startCapture(s, ctx) {
   s.source.connect(s.capture);
 }
 
-function openSocket(s) {
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = (s.ws = new WebSocket(`${scheme}//${location.host}/v1/conversation`));
+function openSocket(s, url) {
+  const ws = (s.ws = new WebSocket(url));
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => {
     setStatus('connecting', 'Starting session…');
@@ -418,6 +428,8 @@ function onEvent(s, message) {
       break;
     }
     case 'response.audio.started': {
+      // The page's record that this reply's audio is arriving (tests read it too).
+      assistantMessage(s, message.response_id).el.dataset.audio = 'receiving';
       const rate = message.sample_rate || s.outputRate;
       s.replyAudio = { id: message.response_id, rate, resampler: new StreamResampler(rate, audio.ctx.sampleRate) };
       s.pendingPlayback.add(message.response_id);

@@ -1,7 +1,7 @@
 // Dialogue studio: a [S1]-[S4] script, a voice per speaker, generated as a job on the
 // gateway (/v1/dialogues) with a progress bar, played while it streams, downloaded as WAV.
 
-import { el, fillVoiceSelect, listVoices, request, showError } from './api.js';
+import { el, fillVoiceSelect, listVoices, request, showError, withToken } from './api.js';
 
 const EXAMPLE = `[S1] Welcome back to the show! Today we talk about gardens.
 [S2] Thanks for having me. I have been gardening for twenty years.
@@ -56,7 +56,7 @@ export async function mount(root) {
       job = await response.json();
       root.dataset.state = 'running';
       cancel.disabled = false;
-      player.src = job.audio_url; // WAV streamed as the turns are spoken
+      player.src = await withToken(job.audio_url.replace(/^\//, '')); // WAV streamed as the turns are spoken
       player.play().catch(() => {});
       await follow(job.id);
     } catch (err) {
@@ -91,14 +91,14 @@ export async function mount(root) {
         el('li', {}, `S${turn.speaker}: ${turn.start_s.toFixed(1)}–${turn.end_s.toFixed(1)} s` +
           (turn.speaker_similarity == null ? '' : ` (voice match ${turn.speaker_similarity.toFixed(2)})`))));
       if (state.status !== 'running') {
-        root.dataset.state = state.status;
         if (state.status === 'done') {
-          download.href = state.download_url;
+          download.href = await withToken(state.download_url.replace(/^\//, ''));
           download.download = `${state.id}.wav`;
           download.hidden = false;
         } else {
           showError(error, state.error || `The dialogue ${state.status}.`);
         }
+        root.dataset.state = state.status;
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));

@@ -1,12 +1,12 @@
 // Monitor: live state pushed by the gateway (/v1/monitor/stream, server-sent events): the
 // model services and their load, sessions, recent turns' stage latencies, the machine, errors.
 
-import { el } from './api.js';
+import { el, withToken } from './api.js';
 
 const STAGES = ['vad_silence_ms', 'asr_ms', 'llm_first_token_ms', 'tts_first_audio_ms', 'voice_to_voice_ms'];
 const KINDS = ['vad', 'asr', 'llm', 'tts'];
 
-export function mount(root) {
+export async function mount(root) {
   const services = el('tbody', { 'data-testid': 'monitor-services' });
   const stages = el('tbody', { 'data-testid': 'monitor-stages' });
   const chart = el('div', { class: 'chart', 'data-testid': 'monitor-chart', role: 'img',
@@ -28,7 +28,7 @@ export function mount(root) {
     el('h3', {}, 'Recent errors'), errors,
   );
 
-  const source = new EventSource('v1/monitor/stream');
+  const source = new EventSource(await withToken('v1/monitor/stream'));
   source.onopen = () => {
     live.textContent = 'Live';
   };
@@ -56,8 +56,11 @@ export function mount(root) {
         el('td', {}, String(state.stages[s].p95)), el('td', {}, String(state.stages[s].n)))));
     const recent = state.turns.map((t) => t.timings.voice_to_voice_ms).filter((v) => typeof v === 'number');
     const top = Math.max(1000, ...recent);
-    chart.replaceChildren(...recent.map((v) => el('span', { class: 'bar', style: `height:${(100 * v) / top}%`,
-      title: `${Math.round(v)} ms` })));
+    chart.replaceChildren(...recent.map((v) => {
+      const bar = el('span', { class: 'bar', title: `${Math.round(v)} ms` });
+      bar.style.height = `${(100 * v) / top}%`; // set through the CSSOM: the page's CSP allows no style attributes
+      return bar;
+    }));
     const gib = (bytes) => (bytes / 2 ** 30).toFixed(1);
     const s = state.system;
     system.textContent = `${state.sessions} session(s) · CPU ${s.cpu_percent.toFixed(0)} % of ${s.cpus} cores · ` +

@@ -1,0 +1,177 @@
+"""Who may use the gateway: API keys, short-lived tokens for the browser, WebSocket origins, security headers.
+
+A public pod is reachable by anyone with its URL, so with `PARLEY_GATEWAY_API_KEYS` set:
+
+- every HTTP route but `/healthz` and the page's own files (`/`, `/static/*`: the shell
+  that asks for the key, which holds nothing else) needs a key, as `Authorization: Bearer
+  <key>` (what the OpenAI SDK sends) or `X-API-Key`, or a token;
+- a **token** is minted from a key by `POST /v1/auth/token` and expires (`token_ttl_s`);
+  the browser puts it where it cannot set headers (the WebSocket, EventSource, media
+  URLs) as `?token=`, so the key itself never appears in a URL or a proxy log. Tokens
+  are HMACs over their expiry with a secret derived from the keys, so every gateway
+  with the same keys accepts them and a removed key's tokens die with it;
+- the WebSocket's `Origin`, when a browser sends one, must be the gateway's own host or
+  in `PARLEY_GATEWAY_ALLOWED_ORIGINS`: a page on another site cannot ride a visitor's
+  network position or stored token into a conversation (cross-site WebSocket hijacking).
+  This holds with or without keys.
+
+Every response carries the security headers (CSP, nosniff, frame and referrer policy).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = ("/healthz", "/", "/favicon.ico")
+PUBLIC_PREFIXES = ("/static/",)
+# The page loads only its own files; media may be blob: URLs it made; nothing may frame it.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+    "connect-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+# FastAPI's /docs loads Swagger UI from its CDN; it gets a CSP that allows exactly that.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "frame-ancestors 'none'"
+)
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+def security_headers(path: str) -> dict[str, str]:
+    return {
+        "content-security-policy": DOCS_CSP if path in DOCS_PATHS else PAGE_CSP,
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+    }
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+class Access:
+    def __init__(
+        self,
+        keys: list[str],
+        allowed_origins: list[str],
+        token_ttl_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = [key for key in keys if key]
+        self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins if origin}
+        self.token_ttl_s = token_ttl_s
+        self.clock = clock
+        self._secret = hashlib.sha256(b"parley-token\0" + b"\0".join(sorted(k.encode() for k in self.keys))).digest()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    @staticmethod
+    def is_public(path: str) -> bool:
+        return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+    def valid_key(self, candidate: str) -> bool:
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        return any(hmac.compare_digest(candidate.encode(), key.encode()) for key in self.keys)
+
+    def mint(self) -> tuple[str, int]:
+        expires = int(self.clock() + self.token_ttl_s)
+        body = str(expires).encode()
+        return f"{expires}.{_b64(hmac.new(self._secret, body, hashlib.sha256).digest())}", int(self.token_ttl_s)
+
+    def valid_token(self, token: str) -> bool:
+        expires, _, signature = token.partition(".")
+        if not expires.isdigit() or int(expires) < self.clock():
+            return False
+        expected = _b64(hmac.new(self._secret, expires.encode(), hashlib.sha256).digest())
+        return hmac.compare_digest(signature.encode(), expected.encode())
+
+    def allowed(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+        """Whether a request carries a valid key (header) or token (header or ?token=); always when open."""
+        if not self.enabled:
+            return True
+        bearer = headers.get("authorization", "")
+        credential = bearer[7:].strip() if bearer.lower().startswith("bearer ") else headers.get("x-api-key", "")
+        if credential and (self.valid_key(credential) or self.valid_token(credential)):
+            return True
+        token = query.get("token", "")
+        return bool(token) and self.valid_token(token)
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """A browser's WebSocket from this gateway's own page, or from an allowed origin; non-browsers send none."""
+        if not origin:
+            return True
+        origin = origin.rstrip("/").lower()
+        if origin in self.allowed_origins:
+            return True
+        return bool(host) and urlsplit(origin).netloc == (host or "").lower()
+
+
+class AccessMiddleware:
+    """ASGI middleware: refuses what `Access` refuses, and adds the security headers to every response."""
+
+    def __init__(self, app: Any, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        if scope["type"] == "websocket":
+            origin_ok = self.access.origin_allowed(headers.get("origin"), headers.get("host"))
+            if not origin_ok or not self.access.allowed(headers, query):
+                log.warning(
+                    "WebSocket %s refused: %s",
+                    path,
+                    "origin " + headers.get("origin", "") if not origin_ok else "no key",
+                )
+                await receive()  # websocket.connect; closing before accepting answers HTTP 403
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        if not self.access.is_public(path) and not self.access.allowed(headers, query):
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": "an API key is needed: Authorization: Bearer <key> (PARLEY_GATEWAY_API_KEYS)",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "unauthorized",
+                    }
+                }
+            ).encode()
+            extra = [(b"www-authenticate", b"Bearer"), (b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 401, "headers": self._headers(path, extra)})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": self._headers(path, list(message.get("headers", [])))}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    def _headers(path: str, existing: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        present = {name.lower() for name, _ in existing}
+        added = [(k.encode(), v.encode()) for k, v in security_headers(path).items() if k.encode() not in present]
+        return existing + added

@@ -1,0 +1,83 @@
+"""API keys, tokens, origins and security headers on the real gateway app (no services needed)."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from parley_gateway.access import Access
+from parley_gateway.app import create_app
+from parley_gateway.config import GatewaySettings
+
+KEY = "k" * 24
+
+
+def client(**settings: object) -> TestClient:
+    # No `with`: the lifespan (NATS) does not run; access control comes before any of that.
+    return TestClient(create_app(GatewaySettings(**settings)), base_url="http://gw.example:7860")  # type: ignore[arg-type]
+
+
+def test_tokens_expire_and_belong_to_their_keys() -> None:
+    now = [1000.0]
+    access = Access([KEY], [], token_ttl_s=60, clock=lambda: now[0])
+    token, ttl = access.mint()
+    assert ttl == 60 and access.valid_token(token) and not access.valid_key(token)
+    assert not access.valid_token(token[:-2] + "xx") and not access.valid_token("garbage")
+    assert not Access(["another-key-of-24-chars!"], [], 60, clock=lambda: now[0]).valid_token(token)
+    now[0] += 61
+    assert not access.valid_token(token)
+
+
+def test_with_keys_every_route_but_health_and_the_page_shell_needs_one() -> None:
+    http = client(api_keys=f"{KEY},{'q' * 20}")
+    assert http.get("/healthz").status_code == 200
+    assert http.get("/").status_code == 200 and http.get("/static/js/api.js").status_code == 200
+    for path in ("/v1/voices", "/v1/services", "/readyz", "/metrics", "/docs", "/openapi.json", "/v1/monitor"):
+        refused = http.get(path)
+        assert refused.status_code == 401, path
+        assert refused.json()["error"]["code"] == "unauthorized" and refused.headers["www-authenticate"] == "Bearer"
+    assert http.get("/metrics", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    assert http.get("/metrics", headers={"x-api-key": "q" * 20}).status_code == 200
+    assert http.get("/metrics", headers={"authorization": "Bearer wrong-key-wrong-key"}).status_code == 401
+
+    assert http.post("/v1/auth/token").status_code == 401
+    token = http.post("/v1/auth/token", headers={"authorization": f"Bearer {KEY}"}).json()["token"]
+    assert http.get(f"/metrics?token={token}").status_code == 200
+    assert http.post("/v1/auth/token", headers={"authorization": f"Bearer {token}"}).status_code == 401  # no renewal
+
+    with pytest.raises(WebSocketDisconnect) as refused, http.websocket_connect("/v1/conversation"):
+        pass
+    assert refused.value.code == 1008
+    with http.websocket_connect(f"/v1/conversation?token={token}") as ws:
+        ws.close()
+
+
+def test_keys_must_be_long() -> None:
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        GatewaySettings(api_keys="short")
+
+
+def test_a_websocket_from_another_site_is_refused_with_or_without_keys() -> None:
+    http = client(allowed_origins="https://studio.example")
+    for origin in ("http://evil.example", "http://testserver.evil.example", "null"):
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            http.websocket_connect("/v1/conversation", headers={"origin": origin}),
+        ):
+            pass
+        assert refused.value.code == 1008, origin
+    for origin in ("http://testserver", "https://studio.example", None):  # the test client says Host: testserver
+        headers = {"origin": origin} if origin else {}
+        with http.websocket_connect("/v1/conversation", headers=headers) as ws:
+            ws.close()
+
+
+def test_every_response_carries_the_security_headers() -> None:
+    http = client()
+    for path in ("/", "/healthz", "/static/js/main.js", "/v1/nowhere"):
+        headers = http.get(path).headers
+        assert "default-src 'self'" in headers["content-security-policy"], path
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
+    assert "cdn.jsdelivr.net" in http.get("/docs").headers["content-security-policy"]
