@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import tempfile
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +54,14 @@ def silence(seconds: float, sample_rate: int = 16000) -> bytes:
 def rms(pcm: bytes) -> float:
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
     return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+
+
+def wav_bytes(pcm: bytes, sample_rate: int = 16000) -> bytes:
+    """A WAV file (16-bit mono) of PCM16 samples, as a user would upload it."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import urllib.request
 
 import grpc
-import numpy as np
 import pytest
-import soundfile
 import websockets
 
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley_gateway.client import ConversationClient
-from tests.speech import speak
+from tests.speech import speak, wav_bytes
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -109,12 +106,6 @@ async def test_a_cloned_voice_on_a_piper_only_stack_is_stored_but_not_spoken(sta
                 assert error["code"] == "voice_unavailable" and "fireredtts2" in error["message"], error
         finally:
             await stub.DeleteVoice(tts_pb2.DeleteVoiceRequest(id=voice.id))
-
-
-def wav_bytes(pcm: bytes, rate: int) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, np.frombuffer(pcm, dtype=np.int16), rate, format="WAV")
-    return buffer.getvalue()
 
 
 async def test_a_websocket_from_another_site_is_refused(stack: Stack) -> None:

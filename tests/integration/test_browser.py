@@ -8,14 +8,12 @@ test-artifacts/screenshots/ (ignored by git); no test may leave a console error 
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import pytest
 import soundfile
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
-from tests.speech import silence, speak
+from tests.speech import silence, speak, wav_bytes
 from tests.stack import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.integration
@@ -35,16 +33,6 @@ CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 QUESTION = "What is the capital of France?"
 REFERENCE_TEXT = "The quick brown fox jumps over the lazy dog, then runs into the forest."
-
-
-def wav_bytes(pcm: bytes, rate: int = 16000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import openai
 import pytest
 import soundfile
 
-from tests.speech import silence, speak
+from tests.speech import silence, speak, wav_bytes
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -36,12 +36,6 @@ def decoded(data: bytes) -> tuple[str, float]:
         stream = container.streams.audio[0]
         samples = sum(frame.samples for frame in container.decode(stream))
         return container.format.name, float(samples / stream.rate)
-
-
-def wav_file(pcm: bytes, rate: int = 16000) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, np.frombuffer(pcm, dtype="<i2"), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def encoded(pcm: bytes, fmt: str, codec: str, rate: int = 16000) -> bytes:
@@ -103,7 +97,7 @@ async def test_speech_errors_are_clear(client: openai.AsyncOpenAI) -> None:
 
 async def test_transcriptions_through_the_openai_sdk(client: openai.AsyncOpenAI) -> None:
     pcm = silence(0.7) + speak(SENTENCE) + silence(1.5) + speak("Please water the plants every morning.") + silence(0.5)
-    plain = await client.audio.transcriptions.create(model="whisper-1", file=("talk.wav", wav_file(pcm)))
+    plain = await client.audio.transcriptions.create(model="whisper-1", file=("talk.wav", wav_bytes(pcm)))
     heard = words(plain.text).split(" please")[0]
     assert jiwer.wer(words(SENTENCE), heard) < 0.4, plain.text  # tiny.en on espeak-ng: "round-fark stumps"
 
@@ -125,18 +119,18 @@ async def test_transcriptions_through_the_openai_sdk(client: openai.AsyncOpenAI)
     )
     assert str(vtt).startswith("WEBVTT") and "-->" in str(vtt)
     text = await client.audio.transcriptions.create(
-        model="whisper-1", file=("q.wav", wav_file(pcm)), response_format="text"
+        model="whisper-1", file=("q.wav", wav_bytes(pcm)), response_format="text"
     )
     assert "lazy dog" in str(text).lower() and "plants" in str(text).lower()
 
     with pytest.raises(openai.BadRequestError, match="could not be read as audio"):
         await client.audio.transcriptions.create(model="whisper-1", file=("notes.wav", b"just some words\n" * 50))
-    silent = await client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav_file(silence(2.0))))
+    silent = await client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav_bytes(silence(2.0))))
     assert silent.text == ""
 
 
 async def test_voices_can_be_made_listed_and_deleted(stack: Stack) -> None:
-    reference = wav_file(speak(SENTENCE))
+    reference = wav_bytes(speak(SENTENCE))
     async with httpx.AsyncClient(base_url=stack.url, timeout=120) as http:
         listed = (await http.get("/v1/voices")).json()
         assert listed["cloning_available"] is False and "joe" in {v["id"] for v in listed["voices"]}
@@ -166,7 +160,7 @@ async def test_voices_can_be_made_listed_and_deleted(stack: Stack) -> None:
         short = await http.post(
             "/v1/voices",
             data={"name": "Short", "transcript": "Hi."},
-            files={"file": ("x.wav", wav_file(speak("Hi.")), "audio/wav")},
+            files={"file": ("x.wav", wav_bytes(speak("Hi.")), "audio/wav")},
         )
         assert short.status_code == 400 and "at least 3 s" in short.json()["error"]["message"]
 

@@ -7,7 +7,6 @@ on CPU, which clones from stored prompt codes like the real one (its speech is n
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,12 +15,11 @@ from typing import TypeVar
 import grpc
 import numpy as np
 import pytest
-import soundfile
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
 from parley.models import ModelPool
-from parley.pcm import Float32Array, pcm16_to_float
+from parley.pcm import Float32Array, float_to_pcm16, pcm16_to_float
 from parley.registry import connect
 from parley.server import ServiceRuntime
 from parley.testing import serving
@@ -34,7 +32,7 @@ from parley_tts.servicer import SIMILARITY_METADATA, TextToSpeechServicer
 from parley_tts.similarity import SpeakerEmbedder, similarity
 from parley_tts.voices import VoiceProfile, VoiceStore
 from services.tts.tests.tiny_fireredtts2 import write_models_dir
-from tests.speech import speak
+from tests.speech import speak, wav_bytes
 from tests.stack import free_port, start_nats
 
 T = TypeVar("T")
@@ -115,9 +113,7 @@ async def servicer_for(
 
 
 def wav(samples: Float32Array, rate: int = 16000) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+    return wav_bytes(float_to_pcm16(samples), rate)
 
 
 def reference(seconds: float | None = None) -> bytes:

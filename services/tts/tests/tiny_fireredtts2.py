@@ -25,20 +25,7 @@ import torch
 
 # The fireredtts2 classes come through the engine module: importing it is what makes the package's
 # submodules importable without its torchaudio-importing __init__.
-from parley_tts.engines.fireredtts2 import (
-    TOKENIZER_DIR,
-    AcousticDecoder,
-    Model,
-    ModelArgs,
-    RedCodec,
-    ResidualDownConv,
-    ResidualVQ,
-    SslAdaptor,
-    UpConv,
-    WhisperAcousticEncoder,
-    load_custom_tokenizer,
-    semantic_encoder,
-)
+from parley_tts.engines.fireredtts2 import TOKENIZER_DIR, Model, ModelArgs, build_codec, load_custom_tokenizer
 
 CODEBOOKS = 16  # as the real model: frames are 17 columns
 AUDIO_VOCAB = 32  # >= 10: the decoder samples codebooks 1..15 with a fixed top-k of 10
@@ -141,16 +128,7 @@ def write_models_dir(directory: Path, seed: int = 0, frame_limit: int = FRAME_LI
         torch.save({"model": llm.state_dict()}, directory / f"llm_{checkpoint}.pt")
 
     (directory / "config_codec.json").write_text(json.dumps({"codec": CODEC_SECTIONS}, indent=2))
-    codec = RedCodec(
-        semantic_encoder(CODEC_SECTIONS["ssl"]),
-        SslAdaptor(**CODEC_SECTIONS["ssl_adaptor"]),
-        WhisperAcousticEncoder(**CODEC_SECTIONS["acoustic_encoder"]),
-        ResidualDownConv(**CODEC_SECTIONS["downsample"]),
-        ResidualVQ(**CODEC_SECTIONS["rvq"]),
-        UpConv(**CODEC_SECTIONS["upsample"]),
-        SslAdaptor(**CODEC_SECTIONS["semantic_decoder"]),
-        AcousticDecoder(**CODEC_SECTIONS["acoustic_decoder"]),
-    )
+    codec = build_codec(CODEC_SECTIONS)
     with torch.no_grad():
         for quantizer in codec.rvq.quantizers:
             quantizer.codebook.normal_()

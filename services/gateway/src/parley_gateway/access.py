@@ -99,12 +99,17 @@ class Access:
         expected = _b64(hmac.new(self._secret, expires.encode(), hashlib.sha256).digest())
         return hmac.compare_digest(signature.encode(), expected.encode())
 
+    @staticmethod
+    def credential(headers: Mapping[str, str]) -> str:
+        """What a request presents as its key or token: `Authorization: Bearer …`, else `X-API-Key`."""
+        bearer = headers.get("authorization", "")
+        return bearer[7:].strip() if bearer.lower().startswith("bearer ") else headers.get("x-api-key", "")
+
     def allowed(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
         """Whether a request carries a valid key (header) or token (header or ?token=); always when open."""
         if not self.enabled:
             return True
-        bearer = headers.get("authorization", "")
-        credential = bearer[7:].strip() if bearer.lower().startswith("bearer ") else headers.get("x-api-key", "")
+        credential = self.credential(headers)
         if credential and (self.valid_key(credential) or self.valid_token(credential)):
             return True
         token = query.get("token", "")

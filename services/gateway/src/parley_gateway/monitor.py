@@ -19,7 +19,6 @@ import psutil
 
 TURNS_KEPT = 50
 ERRORS_KEPT = 20
-STAGES = ("vad_silence_ms", "asr_ms", "llm_first_token_ms", "tts_first_audio_ms", "voice_to_voice_ms")
 
 
 def _percentile(values: list[float], q: float) -> float:

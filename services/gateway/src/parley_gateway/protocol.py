@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+# A voice id as the TTS service names voices (built-in or stored); nothing that could be a path.
+VOICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+
 
 class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"
@@ -59,7 +62,7 @@ class SessionStart(_Event):
     type: Literal["session.start"]
     input_sample_rate: int = Field(default=16000, ge=8000, le=48000)
     # A voice id as the TTS service lists it (checked against it at session start).
-    voice: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+    voice: str | None = Field(default=None, pattern=VOICE_ID)
     system_prompt: str | None = Field(default=None, max_length=4000)
     language: str | None = Field(default=None, pattern="^[a-z]{2,3}$")
     # "vad": the server ends turns on silence; "push_to_talk": the client ends

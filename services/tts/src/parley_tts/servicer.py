@@ -434,11 +434,10 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 embedding=[] if embedding is None else [round(float(x), 6) for x in embedding],
             )
             try:
-                await store.create(profile, reference_wav(reference), codes)
+                stored = await store.create(profile, reference_wav(reference), codes)
             except (NatsError, TimeoutError) as exc:
                 raise _Refused(grpc.StatusCode.UNAVAILABLE, f"the voice store did not answer: {exc}") from None
-            stored = await store.get(profile.id)
-            return self._stored_voice(stored or profile)
+            return self._stored_voice(stored)
         except _Refused as refused:
             await context.abort(refused.code, refused.message)
             raise  # not reached: abort raises

@@ -174,7 +174,8 @@ class VoiceStore:
             blobs = await js.create_object_store(f"{bucket}_blobs", description="Parley voice references and codes")
         return cls(profiles, blobs)
 
-    async def create(self, profile: VoiceProfile, reference: bytes, codes: dict[str, bytes]) -> None:
+    async def create(self, profile: VoiceProfile, reference: bytes, codes: dict[str, bytes]) -> VoiceProfile:
+        """Store a new voice; returns its profile as stored (listing the engines whose codes came with it)."""
         for engine, data in codes.items():
             await self._blobs.put(_codes_object(profile.id, engine), data)
         await self._blobs.put(_audio_object(profile.id), reference)
@@ -184,6 +185,7 @@ class VoiceStore:
         except BaseException:
             await self._delete_blobs(profile.id, list(codes))
             raise
+        return profile
 
     async def get(self, voice_id: str) -> VoiceProfile | None:
         if not VOICE_ID.match(voice_id):

@@ -19,9 +19,7 @@ async def mint_token(request: Request) -> dict[str, Any]:
     Needs an API key itself (a token cannot renew itself, so a leaked one dies at its expiry).
     """
     access: Access = request.app.state.gateway.access
-    bearer = request.headers.get("authorization", "")
-    key = bearer[7:].strip() if bearer.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    if access.enabled and not access.valid_key(key):
+    if access.enabled and not access.valid_key(Access.credential(request.headers)):
         raise ApiError(401, "a token is minted from an API key (Authorization: Bearer <key>)", "unauthorized")
     token, ttl = access.mint()
     return {"token": token, "expires_in": ttl, "required": access.enabled}

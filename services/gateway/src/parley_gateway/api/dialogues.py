@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from parley.tts.v1 import tts_pb2
 from parley_gateway.api.encoding import StreamingWavEncoder
 from parley_gateway.api.errors import ApiError, from_service
-from parley_gateway.api.speech import ENGINES, SAMPLE_RATE, VOICE_ID, services_of
+from parley_gateway.api.speech import ENGINES, SAMPLE_RATE, VOICE_ID_OR_DEFAULT, services_of
 from parley_gateway.clients import ServiceError
 from parley_gateway.dialogues import DialogueJob, DialogueJobs, TooManyJobs
 
@@ -62,7 +62,7 @@ async def create_dialogue(body: DialogueRequest, request: Request) -> dict[str, 
             "model",
         )
     for speaker, voice in body.voices.items():
-        if not re.match(VOICE_ID, voice):
+        if not re.match(VOICE_ID_OR_DEFAULT, voice):
             raise ApiError(400, f"voices.{speaker}: {voice[:40]!r} is not a voice id", "invalid_request", "voices")
     jobs = jobs_of(request)
     try:

@@ -15,6 +15,7 @@ from parley_gateway.api.encoding import MEDIA_TYPES, AudioFormat, encoder_for
 from parley_gateway.api.errors import ApiError, from_service
 from parley_gateway.clients import GrpcServices, ServiceError
 from parley_gateway.config import GatewaySettings
+from parley_gateway.protocol import VOICE_ID
 
 router = APIRouter(tags=["audio"])
 
@@ -24,7 +25,7 @@ OPENAI_MODELS = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-tts", "parley"}
 ENGINES = {"piper", "fireredtts2"}
 # OpenAI's voice names, which scripts written for OpenAI send: they get the default voice.
 OPENAI_VOICES = {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
-VOICE_ID = r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+VOICE_ID_OR_DEFAULT = f"^$|{VOICE_ID}"
 
 
 class SpeechRequest(BaseModel):
@@ -35,7 +36,7 @@ class SpeechRequest(BaseModel):
     input: str = Field(min_length=1, description="The text to speak.")
     voice: str = Field(
         default="",
-        pattern=VOICE_ID,
+        pattern=VOICE_ID_OR_DEFAULT,
         description="A voice id from /v1/voices (built-in or cloned); OpenAI's voice names and empty mean the default.",
     )
     response_format: AudioFormat = "mp3"

@@ -11,8 +11,9 @@ from fastapi.responses import StreamingResponse
 from parley.tts.v1 import tts_pb2
 from parley_gateway.api.encoding import AudioFormat
 from parley_gateway.api.errors import ApiError, from_service
-from parley_gateway.api.speech import SAMPLE_RATE, VOICE_ID, services_of, settings_of, stream_speech
+from parley_gateway.api.speech import SAMPLE_RATE, services_of, settings_of, stream_speech
 from parley_gateway.clients import ServiceError
+from parley_gateway.protocol import VOICE_ID
 
 router = APIRouter(tags=["voices"])
 
@@ -101,5 +102,5 @@ async def preview_voice(
 
 
 def _check_id(voice_id: str) -> None:
-    if not re.match(VOICE_ID, voice_id) or not voice_id:
+    if not re.match(VOICE_ID, voice_id):
         raise ApiError(400, f"{voice_id[:40]!r} is not a voice id", "invalid_request", "voice_id")

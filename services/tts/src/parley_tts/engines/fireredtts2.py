@@ -463,22 +463,27 @@ def _load_codec(config_path: Path, checkpoint_path: Path, device: torch.device) 
     try:
         sections: dict[str, dict[str, Any]] = json.loads(config_path.read_text())["codec"]
         with torch.device(device):
-            codec = RedCodec(
-                semantic_encoder(sections.get("ssl", WHISPER_LARGE_V3)),
-                SslAdaptor(**sections["ssl_adaptor"]),
-                WhisperAcousticEncoder(**sections["acoustic_encoder"]),
-                ResidualDownConv(**sections["downsample"]),
-                ResidualVQ(**sections["rvq"]),
-                UpConv(**sections["upsample"]),
-                SslAdaptor(**sections["semantic_decoder"]),
-                AcousticDecoder(**sections["acoustic_decoder"]),
-            )
+            codec = build_codec(sections)
     except KeyError as missing:
         raise ValueError(f"{config_path}: missing {missing}") from None
     if not codec.acoustic_decoder.causal:
         raise ValueError(f"{config_path}: the acoustic decoder must be causal to stream")
     codec.load_state_dict(_read_checkpoint(checkpoint_path, "generator"))
     return RedCodecInfer(codec).eval()
+
+
+def build_codec(sections: dict[str, dict[str, Any]]) -> RedCodec:
+    """The codec from config_codec.json's `codec` sections (random weights until a checkpoint is loaded)."""
+    return RedCodec(
+        semantic_encoder(sections.get("ssl", WHISPER_LARGE_V3)),
+        SslAdaptor(**sections["ssl_adaptor"]),
+        WhisperAcousticEncoder(**sections["acoustic_encoder"]),
+        ResidualDownConv(**sections["downsample"]),
+        ResidualVQ(**sections["rvq"]),
+        UpConv(**sections["upsample"]),
+        SslAdaptor(**sections["semantic_decoder"]),
+        AcousticDecoder(**sections["acoustic_decoder"]),
+    )
 
 
 def semantic_encoder(size: dict[str, int]) -> PretrainedWhisperEncoder:
