@@ -24,9 +24,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_nats(port: int, jetstream_dir: Path | None = None) -> subprocess.Popen[bytes]:
-    """A real nats-server on loopback (with JetStream, kept in `jetstream_dir`, when given)."""
-    command = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port)]
+def start_nats(port: int, jetstream_dir: Path | None = None, *options: str) -> subprocess.Popen[bytes]:
+    """A real nats-server on loopback (with JetStream, kept in `jetstream_dir`, when given).
+
+    `options` go to nats-server as they are (`--auth <token>`, `--tls ...`).
+    """
+    command = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), *options]
     if jetstream_dir is not None:
         command += ["-js", "-sd", str(jetstream_dir)]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)

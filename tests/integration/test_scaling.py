@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,9 +12,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import websockets
 
 from parley_gateway.client import ConversationClient
 from tests.speech import silence, speak
@@ -145,3 +149,57 @@ async def test_eight_users_speaking_at_once_all_get_answers(stack: Stack) -> Non
     results = await asyncio.gather(*(user(i, pcm) for i, pcm in enumerate(spoken)))
     assert [r["errors"] for r in results] == [[]] * 8
     assert all(r["done"]["status"] == "completed" and r["audio"] for r in results), results
+
+
+async def test_a_gateway_stopped_with_sigterm_lets_the_live_turn_finish(stack: Stack, tmp_path: Path) -> None:
+    """Draining: no new session; the live one gets its whole reply, then `session.ended` and 1012 (reconnect)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PARLEY_NATS_URL": stack.nats_url,
+        "PARLEY_GATEWAY_PORT": str(port),
+        "PARLEY_STATE_DIR": str(tmp_path),
+        "PARLEY_GATEWAY_DRAIN_S": "60",
+    }
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "parley_gateway", env=env, stderr=subprocess.DEVNULL
+    )
+    url, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/conversation"
+    try:
+        await until_ready(url, lambda status, _: status == 200, timeout_s=60)
+        async with ConversationClient(ws_url) as conv:
+            await conv.send_event({"type": "text.input", "text": "Tell me a short story about a cat and a boat."})
+            await conv.wait_for("response.audio.started", timeout_s=60)
+            gateway.send_signal(signal.SIGTERM)
+            await until_ready(url, lambda status, body: status == 503 and body["status"] == "draining", timeout_s=10)
+            async with websockets.connect(ws_url) as late:
+                refused = json.loads(await late.recv())
+                assert refused["code"] == "gateway_draining", refused
+                with pytest.raises(websockets.ConnectionClosed):
+                    await late.recv()
+                assert late.close_code == 1012
+            done = await conv.wait_for("response.done", timeout_s=60)
+            ended = await conv.wait_for("session.ended", timeout_s=30)
+            assert done["status"] == "completed" and conv.received.audio
+            assert ended["reason"] == "gateway_draining"
+            await asyncio.wait_for(conv.ws.wait_closed(), timeout=5)
+            assert conv.ws.close_code == 1012
+            assert conv.received.of_type("error") == []
+        assert await asyncio.wait_for(gateway.wait(), timeout=30) == 0
+    finally:
+        if gateway.returncode is None:
+            gateway.kill()
+            await gateway.wait()
+
+
+async def until_ready(url: str, check: Callable[[int, dict[str, Any]], bool], timeout_s: float) -> None:
+    """Poll /readyz until `check(status, body)` holds."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                response = await http.get(f"{url}/readyz")
+                if check(response.status_code, response.json()):
+                    return
+            assert time.monotonic() < deadline, f"/readyz not as expected within {timeout_s} s"
+            await asyncio.sleep(0.1)

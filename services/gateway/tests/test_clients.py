@@ -40,7 +40,7 @@ def directory_of(*addresses: tuple[str, str, int]) -> ServiceDirectory:
         record = InstanceRecord(
             id=instance_id, kind="llm", address=address, version="0", ready=True, active=active, capacity=1
         )
-        directory.instances["llm"][instance_id] = Instance(record, last_seen=time.monotonic())
+        directory.instances["llm"][instance_id] = Instance(record, last_seen=time.monotonic(), serving=True)
     return directory
 
 

@@ -37,6 +37,9 @@ def stats_subject(kind: str) -> str:
 
 
 EVENTS_SUBJECT = "parley.service"
+# Trailer on the UNAVAILABLE that a draining instance answers a new stream with: the caller
+# tries another instance and must not take the refusal for a crash.
+DRAINING_TRAILER = "parley-draining"
 
 
 class InstanceLoad(BaseModel):
@@ -46,6 +49,9 @@ class InstanceLoad(BaseModel):
     active: int  # streams admitted: being served or waiting for a model
     capacity: int  # streams served at once
     queue_limit: int = 0  # streams admitted beyond `capacity`, waiting
+    # Stopping: finishing the streams it has, taking no new one. It stays registered
+    # until they are done, so gateways keep their channel to it open meanwhile.
+    draining: bool = False
 
 
 class ServiceEvent(BaseModel):
@@ -75,10 +81,12 @@ class InstanceRecord(BaseModel):
     address: str
     version: str
     engine: str = ""
+    tls: bool = False  # its gRPC port serves TLS only
     ready: bool
     active: int
     capacity: int
     queue_limit: int = 0
+    draining: bool = False
 
     @classmethod
     def from_stats(cls, kind: str, reply: dict[str, Any]) -> InstanceRecord | None:
@@ -92,10 +100,12 @@ class InstanceRecord(BaseModel):
                 address=metadata["grpc_address"],
                 version=reply.get("version", ""),
                 engine=metadata.get("engine", ""),
+                tls=metadata.get("grpc_tls") == "true",
                 ready=load.ready,
                 active=load.active,
                 capacity=load.capacity,
                 queue_limit=load.queue_limit,
+                draining=load.draining,
             )
         except (KeyError, IndexError, TypeError, ValidationError):
             return None
@@ -109,17 +119,27 @@ class StreamSlots:
     queue_limit: int = 0
     active: int = 0
     ready: bool = False
+    draining: bool = False
 
     @property
     def full(self) -> bool:
         return self.active >= self.capacity + self.queue_limit
 
     def snapshot(self) -> InstanceLoad:
-        return InstanceLoad(ready=self.ready, active=self.active, capacity=self.capacity, queue_limit=self.queue_limit)
+        return InstanceLoad(
+            ready=self.ready and not self.draining,
+            active=self.active,
+            capacity=self.capacity,
+            queue_limit=self.queue_limit,
+            draining=self.draining,
+        )
 
 
-async def connect(url: str, name: str) -> NatsClient:
-    """Connect, retrying forever, and keep reconnecting forever afterwards."""
+async def connect(url: str, name: str, **options: Any) -> NatsClient:
+    """Connect, retrying forever, and keep reconnecting forever afterwards.
+
+    `options` are credentials and TLS for `nats.connect` (`CommonSettings.nats_options()`).
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS: %s", exc or type(exc).__name__)
@@ -139,6 +159,7 @@ async def connect(url: str, name: str) -> NatsClient:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        **options,
     )
 
 

@@ -9,8 +9,12 @@
    then run one tiny real inference with it (`self_test`): a build that
    crashes or a model that cannot answer never reports ready;
 4. flip health to SERVING and the NATS load record to ready;
-5. on SIGTERM/SIGINT: report NOT_SERVING, leave NATS, give running streams
-   `grace_s` to finish, then exit.
+5. on SIGTERM/SIGINT, drain: report NOT_SERVING and `draining` on NATS (gateways
+   stop routing to it at once), refuse new streams with UNAVAILABLE (a gateway
+   retries them elsewhere), give the streams in flight up to `grace_s` to
+   finish, and only then leave NATS and exit. Leaving NATS last matters: a
+   gateway that no longer sees an instance closes its channel to it, which
+   would cut the very streams the grace period is for.
 
 It also says on NATS when it starts, fails to load and stops
 (`parley.registry.ServiceEvent`), so a gateway can tell an instance that
@@ -35,7 +39,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from parley import __version__
 from parley.logs import setup_logging
-from parley.registry import ServiceEvent, StreamSlots, connect, publish_event, register
+from parley.registry import DRAINING_TRAILER, ServiceEvent, StreamSlots, connect, publish_event, register
 from parley.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,8 @@ class ServiceRuntime:
     def __init__(self, kind: str, capacity: int, queue_limit: int = 0) -> None:
         self.kind = kind
         self.slots = StreamSlots(capacity=capacity, queue_limit=queue_limit)
+        self.idle = asyncio.Event()  # no stream in flight (what draining waits for)
+        self.idle.set()
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -101,6 +107,12 @@ class ServiceRuntime:
         A call that finds every slot and queue place taken is refused with
         RESOURCE_EXHAUSTED (a gateway then tries another instance).
         """
+        if self.slots.draining:
+            STREAMS_TOTAL.labels(self.kind, method, "draining").inc()
+            context.set_trailing_metadata(((DRAINING_TRAILER, "1"),))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"this {self.kind} instance is stopping; try another instance"
+            )
         if self.slots.full:
             STREAMS_TOTAL.labels(self.kind, method, "busy").inc()
             await context.abort(
@@ -109,6 +121,7 @@ class ServiceRuntime:
                 f"{self.slots.queue_limit} waiting",
             )
         self.slots.active += 1
+        self.idle.clear()
         STREAMS_ACTIVE.labels(self.kind).inc()
         outcome = "error"
         try:
@@ -119,6 +132,8 @@ class ServiceRuntime:
             raise
         finally:
             self.slots.active -= 1
+            if not self.slots.active:
+                self.idle.set()
             STREAMS_ACTIVE.labels(self.kind).dec()
             STREAMS_TOTAL.labels(self.kind, method, outcome).inc()
 
@@ -170,10 +185,20 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
     reflection.enable_server_reflection([*spec.grpc_services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     for name in ["", *spec.grpc_services]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    credentials = settings.grpc_server_credentials()
+    bind = f"{settings.host}:{settings.port}"
+    port = server.add_insecure_port(bind) if credentials is None else server.add_secure_port(bind, credentials)
     await server.start()
     address = settings.advertised_address(port)
-    log.info("gRPC %s listening on %s:%d (advertised as %s)", spec.kind, settings.host, port, address)
+    log.info(
+        "gRPC %s listening on %s:%d%s (advertised as %s)",
+        spec.kind,
+        settings.host,
+        port,
+        "" if credentials is None else " with TLS",
+        address,
+    )
+    metadata = {**spec.metadata, "grpc_tls": "true" if credentials is not None else "false"}
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -191,13 +216,13 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
 
     async def join_nats() -> None:
         nonlocal nats_client, instance_id
-        nats_client = await connect(settings.nats_url, f"parley-{spec.kind}")
+        nats_client = await connect(settings.nats_url, f"parley-{spec.kind}", **settings.nats_options())
         service = await register(
             nats_client,
             kind=spec.kind,
             version=__version__,
             address=address,
-            metadata=spec.metadata,
+            metadata=metadata,
             load=runtime.slots.snapshot,
         )
         instance_id = service.id
@@ -223,19 +248,39 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
             await asyncio.wait_for(asyncio.shield(registration), timeout=2)  # so the failure can be told
         await announce("failed", error)
 
-    log.info("shutting down: draining streams for up to %.0f s", settings.grace_s)
-    runtime.slots.ready = False
-    READY.labels(spec.kind).set(0)
-    await health_servicer.enter_graceful_shutdown()
-    if not (loading.done() and loading.exception() is not None):
-        await announce("stopping")
+    failed = loading.done() and not loading.cancelled() and loading.exception() is not None
+    await drain(settings, runtime, spec.kind, health_servicer, announce, failed)
     registration.cancel()
     if nats_client is not None and nats_client.is_connected:
-        await nats_client.drain()
-    await server.stop(settings.grace_s)
+        await nats_client.drain()  # deregisters: only now do gateways forget this instance
+    await server.stop(1.0)
     loading.cancel()
-    if loading.done() and not loading.cancelled() and loading.exception() is not None:
+    if failed:
         raise SystemExit(1)
+
+
+async def drain(
+    settings: ServiceSettings,
+    runtime: ServiceRuntime,
+    kind: str,
+    health_servicer: health.aio.HealthServicer,
+    announce: Callable[[str], Awaitable[None]],
+    failed: bool,
+) -> None:
+    """Take no new stream, and give those in flight up to `grace_s` to finish, still registered."""
+    started = time.monotonic()
+    runtime.slots.draining = True  # the NATS load record says so from the next poll on
+    READY.labels(kind).set(0)
+    await health_servicer.enter_graceful_shutdown()
+    if not failed:
+        await announce("stopping")  # gateways stop routing here at once, before their next poll
+    log.info("draining: %d stream(s) in flight, up to %.0f s to finish", runtime.slots.active, settings.grace_s)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.idle.wait(), timeout=settings.grace_s)
+    if runtime.slots.active:
+        log.warning("grace period over: cutting %d stream(s) still running", runtime.slots.active)
+    else:
+        log.info("drained in %.1f s", time.monotonic() - started)
 
 
 def run_service(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ from parley_gateway.session import ConversationSession
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+# "Service restart": the client should reconnect (elsewhere, behind a load balancer).
+CLOSE_SERVICE_RESTART = 1012
 
 
 class Outbox:
@@ -89,6 +92,9 @@ class Gateway:
         self.directory: ServiceDirectory | None = None
         self.services: GrpcServices | None = None
         self.sessions: set[ConversationSession] = set()
+        # Each session's socket and writer, so a draining gateway can end it between turns.
+        self.connections: dict[ConversationSession, tuple[WebSocket, Outbox]] = {}
+        self.draining = False
         self.dialogues = DialogueJobs(settings.api_max_dialogues, settings.api_dialogue_keep_s)
         self.monitor = Monitor()
         self.access = Access(settings.key_list(), settings.origin_list(), settings.token_ttl_s)
@@ -104,15 +110,42 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._join_nats()))
 
     async def _join_nats(self) -> None:
-        self.nats = await connect(self.settings.nats_url, "parley-gateway")
         s = self.settings
+        self.nats = await connect(s.nats_url, "parley-gateway", **s.nats_options())
         self.directory = ServiceDirectory(
-            self.nats, s.discovery_interval_s, s.discovery_window_s, s.instance_ttl_s, s.service_health_window_s
+            self.nats,
+            s.discovery_interval_s,
+            s.discovery_window_s,
+            s.instance_ttl_s,
+            s.service_health_window_s,
+            tls=s.grpc_channel_credentials() if s.grpc_tls_ca is not None else None,
         )
         self.services = GrpcServices(self.directory, s.first_answer_timeout_s, s.idle_timeout_s)
         await self.directory.watch_events()
         log.info("connected to NATS; discovering services")
         await self.directory.run()
+
+    async def drain(self) -> None:
+        """Take no new session; end each live one once it is between turns; give up after `drain_s`."""
+        self.draining = True
+        started = time.monotonic()
+        log.info(
+            "draining: %d session(s) live, up to %.0f s to finish their turns",
+            len(self.sessions),
+            self.settings.drain_s,
+        )
+        while self.sessions and time.monotonic() - started < self.settings.drain_s:
+            for session in [s for s in self.sessions if not s.busy and s in self.connections]:
+                websocket, outbox = self.connections.pop(session)
+                outbox.send(event("session.ended", session_id=session.id, reason="gateway_draining"))
+                await outbox.close()
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await websocket.close(CLOSE_SERVICE_RESTART, "gateway restarting; reconnect")
+            await asyncio.sleep(0.1)
+        if self.sessions:
+            log.warning("drain time over: closing %d session(s) mid-turn", len(self.sessions))
+        else:
+            log.info("drained in %.1f s", time.monotonic() - started)
 
     async def stop(self) -> None:
         for session in list(self.sessions):
@@ -135,6 +168,10 @@ class Gateway:
 
     async def converse(self, websocket: WebSocket) -> None:
         await websocket.accept()
+        if self.draining:
+            await websocket.send_json(error_event(ErrorCode.GATEWAY_DRAINING, "this gateway is restarting; reconnect"))
+            await websocket.close(CLOSE_SERVICE_RESTART, "gateway restarting; reconnect")
+            return
         outbox = Outbox(websocket, self.monitor.observe)
         session: ConversationSession | None = None
         pinger = asyncio.create_task(self._ping(outbox))
@@ -145,9 +182,11 @@ class Gateway:
                     break
                 try:
                     session = await self._handle(message, session, outbox)
+                    if session is not None and session not in self.connections and session in self.sessions:
+                        self.connections[session] = (websocket, outbox)
                 except ProtocolError as exc:
                     outbox.send(error_event(exc.code, exc.message))
-                    if exc.code == ErrorCode.TOO_MANY_SESSIONS:
+                    if exc.code in (ErrorCode.TOO_MANY_SESSIONS, ErrorCode.GATEWAY_DRAINING):
                         break
                 except _EndSession:
                     break
@@ -164,6 +203,7 @@ class Gateway:
             if session is not None:
                 await session.close()
                 self.sessions.discard(session)
+                self.connections.pop(session, None)
                 SESSIONS_ACTIVE.dec()
                 log.info("session %s closed", session.id)
             await outbox.close()
@@ -204,6 +244,8 @@ class Gateway:
         return session
 
     async def _open_session(self, start: SessionStart, outbox: Outbox) -> ConversationSession:
+        if self.draining:
+            raise ProtocolError(ErrorCode.GATEWAY_DRAINING, "this gateway is restarting; reconnect")
         if len(self.sessions) >= self.settings.max_sessions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_SESSIONS, f"the gateway is at its limit of {self.settings.max_sessions} sessions"
@@ -272,12 +314,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def readyz() -> JSONResponse:
         """503 naming the kinds with no ready instance, and the kinds that crashed or failed to start lately."""
         missing, troubled = gateway.missing(), gateway.troubled()
-        body: dict[str, Any] = {"status": "not ready" if missing else "ready"}
+        body: dict[str, Any] = {"status": "draining" if gateway.draining else "not ready" if missing else "ready"}
         if missing:
             body["missing"] = missing
         if troubled:
             body["crashing"] = troubled
-        return JSONResponse(body, status_code=503 if missing else 200)
+        return JSONResponse(body, status_code=503 if missing or gateway.draining else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -31,6 +31,7 @@ import grpc
 from parley.asr.v1 import asr_pb2, asr_pb2_grpc
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
+from parley.registry import DRAINING_TRAILER
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley.vad.v1 import vad_pb2, vad_pb2_grpc
 from parley_gateway.discovery import NoInstance, ServiceDirectory
@@ -45,6 +46,11 @@ AFFINITY_KEPT = 1024  # conversations whose TTS instance is remembered
 OWED_CHECK_S = 0.25
 VOICES_CACHE_S = 10.0
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _draining(exc: grpc.aio.AioRpcError) -> bool:
+    """The instance refused because it is stopping (it finishes its streams; it did not crash)."""
+    return any(key == DRAINING_TRAILER for key, _ in exc.trailing_metadata() or ())
 
 
 class ServiceError(Exception):
@@ -161,7 +167,9 @@ class GrpcServices:
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() not in RETRYABLE or answered:
                             raise self._error(kind, exc, answered) from None
-                        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        if _draining(exc):
+                            instance.stopping = True
+                        elif exc.code() == grpc.StatusCode.UNAVAILABLE:
                             self.directory.forget(kind, instance.record.id, "connection refused")
                         tried.add(instance.record.id)
                     finally:

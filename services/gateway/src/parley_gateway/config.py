@@ -32,6 +32,12 @@ class GatewaySettings(CommonSettings):
     max_sessions: int = Field(default=32, ge=1, description="Concurrent conversation sessions.")
     max_text_chars: int = Field(default=2000, ge=1, description="Longest text.input accepted.")
     history_turns: int = Field(default=20, ge=0, description="Past user/assistant turns sent to the LLM.")
+    drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM the gateway takes no new session and gives live ones this long to finish "
+        "their turn (each is closed with 1012 once idle); then it exits.",
+    )
     ping_interval_s: float = Field(
         default=20.0, gt=0, description="Keep-alive event interval (RunPod's proxy drops sockets idle ~100 s)."
     )

@@ -7,6 +7,14 @@ gateway opened since; an instance whose queue is full is skipped. An instance
 that stops answering polls for `instance_ttl_s`, or refuses a connection, is
 forgotten.
 
+Trust, and draining: a newly registered instance takes streams only once its
+own gRPC health check answers SERVING at the address it registered (anything
+that can publish on NATS could otherwise announce a dead or foreign address
+and stall every turn routed there). An instance that says it is stopping (its
+`stopping` event, or `draining` in its load record) gets no new stream at once;
+the streams this gateway holds on it keep their channel until they end, even
+after the instance has left NATS.
+
 It also listens to the instances' life events (`parley.service.*`): an
 instance that vanishes without saying it is stopping, or starts again where
 the last one never said goodbye, crashed. `ServiceHealth` keeps those crashes
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
 from parley.registry import EVENTS_SUBJECT, KINDS, InstanceRecord, ServiceEvent, discover
@@ -39,6 +48,8 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
 ]
+HEALTH_CHECK_TIMEOUT_S = 2.0
+VERIFY_WAIT_S = 0.5  # how long a poll waits for the health checks it started
 
 
 class NoInstance(Exception):
@@ -56,6 +67,16 @@ class Instance:
     # Streams this gateway holds open on it right now.
     held: int = 0
     channel: grpc.aio.Channel | None = field(default=None, repr=False)
+    # Its gRPC health answered SERVING at the registered address: only then is it routed to.
+    serving: bool = False
+    # It said it is stopping: no new stream, the held ones finish.
+    stopping: bool = False
+    # No longer in the directory; its channel closes when the last held stream ends.
+    forgotten: bool = False
+
+    @property
+    def routable(self) -> bool:
+        return self.record.ready and self.serving and not (self.stopping or self.record.draining)
 
     @property
     def admitted(self) -> int:
@@ -117,9 +138,19 @@ class ServiceHealth:
 
 class ServiceDirectory:
     def __init__(
-        self, nc: NatsClient, interval_s: float, window_s: float, ttl_s: float, health_window_s: float = 300.0
+        self,
+        nc: NatsClient,
+        interval_s: float,
+        window_s: float,
+        ttl_s: float,
+        health_window_s: float = 300.0,
+        tls: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.nc = nc
+        # What a channel to an instance that serves TLS trusts (None: the system roots).
+        self.tls = tls
+        self._verifying: set[str] = set()  # instance ids whose health check is under way
+        self._checks: set[asyncio.Task[None]] = set()
         self.interval_s = interval_s
         self.window_s = window_s
         self.ttl_s = ttl_s
@@ -145,6 +176,11 @@ class ServiceDirectory:
         if record.kind not in self.health:
             return
         health = self.health[record.kind]
+        if record.event == "stopping":
+            instance = self.instances[record.kind].get(record.id)
+            if instance is not None:
+                instance.stopping = True
+                log.info("%s instance %s at %s is draining", record.kind, record.id, record.address)
         if record.event == "started":
             previous = self._started.get(record.address)
             if previous is not None and not previous[1] and previous[0] != record.id:
@@ -183,16 +219,67 @@ class ServiceDirectory:
     async def poll(self) -> None:
         results = await asyncio.gather(*(discover(self.nc, kind, self.window_s) for kind in KINDS))
         now = time.monotonic()
+        checks: list[asyncio.Task[None]] = []
         for kind, records in zip(KINDS, results, strict=True):
             known = self.instances[kind]
             for record in records:
                 instance = known.get(record.id)
                 if instance is None:
                     log.info("found %s instance %s at %s", kind, record.id, record.address)
-                    known[record.id] = Instance(record, now)
+                    instance = known[record.id] = Instance(record, now)
                 else:
                     instance.record, instance.last_seen, instance.opened_since_report = record, now, 0
+                if record.ready and not instance.serving and record.id not in self._verifying:
+                    checks.append(self._verify(instance))
         self._expire(now)
+        if checks:  # a healthy instance is routable after this very poll; a dead address holds it briefly
+            await asyncio.wait(checks, timeout=VERIFY_WAIT_S)
+
+    def _verify(self, instance: Instance) -> asyncio.Task[None]:
+        """Ask the instance's own gRPC health whether it serves; routable only once it says SERVING."""
+        self._verifying.add(instance.record.id)
+
+        async def check() -> None:
+            record = instance.record
+            try:
+                stub = health_pb2_grpc.HealthStub(self.channel(instance))
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_TIMEOUT_S)
+                instance.serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                if instance.serving:
+                    log.info("%s instance %s at %s is SERVING: routing to it", record.kind, record.id, record.address)
+                else:
+                    log.warning(
+                        "%s instance %s registered ready but its health says %s",
+                        record.kind,
+                        record.id,
+                        health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status),
+                    )
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "%s instance %s registered at %s but its gRPC health does not answer there (%s): not routing to it",
+                    record.kind,
+                    record.id,
+                    record.address,
+                    exc.code().name,
+                )
+            finally:
+                self._verifying.discard(record.id)
+
+        task = asyncio.get_running_loop().create_task(check())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return task
+
+    def channel(self, instance: Instance) -> grpc.aio.Channel:
+        """The instance's channel, opened on first use (TLS when it registered as serving TLS)."""
+        if instance.channel is None:
+            address = instance.record.address
+            if instance.record.tls:
+                credentials = self.tls or grpc.ssl_channel_credentials()
+                instance.channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+            else:
+                instance.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return instance.channel
 
     def _expire(self, now: float, crashed: bool = True) -> None:
         for kind, known in self.instances.items():
@@ -206,13 +293,19 @@ class ServiceDirectory:
             log.warning("forgetting %s instance %s at %s: %s", kind, instance_id, instance.record.address, why)
             if crashed and not self._said_goodbye(instance):
                 self._count_crash(kind, instance_id, f"{why} without a clean stop")
-            if instance.channel is not None:
-                task = asyncio.get_running_loop().create_task(instance.channel.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            instance.forgotten = True
+            if not instance.held:  # else the last stream to end closes it
+                self._close_channel(instance)
+
+    def _close_channel(self, instance: Instance) -> None:
+        if instance.channel is not None:
+            task = asyncio.get_running_loop().create_task(instance.channel.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            instance.channel = None
 
     def ready(self, kind: str) -> list[Instance]:
-        return [i for i in self.instances[kind].values() if i.record.ready]
+        return [i for i in self.instances[kind].values() if i.routable]
 
     def missing(self) -> list[str]:
         return [kind for kind in KINDS if not self.ready(kind)]
@@ -239,14 +332,15 @@ class ServiceDirectory:
     ) -> AsyncIterator[Instance]:
         """The least-loaded instance (or `prefer`), counted as busy while the caller streams to it."""
         instance = self.pick(kind, exclude, prefer)
-        if instance.channel is None:
-            instance.channel = grpc.aio.insecure_channel(instance.record.address, options=CHANNEL_OPTIONS)
+        self.channel(instance)
         instance.opened_since_report += 1
         instance.held += 1
         try:
             yield instance
         finally:
             instance.held -= 1
+            if instance.forgotten and not instance.held:
+                self._close_channel(instance)
 
     def snapshot(self) -> dict[str, list[dict[str, object]]]:
         """Every known instance, by kind."""
@@ -255,6 +349,8 @@ class ServiceDirectory:
                 {
                     **i.record.model_dump(),
                     "held_by_gateway": i.held,
+                    "serving": i.serving,
+                    "stopping": i.stopping or i.record.draining,
                     "seen_s_ago": round(time.monotonic() - i.last_seen, 2),
                 }
                 for i in known.values()
@@ -263,6 +359,8 @@ class ServiceDirectory:
         }
 
     async def close(self) -> None:
+        for task in list(self._checks):
+            task.cancel()
         for known in self.instances.values():
             for instance in known.values():
                 if instance.channel is not None:

@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_VOICE = "unknown_voice"
     VOICE_UNAVAILABLE = "voice_unavailable"
     EMPTY_TURN = "empty_turn"
+    GATEWAY_DRAINING = "gateway_draining"
 
 
 class ProtocolError(Exception):

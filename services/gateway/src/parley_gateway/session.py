@@ -492,6 +492,17 @@ class ConversationSession:
 
     # ---- life cycle ----------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """The user is mid-turn, or a reply is being made or still playing (a draining gateway waits)."""
+        if self._transcriptions or any(reply.running for reply in self._replies.values()):
+            return True
+        latest = self._latest
+        if latest is None or "first_audio_sent" not in latest.marks:
+            return False
+        # The client plays a reply in real time from its first audio on.
+        return self.clock.now() < latest.marks["first_audio_sent"] + latest.audio_ms / 1000
+
     async def close(self) -> None:
         tasks = [t.task for t in self._transcriptions.values()]
         tasks += [r.task for r in self._replies.values() if r.task is not None]
