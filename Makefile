@@ -10,7 +10,7 @@ WHEEL_CACHE ?= .parley/wheels
 # FireRedTTS2's model code; --no-deps, as it declares gradio (services/tts/pyproject.toml).
 FIREREDTTS2 := tts-webui-fireredtts2==0.1.0
 
-.PHONY: run test install lint proto proto-check docs fmt bench clean
+.PHONY: run test install lint proto proto-check docs fmt bench loadtest clean
 
 run: $(STAMP) ## start NATS, the four services and the gateway; prints the URL
 	$(PY) deploy/run_stack.py
@@ -53,6 +53,21 @@ docs: $(STAMP) ## regenerate docs/configuration.md from the settings classes
 
 bench: $(STAMP) ## voice-to-voice latency over the real stack (see docs/benchmarks.md)
 	$(PY) bench/conversation_latency.py
+
+# Locust, headless, against a stack that is already running (`make run` in another terminal, or
+# a pod: LOADTEST_HOST=https://…, PARLEY_API_KEY=… when it has keys). LOADTEST_USERS are spread
+# 2:1:1 over conversations, REST and TTS gRPC clients unless LOADTEST_CLASSES names some;
+# the statistics go to .parley/loadtest/ (CSV and an HTML report). All users come from one address:
+# raise the gateway's per-client limits on the stack under test (docs/benchmarks.md, "Load tests").
+LOADTEST_HOST ?= http://127.0.0.1:7860
+LOADTEST_USERS ?= 4
+LOADTEST_TIME ?= 2m
+LOADTEST_CLASSES ?= ConversationUser RestUser TtsGrpcUser
+loadtest: $(STAMP) ## Locust against LOADTEST_HOST (default: make run's) with LOADTEST_USERS for LOADTEST_TIME
+	mkdir -p .parley/loadtest
+	$(PY) -m locust -f loadtests/locustfile.py --headless --host $(LOADTEST_HOST) \
+		--users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_USERS) --run-time $(LOADTEST_TIME) --stop-timeout 70 \
+		--csv .parley/loadtest/stats --html .parley/loadtest/report.html $(LOADTEST_CLASSES)
 
 clean:
 	rm -rf .parley .pytest_cache .mypy_cache .ruff_cache

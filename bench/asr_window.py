@@ -22,10 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.conversation_latency import QUESTIONS, word_error_rate  # noqa: E402
+from bench.conversation_latency import word_error_rate  # noqa: E402
 from parley.pcm import pcm16_to_float  # noqa: E402
 from parley_asr.engines.faster_whisper import FasterWhisperRecognizer  # noqa: E402
-from tests.speech import silence, speak  # noqa: E402
+from tests.speech import (  # noqa: E402
+    QUESTIONS,
+    silence,
+    speak,
+)
 
 SENTENCES = [
     *QUESTIONS,

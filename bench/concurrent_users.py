@@ -56,9 +56,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.conversation_latency import QUESTIONS, percentile  # noqa: E402
+from bench.conversation_latency import percentile  # noqa: E402
 from parley_gateway.client import FRAME_MS, ConversationClient  # noqa: E402
-from tests.speech import silence, speak  # noqa: E402
+from tests.speech import (  # noqa: E402
+    QUESTIONS,
+    silence,
+    speak,
+)
 from tests.stack import start_stack  # noqa: E402
 
 SAMPLE_RATE = 16000

@@ -40,21 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from parley_gateway.client import ConversationClient  # noqa: E402
-from tests.speech import silence, speak  # noqa: E402
+from tests.speech import QUESTIONS, silence, speak  # noqa: E402
 from tests.stack import start_stack  # noqa: E402
-
-QUESTIONS = [
-    "What is the capital city of France?",
-    "How many days are there in a week?",
-    "Can you recommend a good book to read?",
-    "What is the weather usually like in summer?",
-    "Tell me a fun fact about elephants.",
-    "What time does the sun usually set?",
-    "How do I make a cup of green tea?",
-    "What is your favourite colour?",
-    "Where is the nearest train station?",
-    "Why is the sky blue during the day?",
-]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -65,3 +65,18 @@ def wav_bytes(pcm: bytes, sample_rate: int = 16000) -> bytes:
         out.setframerate(sample_rate)
         out.writeframes(pcm)
     return buffer.getvalue()
+
+
+# Short everyday questions, answered in a sentence or two (benchmarks and load tests ask them).
+QUESTIONS = (
+    "What is the capital city of France?",
+    "How many days are there in a week?",
+    "Can you recommend a good book to read?",
+    "What is the weather usually like in summer?",
+    "Tell me a fun fact about elephants.",
+    "What time does the sun usually set?",
+    "How do I make a cup of green tea?",
+    "What is your favourite colour?",
+    "Where is the nearest train station?",
+    "Why is the sky blue during the day?",
+)

@@ -13,15 +13,37 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("vad", "asr", "llm", "tts")
 NATS_SERVER = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+
+
+LOOPBACK_USERS = {
+    "MAX_SESSIONS_PER_CLIENT": "1000",
+    "API_REQUESTS_PER_MINUTE": "100000",
+    "API_UPLOADS_PER_MINUTE": "100000",
+    "TEXT_INPUTS_PER_MINUTE": "100000",
+    "TEXT_INPUTS_BURST": "1000",
+}
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening_process(port: int) -> int:
+    """The pid of the process that listens on a loopback TCP port."""
+    for process in psutil.process_iter():
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
+                return int(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"no process listens on port {port}")
 
 
 def start_nats(port: int, jetstream_dir: Path | None = None, *options: str) -> subprocess.Popen[bytes]:
@@ -75,6 +97,9 @@ def start_stack(state_dir: Path, extra_env: dict[str, str] | None = None, timeou
         PARLEY_GATEWAY_PORT=str(ports["gateway"]),
         **{f"PARLEY_{name.upper()}_PORT": str(ports[name]) for name in SERVICES},
         **{f"PARLEY_{name.upper()}_METRICS_PORT": str(ports[f"{name}_metrics"]) for name in SERVICES},
+        # Here one client (loopback) plays many users at once (tests, benchmarks, Locust):
+        # the per-client limits would count them as one. tests/integration/test_limits.py tests those.
+        **{f"PARLEY_GATEWAY_{name}": value for name, value in LOOPBACK_USERS.items()},
         **(extra_env or {}),
     )
     started = time.perf_counter()

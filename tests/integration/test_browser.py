@@ -19,13 +19,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 import soundfile
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from tests.speech import silence, speak, wav_bytes
-from tests.stack import ROOT, Stack, free_port
+from tests.stack import ROOT, Stack, free_port, listening_process
 
 pytestmark = pytest.mark.integration
 
@@ -64,17 +63,6 @@ async def browser(microphone: Path) -> AsyncIterator[Browser]:
         )
         yield launched
         await launched.close()
-
-
-def listening_process(port: int) -> int:
-    """The pid of the process that listens on a loopback TCP port."""
-    for process in psutil.process_iter():
-        try:
-            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
-                return process.pid
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    raise AssertionError(f"no process listens on port {port}")
 
 
 async def open_page(page: Page, name: str) -> None:

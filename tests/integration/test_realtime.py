@@ -104,7 +104,8 @@ async def test_push_to_talk_turns_end_on_commit(stack: Stack) -> None:
         empty = await conv.wait_for("error")
         assert empty["code"] == "empty_turn"
         # No trailing silence: in push-to-talk the client, not the VAD, ends the turn.
-        await conv.stream_audio(speak("What is the capital city of France?"), realtime=False)
+        # Paced like a microphone: audio much faster than real time is refused (audio_too_fast).
+        await conv.stream_audio(speak("What is the capital city of France?"), realtime=True)
         await conv.send_event({"type": "input.commit"})
         final = await conv.wait_for("transcript.final", timeout_s=30)
         done = await conv.wait_for("response.done", timeout_s=60)

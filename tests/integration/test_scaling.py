@@ -21,7 +21,7 @@ import websockets
 
 from parley_gateway.client import ConversationClient
 from tests.speech import silence, speak
-from tests.stack import Stack, free_port
+from tests.stack import Stack, free_port, listening_process
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +203,37 @@ async def until_ready(url: str, check: Callable[[int, dict[str, Any]], bool], ti
                     return
             assert time.monotonic() < deadline, f"/readyz not as expected within {timeout_s} s"
             await asyncio.sleep(0.1)
+
+
+async def test_a_tts_instance_killed_mid_reply_is_replaced_and_the_next_turn_works(stack: Stack) -> None:
+    """With a second instance present, the reply goes on there from the sentence that was cut."""
+    env = extra_tts(stack, free_port())
+    extra = await asyncio.create_subprocess_exec(sys.executable, "-m", "parley_tts", env=env, stderr=subprocess.DEVNULL)
+    try:
+        await wait_for_instances(stack, 2, timeout_s=60)
+        async with ConversationClient(stack.ws_url) as conv:
+            await conv.send_event(
+                {"type": "text.input", "text": "Tell me a long story about a lighthouse keeper and a storm."}
+            )
+            await conv.wait_for("response.audio.started", timeout_s=60)
+            holder = next(i for i in await asyncio.to_thread(tts_instances, stack) if i["held_by_gateway"])
+            os.kill(listening_process(int(str(holder["address"]).rpartition(":")[2])), signal.SIGKILL)
+            killed_at = time.perf_counter()  # the clock ConversationClient stamps arrivals with
+            done = await conv.wait_for("response.done", timeout_s=90)
+            errors = conv.received.of_type("error")
+            # Either the reply was finished by the other instance, or it failed clearly and at once.
+            if done["status"] != "completed":
+                assert errors and conv.arrival("error") - killed_at < 1.0, (done, errors)
+            else:
+                assert errors == [], errors
+            after = len(conv.received.events)
+            await conv.send_event({"type": "text.input", "text": "Thank you."})
+            assert (await conv.wait_for("response.done", timeout_s=60, after=after))["status"] == "completed"
+    finally:
+        if extra.returncode is None:
+            extra.kill()
+            await extra.wait()
+        # If the stack's own instance was the one killed, supervisord restarts it: leave it serving.
+        own = f"127.0.0.1:{stack.ports['tts']}"
+        await until(stack, lambda found: any(i["address"] == own and i["serving"] for i in found["tts"]), 60)
+        await until(stack, lambda found: all(i["address"] == own for i in found["tts"]), 15)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 import pytest
 
 from parley.asr.v1 import asr_pb2
@@ -13,9 +14,9 @@ from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2
 from parley.tts.v1 import tts_pb2
 from parley.vad.v1.vad_pb2 import VadEvent
-from parley_gateway.clients import AudioRequests, Metadata, TextRequests
+from parley_gateway.clients import AudioRequests, Metadata, ServiceError, TextRequests
 from parley_gateway.config import GatewaySettings
-from parley_gateway.protocol import SessionStart
+from parley_gateway.protocol import ErrorCode, SessionStart
 from parley_gateway.session import ASR_CHUNK_SAMPLES, ConversationSession
 
 ASR_MAX_CHUNK_BYTES = 96000  # the ASR service's default limit: 1 s at 48 kHz
@@ -182,7 +183,7 @@ async def test_cancel_while_waiting_for_the_previous_reply_is_not_swallowed() ->
     await asyncio.sleep(0.05)
     assert len(services.generated) == 1, "the cancelled second reply went on to the LLM"
     assert len(client.of("response.created")) == 1
-    assert [m.role for m in session.history] == ["user", "assistant"]
+    assert [t.role for t in session.history] == ["user", "assistant"]
     await session.close()
 
 
@@ -197,7 +198,7 @@ async def test_history_keeps_turn_order_when_a_reply_replaces_another() -> None:
     services.slow_cancel.set()
     services.hold_generation.set()
     await until(lambda: len(client.of("response.done")) == 1)
-    assert [(m.role, m.content) for m in session.history] == [
+    assert [(t.role, t.content) for t in session.history] == [
         ("user", "First"),
         ("assistant", ""),  # cut before any of it was heard
         ("user", "Second"),
@@ -292,4 +293,67 @@ async def test_a_cloned_voice_reply_reports_its_similarity_score() -> None:
     session.on_text("Again")
     await until(lambda: len(client.of("response.done")) == 2)
     assert client.of("response.done")[1]["speaker_similarity"] == 0.812
+    await session.close()
+
+
+class DyingTts(FakeServices):
+    """The first Speak call's instance dies after the first chunk of the second piece."""
+
+    async def speak(
+        self, start: tts_pb2.SpeakStart, pieces: TextRequests, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[tts_pb2.SpeakResponse]:
+        dies = not self.spoken
+        self.spoken.append([])
+        piece = 0
+        async for text in pieces():
+            self.spoken[-1].append(text)
+            for chunk_index in range(2):
+                if dies and piece == 1 and chunk_index == 1:
+                    raise ServiceError(
+                        ErrorCode.SERVICE_CRASHED, "the tts service went away mid-stream", grpc.StatusCode.UNAVAILABLE
+                    )
+                chunk = AudioChunk(pcm=bytes(start.sample_rate // 5), sample_rate=start.sample_rate)
+                yield tts_pb2.SpeakResponse(audio=chunk, piece=piece)
+            piece += 1
+        yield tts_pb2.SpeakResponse(done=tts_pb2.SpeakDone(audio_s=0.2 * piece))
+
+    async def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]:
+        for sentence in ("First sentence of the answer. ", "Second one is here. ", "And the third one."):
+            yield llm_pb2.TextDelta(text=sentence)
+        yield llm_pb2.TextDelta(text="", finish_reason="stop")
+
+
+async def test_a_reply_whose_tts_instance_dies_is_finished_by_another_from_the_sentence_cut() -> None:
+    services = DyingTts()
+    session, client = open_session(services)
+    session.on_text("Tell me three things")
+    await until(lambda: "response.done" in client.types())
+    first, second = services.spoken
+    assert first[:2] == ["First sentence of the answer.", "Second one is here."]
+    # The second call starts at the sentence whose audio was cut: it is heard whole, nothing is skipped.
+    assert second == ["Second one is here.", "And the third one."]
+    done = client.of("response.done")[0]
+    assert done["status"] == "completed" and client.of("error") == []
+    assert len(client.audio) == 2 + 1 + 2 + 2  # piece 0, the cut start of piece 1, then 1 and 2 again
+    await session.close()
+
+
+class DyingLlm(FakeServices):
+    async def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]:
+        self.generated.append(request)
+        yield llm_pb2.TextDelta(text="The first words of an answer. ")
+        raise ServiceError(
+            ErrorCode.SERVICE_CRASHED, "the llm service went away mid-stream", grpc.StatusCode.UNAVAILABLE
+        )
+
+
+async def test_a_reply_whose_llm_dies_mid_stream_fails_clearly_and_is_not_reissued() -> None:
+    services = DyingLlm()
+    session, client = open_session(services)
+    session.on_text("Tell me something")
+    await until(lambda: "response.done" in client.types())
+    assert client.of("response.done")[0]["status"] == "failed"
+    assert [e["code"] for e in client.of("error")] == ["service_crashed"]
+    assert len(services.generated) == 1  # not re-issued: a second generation would not continue the first
+    assert session.history.turns()[0].content == "Tell me something"
     await session.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,3 +216,19 @@ async def discover(nc: NatsClient, kind: str, window_s: float) -> list[InstanceR
     finally:
         await subscription.unsubscribe()
     return replies
+
+
+async def keep_trying(set_up: Callable[[NatsClient], Awaitable[None]], nc: NatsClient, what: str) -> None:
+    """Run `set_up(nc)` (bind JetStream buckets, ...) until it succeeds, backing off up to 30 s.
+
+    JetStream may be off or NATS away: the caller serves on without what it sets up meanwhile.
+    """
+    delay = 1.0
+    while True:
+        try:
+            await set_up(nc)
+            return
+        except Exception as exc:  # retried; logged, never fatal
+            log.warning("%s failed (retrying in %.0f s): %s: %s", what, delay, type(exc).__name__, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)

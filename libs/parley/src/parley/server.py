@@ -39,7 +39,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from parley import __version__
 from parley.logs import setup_logging
-from parley.registry import DRAINING_TRAILER, ServiceEvent, StreamSlots, connect, publish_event, register
+from parley.registry import DRAINING_TRAILER, ServiceEvent, StreamSlots, connect, keep_trying, publish_event, register
 from parley.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -138,18 +138,6 @@ class ServiceRuntime:
             STREAMS_TOTAL.labels(self.kind, method, outcome).inc()
 
 
-async def _set_up_on_nats(set_up: Callable[[NatsClient], Awaitable[None]], nc: NatsClient) -> None:
-    delay = 1.0
-    while True:
-        try:
-            await set_up(nc)
-            return
-        except Exception as exc:  # JetStream off or NATS away: the service runs on without it, and retries
-            log.warning("NATS set-up failed (retrying in %.0f s): %s: %s", delay, type(exc).__name__, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
 def _load_and_test(kind: str, spec: ServiceSpec) -> None:
     spec.load_model()
     started = time.monotonic()
@@ -228,7 +216,7 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
         instance_id = service.id
         await announce("started")
         if spec.on_nats is not None:
-            await _set_up_on_nats(spec.on_nats, nats_client)
+            await keep_trying(spec.on_nats, nats_client, "NATS set-up")
 
     registration = asyncio.create_task(join_nats())
     loading = asyncio.create_task(_load_with_progress(spec.kind, spec))

@@ -8,8 +8,9 @@ A public pod is reachable by anyone with its URL, so with `PARLEY_GATEWAY_API_KE
 - a **token** is minted from a key by `POST /v1/auth/token` and expires (`token_ttl_s`);
   the browser puts it where it cannot set headers (the WebSocket, EventSource, media
   URLs) as `?token=`, so the key itself never appears in a URL or a proxy log. Tokens
-  are HMACs over their expiry with a secret derived from the keys, so every gateway
-  with the same keys accepts them and a removed key's tokens die with it;
+  are HMACs over their expiry and their key's `key_id` (a hash: per-client limits count
+  a browser as the key it got its token from) with a secret derived from the keys, so
+  every gateway with the same keys accepts them and a removed key's tokens die with it;
 - the WebSocket's `Origin`, when a browser sends one, must be the gateway's own host or
   in `PARLEY_GATEWAY_ALLOWED_ORIGINS`: a page on another site cannot ride a visitor's
   network position or stored token into a conversation (cross-site WebSocket hijacking).
@@ -25,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,6 +63,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def key_id(key: str) -> str:
+    """A short stable name for an API key that does not reveal it (per-client limits, the audit log)."""
+    return hashlib.sha256(b"parley-key-id\0" + key.encode()).hexdigest()[:12]
+
+
+_KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
 class Access:
     def __init__(
         self,
@@ -87,17 +97,39 @@ class Access:
         # compare_digest: the time taken does not tell how much of a guess was right.
         return any(hmac.compare_digest(candidate.encode(), key.encode()) for key in self.keys)
 
-    def mint(self) -> tuple[str, int]:
+    def mint(self, key: str = "") -> tuple[str, int]:
+        """A token `<expiry>.<key id>.<signature>`: it names (by `key_id`) the key it was minted from."""
         expires = int(self.clock() + self.token_ttl_s)
-        body = str(expires).encode()
-        return f"{expires}.{_b64(hmac.new(self._secret, body, hashlib.sha256).digest())}", int(self.token_ttl_s)
+        body = f"{expires}.{key_id(key)}" if key else str(expires)
+        return f"{body}.{self._sign(body)}", int(self.token_ttl_s)
+
+    def _sign(self, body: str) -> str:
+        return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
+
+    def _token_body(self, token: str) -> str | None:
+        """`<expiry>[.<key id>]` of a valid, unexpired token; None otherwise."""
+        body, _, signature = token.rpartition(".")
+        expires, _, kid = body.partition(".")
+        if not expires.isdigit() or int(expires) < self.clock() or (kid and not _KEY_ID.match(kid)):
+            return None
+        return body if hmac.compare_digest(signature.encode(), self._sign(body).encode()) else None
 
     def valid_token(self, token: str) -> bool:
-        expires, _, signature = token.partition(".")
-        if not expires.isdigit() or int(expires) < self.clock():
-            return False
-        expected = _b64(hmac.new(self._secret, expires.encode(), hashlib.sha256).digest())
-        return hmac.compare_digest(signature.encode(), expected.encode())
+        return self._token_body(token) is not None
+
+    def key_id(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+        """The `key_id` of the key a request is made with, directly or by a token; None when open or unknown."""
+        if not self.enabled:
+            return None
+        for credential in (self.credential(headers), query.get("token", "")):
+            if not credential:
+                continue
+            if self.valid_key(credential):
+                return key_id(credential)
+            body = self._token_body(credential)
+            if body is not None:
+                return body.partition(".")[2] or None
+        return None
 
     @staticmethod
     def credential(headers: Mapping[str, str]) -> str:

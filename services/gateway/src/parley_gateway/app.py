@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,19 @@ from nats.aio.client import Client as NatsClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from parley.registry import connect
+from parley.registry import connect, keep_trying
 from parley_gateway.access import Access, AccessMiddleware
 from parley_gateway.api import auth, dialogues, monitor, speech, transcriptions, voices
 from parley_gateway.api import errors as api_errors
+from parley_gateway.audit import AuditLog, AuditMiddleware
 from parley_gateway.clients import GrpcServices
 from parley_gateway.config import GatewaySettings
 from parley_gateway.dialogues import DialogueJobs
 from parley_gateway.discovery import ServiceDirectory
-from parley_gateway.metrics import ERRORS_TOTAL, SESSIONS_ACTIVE, SESSIONS_TOTAL
+from parley_gateway.guard import ConnectionGuard
+from parley_gateway.history import History
+from parley_gateway.limits import ClientIds, ErrorThrottle, RateLimitMiddleware, RequestLimits, SessionSlots
+from parley_gateway.metrics import ERRORS_TOTAL, LIMITED_TOTAL, SESSIONS_ACTIVE, SESSIONS_TOTAL
 from parley_gateway.monitor import Monitor
 from parley_gateway.protocol import (
     AudioPlayed,
@@ -42,39 +48,112 @@ from parley_gateway.protocol import (
     parse_client_event,
 )
 from parley_gateway.session import ConversationSession
+from parley_gateway.session_store import (
+    SessionRecord,
+    SessionStore,
+    StoredSession,
+    new_resume_token,
+    new_session_id,
+)
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 # "Service restart": the client should reconnect (elsewhere, behind a load balancer).
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_WAIT_S = 5.0  # longest wait to get the close frame out
 
 
 class Outbox:
-    """The single writer of one WebSocket, so events keep the order they were queued in."""
+    """The single writer of one WebSocket, so events keep the order they were queued in.
 
-    def __init__(self, websocket: WebSocket, observer: Callable[[dict[str, Any]], None] | None = None) -> None:
+    Bounded: past `max_bytes` waiting to be sent the client is taken as not reading; what waits
+    is dropped and `on_overflow` ends the connection. Error events pass `errors` (at most so
+    many a second, then one `errors_suppressed` summary a second).
+    """
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        observer: Callable[[dict[str, Any]], None] | None = None,
+        max_bytes: int = 0,
+        errors: ErrorThrottle | None = None,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
         self.websocket = websocket
         self.observer = observer  # sees every event (the monitor keeps turns' timings and errors)
-        self.queue: asyncio.Queue[dict[str, Any] | bytes | None] = asyncio.Queue()
+        self.max_bytes = max_bytes  # 0: unbounded
+        self.errors = errors
+        self.on_overflow = on_overflow
+        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.queued_bytes = 0
+        self.overflowed = False
+        self._summary: asyncio.TimerHandle | None = None
         self.task = asyncio.create_task(self._run())
 
     def send(self, message: dict[str, Any] | bytes) -> None:
+        errors = self.errors
+        if isinstance(message, dict) and message.get("type") == "error" and errors and not errors.admit():
+            if self._summary is None:  # one summary a second says how many were held back
+                delay = errors.summary_in() or 0.0
+                self._summary = asyncio.get_running_loop().call_later(delay, self._send_summary)
+            return
+        self.send_now(message)
+
+    def send_now(self, message: dict[str, Any] | bytes) -> None:
+        """Queue `message` past the error throttle (a limit's own last word before it closes the socket)."""
+        if self.overflowed:
+            return
         if isinstance(message, dict):
             if message.get("type") == "error":
                 ERRORS_TOTAL.labels(message.get("code", "")).inc()
             if self.observer is not None:
                 self.observer(message)
-        self.queue.put_nowait(message)
+            data: str | bytes = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        else:
+            data = message
+        self.queued_bytes += len(data)
+        # Past the bound with more than this message waiting: the writer is behind (one big message is not).
+        if self.max_bytes and self.queued_bytes > max(self.max_bytes, len(data)):
+            self._overflow()
+            return
+        self.queue.put_nowait(data)
+
+    def _send_summary(self) -> None:
+        self._summary = None
+        assert self.errors is not None
+        count = self.errors.summary()
+        if count:
+            LIMITED_TOTAL.labels(ErrorCode.ERRORS_SUPPRESSED.value).inc(count)
+            message = f"{count} more error(s) were not sent: at most {self.errors.per_second} a second"
+            self.send_now({**error_event(ErrorCode.ERRORS_SUPPRESSED, message), "count": count})
+
+    def _overflow(self) -> None:
+        """The client does not read: drop what waits, stop writing, and have the connection ended."""
+        self.overflowed = True
+        LIMITED_TOTAL.labels("not_reading").inc()
+        log.warning("a client does not read: over %d bytes wait to be sent to it; disconnecting", self.max_bytes)
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued_bytes = 0
+        self.task.cancel()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     async def _run(self) -> None:
         while (message := await self.queue.get()) is not None:
+            self.queued_bytes -= len(message)
             if isinstance(message, bytes):
                 await self.websocket.send_bytes(message)
             else:
-                await self.websocket.send_json(message)
+                await self.websocket.send_text(message)
 
     async def close(self) -> None:
-        """Deliver what is queued, then stop."""
+        """Deliver what is queued (errors held back included in a last summary), then stop."""
+        if self._summary is not None:
+            self._summary.cancel()
+            self._send_summary()
+        if self.overflowed or self.task.done():
+            return
         self.queue.put_nowait(None)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.task, timeout=5)
@@ -98,6 +177,14 @@ class Gateway:
         self.dialogues = DialogueJobs(settings.api_max_dialogues, settings.api_dialogue_keep_s)
         self.monitor = Monitor()
         self.access = Access(settings.key_list(), settings.origin_list(), settings.token_ttl_s)
+        # Limits per client and per gateway (limits.py), and the audit log.
+        self.clients = ClientIds(self.access, settings.proxy_list())
+        self.slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client)
+        self.request_limits = RequestLimits(settings.api_requests_per_minute, settings.api_uploads_per_minute)
+        self.audit = AuditLog(settings.audit_log_path, settings.audit_content)
+        self.id = f"gw_{uuid.uuid4().hex[:12]}"
+        self.store = SessionStore(settings.session_ttl_s)
+        self.stored: dict[ConversationSession, StoredSession] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -123,6 +210,7 @@ class Gateway:
         self.services = GrpcServices(self.directory, s.first_answer_timeout_s, s.idle_timeout_s)
         await self.directory.watch_events()
         log.info("connected to NATS; discovering services")
+        self._tasks.append(asyncio.create_task(keep_trying(self.store.bind, self.nats, "binding the session store")))
         await self.directory.run()
 
     async def drain(self) -> None:
@@ -136,16 +224,23 @@ class Gateway:
         )
         while self.sessions and time.monotonic() - started < self.settings.drain_s:
             for session in [s for s in self.sessions if not s.busy and s in self.connections]:
-                websocket, outbox = self.connections.pop(session)
-                outbox.send(event("session.ended", session_id=session.id, reason="gateway_draining"))
-                await outbox.close()
-                with contextlib.suppress(Exception):  # the client may be gone already
-                    await websocket.close(CLOSE_SERVICE_RESTART, "gateway restarting; reconnect")
+                await self._end_connection(session, "gateway_draining", CLOSE_SERVICE_RESTART)
             await asyncio.sleep(0.1)
         if self.sessions:
             log.warning("drain time over: closing %d session(s) mid-turn", len(self.sessions))
         else:
             log.info("drained in %.1f s", time.monotonic() - started)
+
+    async def _end_connection(self, session: ConversationSession, reason: str, code: int = 1000) -> None:
+        """Say `session.ended` with `reason` and close the session's socket (its loop then cleans up)."""
+        pair = self.connections.pop(session, None)
+        if pair is None:
+            return
+        websocket, outbox = pair
+        outbox.send(event("session.ended", session_id=session.id, reason=reason))
+        await outbox.close()
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await asyncio.wait_for(websocket.close(code, reason), timeout=5)  # a client that never reads
 
     async def stop(self) -> None:
         for session in list(self.sessions):
@@ -159,7 +254,8 @@ class Gateway:
             await self.nats.close()
 
     def missing(self) -> list[str]:
-        if self.directory is None or self.nats is None or not self.nats.is_connected:
+        """Kinds with no routable instance (NATS itself only before the first connection)."""
+        if self.directory is None:
             return ["nats"]
         return self.directory.missing()
 
@@ -172,16 +268,23 @@ class Gateway:
             await websocket.send_json(error_event(ErrorCode.GATEWAY_DRAINING, "this gateway is restarting; reconnect"))
             await websocket.close(CLOSE_SERVICE_RESTART, "gateway restarting; reconnect")
             return
-        outbox = Outbox(websocket, self.monitor.observe)
+        client = self.clients.of(websocket.scope)
+        guard = ConnectionGuard(websocket, client, self.settings, self.slots, self.audit, self.monitor.observe)
+        if not await guard.open():
+            return
+        outbox = Outbox(websocket, guard.observe, self.settings.max_outbound_bytes, guard.errors, guard.not_reading)
+        guard.watch(outbox.send_now)
         session: ConversationSession | None = None
         pinger = asyncio.create_task(self._ping(outbox))
         try:
             while True:
-                message = await websocket.receive()
+                message = await guard.receive()
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
-                    session = await self._handle(message, session, outbox)
+                    if not guard.admit(message, session):
+                        continue
+                    session = guard.session = await self._handle(message, session, outbox)
                     if session is not None and session not in self.connections and session in self.sessions:
                         self.connections[session] = (websocket, outbox)
                 except ProtocolError as exc:
@@ -200,16 +303,21 @@ class Gateway:
             pass
         finally:
             pinger.cancel()
+            guard.close()
             if session is not None:
                 await session.close()
                 self.sessions.discard(session)
                 self.connections.pop(session, None)
+                stored = self.stored.pop(session, None)
+                if stored is not None:
+                    await stored.flush()
                 SESSIONS_ACTIVE.dec()
                 log.info("session %s closed", session.id)
             await outbox.close()
             if websocket.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
-                    await websocket.close()
+                    # Bounded: a client that does not read never lets the close frame out.
+                    await asyncio.wait_for(websocket.close(guard.close_code, guard.close_reason), CLOSE_WAIT_S)
 
     async def _handle(
         self, message: MutableMapping[str, Any], session: ConversationSession | None, outbox: Outbox
@@ -240,6 +348,11 @@ class Gateway:
             session.on_audio_played(client_event)
         elif isinstance(client_event, SessionEnd):
             outbox.send(event("session.ended", session_id=session.id))
+            stored = self.stored.pop(session, None)
+            if stored is not None:
+                stored.lost = True  # no write after this
+                with contextlib.suppress(Exception):  # NATS away: it expires on its own
+                    await self.store.delete(session.id)
             raise _EndSession
         return session
 
@@ -252,36 +365,101 @@ class Gateway:
             )
         if self.services is None:
             raise ProtocolError(ErrorCode.SERVICE_UNAVAILABLE, "the gateway is not connected to NATS yet")
-        voice = start.voice or self.settings.voice
-        if voice:
-            known = await self.services.voices()
-            if known is not None and voice not in known:
-                known = await self.services.voices(fresh=True)
-            # None: no TTS instance can say right now; the first reply will tell.
-            if known is not None and voice not in known:
-                raise ProtocolError(
-                    ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; the TTS service has: {', '.join(sorted(known))}"
-                )
-            if known is not None and not known[voice]:
-                raise ProtocolError(
-                    ErrorCode.VOICE_UNAVAILABLE,
-                    f"{voice!r} is a cloned voice and no running TTS engine can clone: cloning needs the "
-                    "fireredtts2 engine (PARLEY_TTS_ENGINES=piper,fireredtts2, on a GPU)",
-                )
-        session = ConversationSession(self.settings, self.services, outbox.send, start)
+        resumed = await self._resumable(start) if start.session_id else None
+        options = start if resumed is None else start.over(resumed[0].options)
+        await self._check_voice(options.voice or self.settings.voice)
+        s = self.settings
+        if resumed is None:
+            session_id, token = new_session_id(), new_resume_token()
+            history = History(s.history_max_turns, s.history_max_tokens)
+            stored = StoredSession.new(
+                self.store, session_id, token, options.conversation_options(), history, owner=self.id
+            )
+        else:
+            record, revision, history = resumed
+            session_id, token = record.id, start.resume_token or ""
+            record.owner, record.options = self.id, options.conversation_options()
+            stored = StoredSession(self.store, record, revision, history, on_lost=lambda: None)
+        session = ConversationSession(
+            s,
+            self.services,
+            outbox.send,
+            options,
+            session_id=session_id,
+            history=history,
+            on_history_change=stored.changed,
+        )
+        stored.on_lost = lambda: self._taken_over(session)
+        stored.changed()  # a new session is resumable at once; a resumed one now belongs here
+        self.stored[session] = stored
         self.sessions.add(session)
         SESSIONS_TOTAL.inc()
         SESSIONS_ACTIVE.inc()
-        log.info("session %s started", session.id)
+        log.info("session %s %s", session.id, "resumed" if resumed else "started")
+        extra: dict[str, Any] = {}
+        if resumed is not None:
+            extra["history"] = [{"role": t.role, "content": t.content} for t in history]
         outbox.send(
             event(
                 "session.started",
                 session_id=session.id,
-                output_sample_rate=self.settings.output_sample_rate,
-                input_sample_rate=start.input_sample_rate,
+                resume_token=token,
+                resumed=resumed is not None,
+                output_sample_rate=s.output_sample_rate,
+                input_sample_rate=options.input_sample_rate,
+                **extra,
             )
         )
         return session
+
+    async def _resumable(self, start: SessionStart) -> tuple[SessionRecord, int | None, History]:
+        """The session `start` resumes: live here (its socket is closed), or from the store; else refused."""
+        assert start.session_id is not None
+        token = start.resume_token or ""
+        refused = ProtocolError(
+            ErrorCode.SESSION_NOT_FOUND,
+            f"no session {start.session_id} to resume (unknown, expired, or another resume_token); "
+            "send session.start without session_id for a new one",
+        )
+        live = next((x for x in self.sessions if x.id == start.session_id and x in self.stored), None)
+        if live is not None:
+            stored = self.stored[live]
+            if not stored.record.token_matches(token):
+                raise refused
+            # The client came back before its old socket was noticed gone: that one ends here.
+            await self._end_connection(live, "resumed_elsewhere")
+            await stored.flush()
+            stored.lost = True  # the old copy writes no more
+            self.stored.pop(live, None)
+            return stored.record, stored.revision, live.history
+        found = await self.store.load(start.session_id)
+        if found is None or not found[0].token_matches(token):
+            raise refused
+        record, revision = found
+        s = self.settings
+        return record, revision, History(s.history_max_turns, s.history_max_tokens, record.turns, record.next_seq)
+
+    def _taken_over(self, session: ConversationSession) -> None:
+        task = asyncio.get_running_loop().create_task(self._end_connection(session, "taken_over"))
+        self._tasks.append(task)
+
+    async def _check_voice(self, voice: str) -> None:
+        if not voice or self.services is None:
+            return
+        known = await self.services.voices()
+        if known is not None and voice not in known:
+            known = await self.services.voices(fresh=True)
+        # None: no TTS instance can say right now; the first reply will tell.
+        if known is not None and voice not in known:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; the TTS service has: {', '.join(sorted(known))}"
+            )
+        if known is not None and not known[voice]:
+            raise ProtocolError(
+                ErrorCode.VOICE_UNAVAILABLE,
+                f"{voice!r} is a cloned voice and no running TTS engine can clone: cloning needs the "
+                "fireredtts2 engine (PARLEY_TTS_ENGINES=piper,fireredtts2, on a GPU)",
+            )
 
     async def _ping(self, outbox: Outbox) -> None:
         # Proxies (RunPod's Cloudflare) drop sockets idle for ~100 s.
@@ -302,7 +480,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="Parley gateway", lifespan=lifespan)
     app.state.gateway = gateway
     api_errors.install(app)
+    # The last added runs first: audit (sees every answer), then the key check, then the rate limits.
+    app.add_middleware(RateLimitMiddleware, limits=gateway.request_limits, clients=gateway.clients)
     app.add_middleware(AccessMiddleware, access=gateway.access)
+    app.add_middleware(AuditMiddleware, audit=gateway.audit, clients=gateway.clients)
     for area in (auth, speech, transcriptions, voices, dialogues, monitor):
         app.include_router(area.router)
 
@@ -319,6 +500,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             body["missing"] = missing
         if troubled:
             body["crashing"] = troubled
+        if gateway.nats is not None and not gateway.nats.is_connected:
+            body["nats"] = "reconnecting: routing to the instances known, checked over gRPC health"
         return JSONResponse(body, status_code=503 if missing or gateway.draining else 200)
 
     @app.get("/metrics")

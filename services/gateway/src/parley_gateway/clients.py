@@ -116,7 +116,9 @@ class GrpcServices:
         if code == grpc.StatusCode.NOT_FOUND and kind == "tts":
             return ServiceError(ErrorCode.UNKNOWN_VOICE, exc.details() or "unknown voice", code, exc.details() or "")
         if code == grpc.StatusCode.UNAVAILABLE and answered:
-            return ServiceError(ErrorCode.SERVICE_CRASHED, f"the {kind} service went away mid-stream: {exc.details()}")
+            return ServiceError(
+                ErrorCode.SERVICE_CRASHED, f"the {kind} service went away mid-stream: {exc.details()}", code
+            )
         if code in RETRYABLE:
             return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"{kind} service: {exc.details()}", code)
         return ServiceError(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -32,6 +34,17 @@ class GatewaySettings(CommonSettings):
     max_sessions: int = Field(default=32, ge=1, description="Concurrent conversation sessions.")
     max_text_chars: int = Field(default=2000, ge=1, description="Longest text.input accepted.")
     history_turns: int = Field(default=20, ge=0, description="Past user/assistant turns sent to the LLM.")
+    history_max_turns: int = Field(
+        default=200, ge=1, description="Turns a session keeps (in memory and in NATS); the oldest go first."
+    )
+    history_max_tokens: int = Field(
+        default=16_000, ge=100, description="Size a session's history may reach (~4 characters a token)."
+    )
+    session_ttl_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="How long a session can be resumed after its last change (JetStream KV `parley_sessions`).",
+    )
     drain_s: float = Field(
         default=30.0,
         ge=0,
@@ -104,6 +117,78 @@ class GatewaySettings(CommonSettings):
         "the gateway's own origin is always allowed.",
     )
     token_ttl_s: float = Field(default=3600.0, gt=0, description="How long a browser token lasts.")
+    # Limits per client (its API key when keys are on, else its IP address) and per gateway
+    max_sessions_per_client: int = Field(
+        default=4,
+        ge=1,
+        description="Open conversation sockets per client, counted from the moment they connect (before "
+        "`session.start`); `PARLEY_GATEWAY_MAX_SESSIONS` caps them all together the same way.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose "
+        "X-Forwarded-For names the real client; from any other peer that header is ignored.",
+    )
+    session_start_timeout_s: float = Field(
+        default=10.0, gt=0, description="A socket that sends no successful `session.start` this long is closed."
+    )
+    session_idle_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A session with no client activity (audio, events) and no reply in progress this long ends "
+        "with `session.ended` (reason `idle`).",
+    )
+    audio_rate_factor: float = Field(
+        default=1.5,
+        ge=1.0,
+        description="Audio may arrive at most this many times faster than real time, on average; "
+        "frames past it are dropped (`audio_too_fast`).",
+    )
+    audio_rate_burst_s: float = Field(
+        default=2.0, gt=0, description="Seconds of audio a client may send ahead of that rate at once."
+    )
+    max_outbound_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=16384,
+        description="What may wait to be sent to one client (8 MiB ≈ 3 min of 24 kHz audio); a client that does "
+        "not read so much is disconnected (1008 `not reading`).",
+    )
+    text_inputs_per_minute: int = Field(
+        default=30, ge=1, description="`text.input` events a session may send per minute (`rate_limited`)."
+    )
+    text_inputs_burst: int = Field(default=5, ge=1, description="`text.input` events a session may send at once.")
+    max_errors_per_second: int = Field(
+        default=5,
+        ge=1,
+        description="Error events sent per second to one connection; past it they are counted, and one "
+        "`errors_suppressed` a second says how many were dropped.",
+    )
+    push_to_talk_max_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A push-to-talk turn is committed on its own at this length (`turn_too_long`); keep it within "
+        "`PARLEY_ASR_MAX_UTTERANCE_S` and `PARLEY_GATEWAY_AUDIO_BUFFER_S`.",
+    )
+    api_requests_per_minute: int = Field(
+        default=120,
+        ge=1,
+        description="HTTP API requests (/v1/...) per client per minute, in a moving window (429 past it).",
+    )
+    api_uploads_per_minute: int = Field(
+        default=10,
+        ge=1,
+        description="Uploads (POST /v1/audio/transcriptions, POST /v1/voices) per client per minute (429 past it).",
+    )
+    # Audit log
+    audit_log_path: str = Field(
+        default="",
+        description="File the audit log (logger `parley.audit`: one JSON line per connection, session, refusal "
+        "and HTTP request) is appended to; empty: the normal log.",
+    )
+    audit_content: bool = Field(
+        default=False,
+        description="Also put what users said and typed, and the replies' text, in the audit log (never audio).",
+    )
 
     @field_validator("api_keys")
     @classmethod
@@ -117,3 +202,15 @@ class GatewaySettings(CommonSettings):
 
     def origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad one
+        return value
+
+    def proxy_list(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        items = [item.strip() for item in self.trusted_proxies.split(",") if item.strip()]
+        return [ipaddress.ip_network(item, strict=False) for item in items]

@@ -150,6 +150,7 @@ class ServiceDirectory:
         # What a channel to an instance that serves TLS trusts (None: the system roots).
         self.tls = tls
         self._verifying: set[str] = set()  # instance ids whose health check is under way
+        self.nats_away_since: float | None = None  # when our NATS connection went away
         self._checks: set[asyncio.Task[None]] = set()
         self.interval_s = interval_s
         self.window_s = window_s
@@ -209,12 +210,50 @@ class ServiceDirectory:
     async def run(self) -> None:
         while True:
             try:
+                if not self.nc.is_connected:
+                    raise ConnectionError("NATS is not connected")
                 await self.poll()
-            except Exception:  # NATS down or reconnecting: keep what we know until it expires
+                self.nats_away_since = None
+            except Exception:  # NATS down or reconnecting: the instances we know still serve
                 log.debug("discovery poll failed", exc_info=True)
-                # Silence caused by our own NATS trouble says nothing about the instances.
-                self._expire(time.monotonic(), crashed=False)
+                if self.nats_away_since is None:
+                    self.nats_away_since = time.monotonic()
+                    log.warning("NATS is away: routing to the instances known, checked over gRPC health")
+                await self.check_known()
             await asyncio.sleep(max(0.0, self.interval_s - self.window_s))
+
+    async def check_known(self) -> None:
+        """While NATS is away, ask every known instance's gRPC health instead of the registry.
+
+        One that answers SERVING stays routable (and fresh); one that does not is skipped until
+        it does, but not forgotten: silence in NATS says nothing while NATS itself is down.
+        When NATS returns, the polls take over, and an instance that died meanwhile expires.
+        """
+        known = [i for instances in self.instances.values() for i in instances.values() if not i.forgotten]
+
+        async def check(instance: Instance) -> None:
+            try:
+                stub = health_pb2_grpc.HealthStub(self.channel(instance))
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_TIMEOUT_S / 2)
+                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError:
+                serving = False
+            if serving != instance.serving:
+                log.warning(
+                    "%s instance %s at %s %s",
+                    instance.record.kind,
+                    instance.record.id,
+                    instance.record.address,
+                    "is back" if serving else "does not answer health: skipped",
+                )
+            instance.serving = serving
+            if serving:
+                instance.last_seen = time.monotonic()
+                # Without load reports, what this gateway holds there is the best estimate.
+                instance.opened_since_report = 0
+                instance.record = instance.record.model_copy(update={"active": instance.held})
+
+        await asyncio.gather(*(check(instance) for instance in known))
 
     async def poll(self) -> None:
         results = await asyncio.gather(*(discover(self.nc, kind, self.window_s) for kind in KINDS))

@@ -19,3 +19,8 @@ PREEMPTIVE_TOTAL = Counter(
     "parley_gateway_preemptive_total", "Replies started at a pause, by whether the turn really ended there", ["outcome"]
 )
 BARGE_INS_TOTAL = Counter("parley_gateway_barge_ins_total", "Replies cut short by the user's speech")
+LIMITED_TOTAL = Counter(
+    "parley_gateway_limited_total",
+    "Frames, events, requests and connections refused or cut by a per-client or per-gateway limit",
+    ["limit"],
+)

@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 # A voice id as the TTS service names voices (built-in or stored); nothing that could be a path.
 VOICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
@@ -37,6 +37,14 @@ class ErrorCode(StrEnum):
     VOICE_UNAVAILABLE = "voice_unavailable"
     EMPTY_TURN = "empty_turn"
     GATEWAY_DRAINING = "gateway_draining"
+    # Limits per client and per gateway (limits.py)
+    TOO_MANY_CLIENT_SESSIONS = "too_many_client_sessions"
+    SESSION_START_TIMEOUT = "session_start_timeout"
+    AUDIO_TOO_FAST = "audio_too_fast"
+    RATE_LIMITED = "rate_limited"
+    ERRORS_SUPPRESSED = "errors_suppressed"
+    TURN_TOO_LONG = "turn_too_long"
+    SESSION_NOT_FOUND = "session_not_found"
 
 
 class ProtocolError(Exception):
@@ -72,6 +80,19 @@ class SessionStart(_Event):
     vad: VadOptions = Field(default_factory=VadOptions)
     # Start the reply at a pause in speech, before the end of turn is certain.
     preemptive: bool = True
+    # Resume an earlier session (after a reconnect, on any gateway): its id and the
+    # resume_token its session.started gave. Fields given here override the stored ones.
+    session_id: str | None = Field(default=None, pattern=r"^sess_[0-9a-f]{16}$")
+    resume_token: str | None = Field(default=None, min_length=16, max_length=128)
+
+    def conversation_options(self) -> dict[str, Any]:
+        """What a stored session keeps of its start (not the resume credentials)."""
+        return self.model_dump(exclude={"session_id", "resume_token"})
+
+    def over(self, stored: dict[str, Any]) -> SessionStart:
+        """These options over a stored session's: what this start sets explicitly wins."""
+        given = self.model_dump(exclude_unset=True, exclude={"session_id", "resume_token"})
+        return SessionStart.model_validate({**stored, **given, "type": "session.start"})
 
 
 class TextInput(_Event):
@@ -154,12 +175,63 @@ def parse_client_event(raw: str, max_bytes: int = 65536, max_depth: int = 16) ->
     if data["type"] not in CLIENT_EVENT_TYPES:
         raise ProtocolError(
             ErrorCode.UNKNOWN_EVENT,
-            f"unknown event type {data['type']!r}; known: {', '.join(sorted(CLIENT_EVENT_TYPES))}",
+            f"unknown event type {clip(data['type'])!r}; known: {', '.join(sorted(CLIENT_EVENT_TYPES))}",
         )
     try:
         return _client_event.validate_python(data)
-    except ValueError as exc:
-        raise ProtocolError(ErrorCode.INVALID_EVENT, f"bad {data['type']}: {exc}") from None
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_EVENT, f"bad {data['type']}: {describe(exc)}") from None
+
+
+ECHO_CHARS = 40  # the most of a client's own text an error message repeats
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters (marked with …): what an error may repeat of client input."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Short reasons for pydantic's error types: the limit, never the value that broke it.
+_REASONS = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field of this event",
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "string_too_short": "must have at least {min_length} character(s)",
+    "string_too_long": "must have at most {max_length} characters",
+    "string_pattern_mismatch": "must match {pattern}",
+    "literal_error": "must be {expected}",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "model_type": "must be an object",
+    "dict_type": "must be an object",
+}
+
+
+def describe(exc: ValidationError, most: int = 3) -> str:
+    """`field.path: short reason; ...` for a validation error, without pydantic's URL or the input."""
+    parts = []
+    for error in exc.errors()[:most]:
+        # The first part of the location is the union's tag (the event type): the message names it already.
+        where = ".".join(clip(str(part), ECHO_CHARS) for part in error["loc"][1:]) or "event"
+        template = _REASONS.get(error["type"])
+        if error["type"] == "string_too_short" and error.get("ctx", {}).get("min_length") == 1:
+            template = "must not be empty"
+        try:
+            reason = template.format(**error.get("ctx", {})) if template else error["msg"]
+        except (KeyError, IndexError):
+            reason = error["msg"]
+        parts.append(f"{where}: {reason}")
+    more = len(exc.errors()) - most
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def event(type_: str, **fields: Any) -> dict[str, Any]:

@@ -23,12 +23,15 @@ Everything a session sends goes through one outbox, so events keep their order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import grpc
 
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2
@@ -39,11 +42,17 @@ from parley.vad.v1.vad_pb2 import VadEvent
 from parley_gateway.audio_ring import AudioRing
 from parley_gateway.clients import ModelServices, ServiceError
 from parley_gateway.config import GatewaySettings
-from parley_gateway.metrics import RESPONSES_TOTAL, STAGE_SECONDS
+from parley_gateway.history import History
+from parley_gateway.limits import TokenBucket
+from parley_gateway.metrics import LIMITED_TOTAL, RESPONSES_TOTAL, STAGE_SECONDS
 from parley_gateway.protocol import AudioPlayed, ErrorCode, ProtocolError, SessionStart, error_event, event
 from parley_gateway.replies import Message, Reply, ReplyOutput, Send, SpokenPiece
 from parley_gateway.sentences import SentenceChunker
+from parley_gateway.session_store import new_session_id
 from parley_gateway.turns import Clock, TurnSettings, TurnTaker
+
+# How often a reply's TTS stream moves to another instance when its own dies mid-reply.
+TTS_MIDSTREAM_RETRIES = 2
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +164,13 @@ class TextFeed:
     def owed_since(self) -> float | None:
         return self._owed_since
 
-    async def read(self) -> AsyncIterator[str]:
-        sent = 0
+    def restart(self, first: int) -> None:
+        """The stream moves to another instance, which gets the pieces from `first` on."""
+        self._answered = first - 1
+        self._owed_since = None
+
+    async def read(self, first: int = 0) -> AsyncIterator[str]:
+        sent = first
         while True:
             if sent < len(self.pieces):
                 if self._owed_since is None and sent > self._answered:
@@ -180,14 +194,21 @@ class ConversationSession:
         send: Send,
         options: SessionStart,
         clock: Clock | None = None,
+        session_id: str = "",
+        history: History | None = None,
+        on_history_change: Callable[[], None] | None = None,
     ) -> None:
-        self.id = f"sess_{uuid.uuid4().hex[:16]}"
+        self.id = session_id or new_session_id()
         self.settings = settings
         self.services = services
         self.send = send
         self.options = options
         self.clock = clock or MonotonicClock()
-        self.history: list[llm_pb2.Message] = []
+        self.history = (
+            history if history is not None else History(settings.history_max_turns, settings.history_max_tokens)
+        )
+        # Called after every change of the history (the session store saves it).
+        self._on_history_change = on_history_change
         self.ring = AudioRing(PIPELINE_RATE, settings.audio_buffer_s)
         self.turns = TurnTaker(
             TurnSettings(
@@ -205,6 +226,12 @@ class ConversationSession:
         self._replies: dict[str, Reply] = {}  # running and recent replies, by id
         self._latest: Reply | None = None  # the newest reply, live or held
         self._push_to_talk = options.turn_detection == "push_to_talk"
+        # Limits on what the client sends (limits.py); audio speed is held at the connection (guard.py).
+        self._text_inputs = TokenBucket(
+            settings.text_inputs_burst, settings.text_inputs_per_minute / 60, self.clock.now
+        )
+        self._max_turn_samples = int(settings.push_to_talk_max_s * PIPELINE_RATE)
+        self._turn_cut = False  # a push-to-talk turn hit its limit: audio is ignored until input.commit
         self._vad_task = None if self._push_to_talk else asyncio.create_task(self._run_vad())
 
     # ---- client input --------------------------------------------------------
@@ -224,7 +251,7 @@ class ConversationSession:
                 f"({self._max_frame_bytes} bytes at {self.options.input_sample_rate} Hz)",
             )
         pcm = float_to_pcm16(self._resampler.push(pcm16_to_float(frame)))
-        if not pcm:
+        if not pcm or (self._push_to_talk and self._push_to_talk_too_long(len(pcm) // BYTES_PER_SAMPLE)):
             return
         position = self.ring.append(pcm)
         if self._push_to_talk:
@@ -234,16 +261,45 @@ class ConversationSession:
         for transcription in self._transcriptions.values():
             transcription.wake()
 
+    def _push_to_talk_too_long(self, samples: int) -> bool:
+        """Whether audio must be dropped: the turn would pass `push_to_talk_max_s` (it is committed then)."""
+        if self._turn_cut:
+            return True
+        turn = self.turns.turn
+        if turn is None or self.ring.end + samples - turn.speech_start <= self._max_turn_samples:
+            return False
+        self._turn_cut = True
+        LIMITED_TOTAL.labels(ErrorCode.TURN_TOO_LONG.value).inc()
+        self.turns.commit()  # what came so far is the turn, and is answered
+        limit = self.settings.push_to_talk_max_s
+        self.report(
+            ErrorCode.TURN_TOO_LONG,
+            f"a push-to-talk turn is at most {limit:g} s: the first {limit:g} s were committed and are answered; "
+            "audio until the next input.commit is ignored",
+        )
+        return True
+
     def on_text(self, text: str) -> None:
         text = text.strip()
         if len(text) > self.settings.max_text_chars:
             raise ProtocolError(
                 ErrorCode.TEXT_TOO_LONG, f"text.input is limited to {self.settings.max_text_chars} characters"
             )
+        if not self._text_inputs.take():
+            LIMITED_TOTAL.labels(ErrorCode.RATE_LIMITED.value).inc()
+            s = self.settings
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"text.input: at most {s.text_inputs_per_minute} a minute ({s.text_inputs_burst} at once); "
+                f"this one was dropped, the next is accepted in {self._text_inputs.wait_s():.1f} s",
+            )
         if text:
             self.turns.typed(text)
 
     def on_commit(self) -> None:
+        if self._turn_cut:  # the turn was committed at its length limit already
+            self._turn_cut = False
+            return
         if not self.turns.commit():
             raise ProtocolError(ErrorCode.EMPTY_TURN, "input.commit: no audio since the last turn")
 
@@ -375,7 +431,9 @@ class ConversationSession:
             messages.append(llm_pb2.Message(role="system", content=self.options.system_prompt))
         limit = self.settings.history_turns * 2
         # A reply cut before a word was heard has an empty turn: the model need not see it.
-        messages += [m for m in self.history[-limit:] if m.content] if limit else []
+        messages += [
+            llm_pb2.Message(role=turn.role, content=turn.content) for turn in self.history.recent(limit) if turn.content
+        ]
         messages.append(llm_pb2.Message(role="user", content=user_text))
         return llm_pb2.GenerateRequest(
             messages=messages, max_tokens=self.settings.llm_max_tokens, temperature=-1.0, session_id=self.id
@@ -393,7 +451,7 @@ class ConversationSession:
                 previous.cancel()
                 await asyncio.wait({previous})
             request = self._llm_request(reply.user_text)
-            out.defer(lambda: self.history.append(llm_pb2.Message(role="user", content=reply.user_text)))
+            out.defer(lambda: self._add_user_turn(reply.user_text))
             out.send(event("response.created", response_id=reply.id))
             created = True
             feed = TextFeed()
@@ -451,14 +509,26 @@ class ConversationSession:
         assert reply.history_index is not None and reply.played_ms is not None
         if not reply.fully_played(reply.played_ms):
             heard = reply.heard_text(reply.played_ms)
-            self.history[reply.history_index].content = heard
+            self.history.replace(reply.history_index, heard)
+            self._history_changed()
             self.send(event("response.truncated", response_id=reply.id, played_ms=round(reply.played_ms), text=heard))
 
     def _remember(self, reply: Reply, text: str) -> None:
-        reply.history_index = len(self.history)
-        self.history.append(llm_pb2.Message(role="assistant", content=text))
+        reply.history_index = self._add_turn("assistant", text)
         if reply.played_ms is not None:
             self._apply_heard(reply)
+
+    def _add_user_turn(self, text: str) -> None:
+        self._add_turn("user", text)
+
+    def _add_turn(self, role: str, content: str) -> int:
+        seq = self.history.append(role, content)
+        self._history_changed()
+        return seq
+
+    def _history_changed(self) -> None:
+        if self._on_history_change is not None:
+            self._on_history_change()
 
     @staticmethod
     def _say(reply: Reply, feed: TextFeed, sentence: str) -> None:
@@ -467,28 +537,50 @@ class ConversationSession:
         feed.add(sentence)
 
     async def _speak(self, reply: Reply, feed: TextFeed) -> None:
-        """The reply's TTS stream: one call, pinned to the TTS instance of this conversation when it can."""
+        """The reply's TTS stream: one call, pinned to the TTS instance of this conversation when it can.
+
+        If its instance dies mid-reply, the rest is spoken by another: from the sentence
+        whose audio was flowing (the user may hear its start twice, never a gap).
+        """
         rate = self.settings.output_sample_rate
         start = tts_pb2.SpeakStart(
             voice=self.options.voice or self.settings.voice, sample_rate=rate, conversation_id=self.id
         )
         out = reply.output
-        async for response in self.services.speak(start, feed.read, feed.owed_since):
-            if response.HasField("done") and response.done.HasField("speaker_similarity"):
-                reply.speaker_similarity = round(response.done.speaker_similarity, 3)
-            if not response.HasField("audio") or not response.audio.pcm:
-                continue
-            feed.answered(response.piece)
-            if "tts_first_audio" not in reply.marks:
-                reply.mark("tts_first_audio", self.clock.now())
-                out.send(event("response.audio.started", response_id=reply.id, sample_rate=rate))
-                out.defer(lambda: reply.mark("first_audio_sent", self.clock.now()))
-            piece = reply.pieces[response.piece]
-            if piece.start_ms == math.inf:
-                piece.start_ms = reply.audio_ms
-            out.send(response.audio.pcm)
-            reply.audio_ms += duration_s(response.audio.pcm, rate) * 1000
-            piece.end_ms = reply.audio_ms
+        first = 0  # the piece this call starts from
+        for attempt in range(TTS_MIDSTREAM_RETRIES + 1):
+            speaking = first - 1  # the last piece audio came for
+            try:
+                pieces = functools.partial(feed.read, first)  # replayed from here if the call moves again
+                async for response in self.services.speak(start, pieces, feed.owed_since):
+                    if response.HasField("done") and response.done.HasField("speaker_similarity"):
+                        reply.speaker_similarity = round(response.done.speaker_similarity, 3)
+                    if not response.HasField("audio") or not response.audio.pcm:
+                        continue
+                    index = first + response.piece
+                    feed.answered(index)
+                    if "tts_first_audio" not in reply.marks:
+                        reply.mark("tts_first_audio", self.clock.now())
+                        out.send(event("response.audio.started", response_id=reply.id, sample_rate=rate))
+                        out.defer(lambda: reply.mark("first_audio_sent", self.clock.now()))
+                    piece = reply.pieces[index]
+                    if index != speaking:
+                        piece.start_ms, speaking = reply.audio_ms, index
+                    out.send(response.audio.pcm)
+                    reply.audio_ms += duration_s(response.audio.pcm, rate) * 1000
+                    piece.end_ms = reply.audio_ms
+                return
+            except ServiceError as exc:
+                if exc.status != grpc.StatusCode.UNAVAILABLE or attempt == TTS_MIDSTREAM_RETRIES:
+                    raise
+                first = max(speaking, first)
+                log.warning(
+                    "session %s: TTS instance lost mid-reply (%s); re-speaking from piece %d on another",
+                    self.id,
+                    exc.message,
+                    first,
+                )
+                feed.restart(first)
 
     # ---- life cycle ----------------------------------------------------------
 

@@ -19,7 +19,8 @@ async def mint_token(request: Request) -> dict[str, Any]:
     Needs an API key itself (a token cannot renew itself, so a leaked one dies at its expiry).
     """
     access: Access = request.app.state.gateway.access
-    if access.enabled and not access.valid_key(Access.credential(request.headers)):
+    key = Access.credential(request.headers)
+    if access.enabled and not access.valid_key(key):
         raise ApiError(401, "a token is minted from an API key (Authorization: Bearer <key>)", "unauthorized")
-    token, ttl = access.mint()
+    token, ttl = access.mint(key if access.enabled else "")
     return {"token": token, "expires_in": ttl, "required": access.enabled}

@@ -90,6 +90,12 @@ export async function request(path, options = {}) {
       await askKey();
       continue;
     }
+    // Over the per-client rate: wait as told (a few seconds at most) and try again.
+    const wait = Number(response.headers.get('retry-after'));
+    if (response.status === 429 && attempt < 3 && wait > 0 && wait <= 10) {
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      continue;
+    }
     if (!response.ok) throw await failure(response);
     return response;
   }

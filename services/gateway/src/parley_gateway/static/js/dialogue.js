@@ -7,7 +7,7 @@ const EXAMPLE = `[S1] Welcome back to the show! Today we talk about gardens.
 [S2] Thanks for having me. I have been gardening for twenty years.
 [S1] What grows best in the shade?
 [S2] Ferns, mostly. And moss, if you let it.`;
-const POLL_MS = 500;
+const POLL_MS = 1000; // a poll a second: well within the API's per-client rate
 
 export async function mount(root) {
   const script = el('textarea', { id: 'dialogue-script', rows: '8', 'data-testid': 'dialogue-script' }, EXAMPLE);
