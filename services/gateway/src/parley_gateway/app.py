@@ -350,7 +350,7 @@ class Gateway:
             outbox.send(event("session.ended", session_id=session.id))
             stored = self.stored.pop(session, None)
             if stored is not None:
-                stored.lost = True  # no write after this
+                stored.retire()
                 with contextlib.suppress(Exception):  # NATS away: it expires on its own
                     await self.store.delete(session.id)
             raise _EndSession
@@ -429,7 +429,7 @@ class Gateway:
             # The client came back before its old socket was noticed gone: that one ends here.
             await self._end_connection(live, "resumed_elsewhere")
             await stored.flush()
-            stored.lost = True  # the old copy writes no more
+            stored.retire()  # the old copy writes no more
             self.stored.pop(live, None)
             return stored.record, stored.revision, live.history
         found = await self.store.load(start.session_id)

@@ -50,6 +50,7 @@ CHANNEL_OPTIONS = [
 ]
 HEALTH_CHECK_TIMEOUT_S = 2.0
 VERIFY_WAIT_S = 0.5  # how long a poll waits for the health checks it started
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class NoInstance(Exception):
@@ -150,7 +151,7 @@ class ServiceDirectory:
         # What a channel to an instance that serves TLS trusts (None: the system roots).
         self.tls = tls
         self._verifying: set[str] = set()  # instance ids whose health check is under way
-        self.nats_away_since: float | None = None  # when our NATS connection went away
+        self.nats_away = False  # our NATS connection is down: instances are checked over gRPC health
         self._checks: set[asyncio.Task[None]] = set()
         self.interval_s = interval_s
         self.window_s = window_s
@@ -213,11 +214,11 @@ class ServiceDirectory:
                 if not self.nc.is_connected:
                     raise ConnectionError("NATS is not connected")
                 await self.poll()
-                self.nats_away_since = None
+                self.nats_away = False
             except Exception:  # NATS down or reconnecting: the instances we know still serve
                 log.debug("discovery poll failed", exc_info=True)
-                if self.nats_away_since is None:
-                    self.nats_away_since = time.monotonic()
+                if not self.nats_away:
+                    self.nats_away = True
                     log.warning("NATS is away: routing to the instances known, checked over gRPC health")
                 await self.check_known()
             await asyncio.sleep(max(0.0, self.interval_s - self.window_s))
@@ -233,9 +234,7 @@ class ServiceDirectory:
 
         async def check(instance: Instance) -> None:
             try:
-                stub = health_pb2_grpc.HealthStub(self.channel(instance))
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_TIMEOUT_S / 2)
-                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                serving = await self._health(instance, HEALTH_CHECK_TIMEOUT_S / 2) == SERVING
             except grpc.aio.AioRpcError:
                 serving = False
             if serving != instance.serving:
@@ -281,9 +280,8 @@ class ServiceDirectory:
         async def check() -> None:
             record = instance.record
             try:
-                stub = health_pb2_grpc.HealthStub(self.channel(instance))
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_TIMEOUT_S)
-                instance.serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                status = await self._health(instance, HEALTH_CHECK_TIMEOUT_S)
+                instance.serving = status == SERVING
                 if instance.serving:
                     log.info("%s instance %s at %s is SERVING: routing to it", record.kind, record.id, record.address)
                 else:
@@ -291,7 +289,7 @@ class ServiceDirectory:
                         "%s instance %s registered ready but its health says %s",
                         record.kind,
                         record.id,
-                        health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status),
+                        health_pb2.HealthCheckResponse.ServingStatus.Name(status),
                     )
             except grpc.aio.AioRpcError as exc:
                 log.warning(
@@ -308,6 +306,12 @@ class ServiceDirectory:
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
         return task
+
+    async def _health(self, instance: Instance, timeout_s: float) -> int:
+        """The instance's own gRPC health status at its registered address (raises if it does not answer)."""
+        stub = health_pb2_grpc.HealthStub(self.channel(instance))
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        return int(reply.status)
 
     def channel(self, instance: Instance) -> grpc.aio.Channel:
         """The instance's channel, opened on first use (TLS when it registered as serving TLS)."""

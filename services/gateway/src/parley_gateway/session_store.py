@@ -138,7 +138,8 @@ class StoredSession:
         self.on_lost = on_lost
         self._dirty = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self.lost = False
+        self.lost = False  # another gateway took it over
+        self.retired = False  # this copy writes no more (ended, or resumed on another socket here)
 
     @classmethod
     def new(
@@ -162,7 +163,7 @@ class StoredSession:
             self._writer = asyncio.create_task(self._write())
 
     async def _write(self) -> None:
-        while self._dirty.is_set() and not self.lost:
+        while self._dirty.is_set() and not (self.lost or self.retired):
             self._dirty.clear()
             if not self.store.bound:
                 return  # NATS is away: the session lives in memory; the next change tries again
@@ -177,6 +178,10 @@ class StoredSession:
                 self.on_lost()
             except Exception as exc:  # NATS trouble: keep serving from memory
                 log.warning("session %s not saved: %s: %s", self.record.id, type(exc).__name__, exc)
+
+    def retire(self) -> None:
+        """No write after this one: the session ended, or another socket on this gateway resumed it."""
+        self.retired = True
 
     async def flush(self) -> None:
         """Wait for the write under way (before the session is handed over or the gateway stops)."""
