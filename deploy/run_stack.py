@@ -4,29 +4,33 @@
     python deploy/run_stack.py --quiet    # only our own lines (tests use this)
     python deploy/run_stack.py --only nats,gateway,vad,asr,llm   # part of it (the TTS runs elsewhere)
 
+It never stops a stack for being slow to get ready (deploy/launcher.py says what it decides);
 Ctrl-C (or SIGTERM) stops supervisord, which stops every service cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 import urllib.error
 import urllib.request
+import xmlrpc.client
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+from launcher import Kind, LauncherSettings, Program, Readiness, StackWatch
 
 if TYPE_CHECKING:
     from parley.settings import CommonSettings
 
 HERE = Path(__file__).resolve().parent
-PROGRESS_EVERY_S = 10.0
 PROGRAMS = ("nats", "vad", "asr", "llm", "tts", "gateway")  # deploy/supervisord.conf's programs
 
 
@@ -90,59 +94,107 @@ def gateway_url() -> str:
     return f"http://{host}:{gateway.port}"
 
 
-def readiness(url: str) -> tuple[bool, dict[str, Any]]:
-    """Whether /readyz says ready, and what it says (missing kinds, crashing ones)."""
+def probe_headers() -> dict[str, str]:
+    """How the launcher's readiness probe presents itself: with the first API key when the gateway has keys.
+
+    The probe is a client like any other (it runs where the keys are, in the same environment):
+    `/readyz` stays behind the keys, since it names the services and their last errors.
+    """
+    from parley_gateway.config import GatewaySettings
+
+    keys = GatewaySettings().key_list()
+    return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+
+
+def readiness(url: str, headers: dict[str, str]) -> Readiness:
+    """What /readyz says (ready on 200; missing kinds, crashing ones); a gateway not up yet is not ready."""
+    request = urllib.request.Request(f"{url}/readyz", headers=headers)
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return True, json.load(response)
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return Readiness(True, json.load(response))
     except urllib.error.HTTPError as error:
-        return False, json.load(error)
+        if error.code in (400, 401, 403):  # a probe that cannot read /readyz says so, never waits in silence
+            detail = error.read(300).decode(errors="replace")
+            return Readiness(False, {"status": f"the readiness probe was refused ({error.code}): {detail}"})
+        try:
+            return Readiness(False, json.load(error))
+        except ValueError:
+            return Readiness(False, {"status": f"/readyz answered {error.code}"})
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-        return False, {"status": "gateway not answering yet"}
+        return Readiness(False, {"status": "gateway not answering yet"})
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float, quiet: bool) -> bool:
-    """Poll /readyz; every PROGRESS_EVERY_S say what is still missing (and what keeps crashing)."""
-    started = time.monotonic()
-    reported = started
-    while time.monotonic() - started < timeout_s and process.poll() is None:
-        ready, body = readiness(url)
-        if ready:
-            return True
-        if not quiet and time.monotonic() - reported >= PROGRESS_EVERY_S:
-            reported = time.monotonic()
-            print(f"... waiting for the stack ({reported - started:.0f} s): {describe(body)}", flush=True)
-        time.sleep(0.5)
-    print(f"not ready: {describe(readiness(url)[1])}", file=sys.stderr, flush=True)
-    return False
+class Supervisor:
+    """supervisord's XML-RPC interface on its Unix socket: what each program is doing."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    def programs(self) -> list[Program]:
+        """Every program supervisord runs; none while it is still starting (or already gone)."""
+        from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
+
+        # A fresh connection each time: the transport's own is unusable after one failed request.
+        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket_path}")
+        rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        try:
+            infos: list[dict[str, Any]] = rpc.supervisor.getAllProcessInfo()  # type: ignore[assignment]
+        except (OSError, http.client.HTTPException, xmlrpc.client.Error):
+            return []
+        finally:
+            transport.close()
+        return [Program.from_info(info) for info in infos]
 
 
-def describe(body: dict[str, Any]) -> str:
-    parts = []
-    if body.get("missing"):
-        parts.append(f"no ready {', '.join(body['missing'])} yet")
-    for kind, problem in (body.get("crashing") or {}).items():
-        parts.append(
-            f"{kind} keeps failing ({problem['crashes']} crashes, {problem['failed_starts']} failed starts "
-            f"in {problem['window_s']:.0f} s; last: {problem['last_problem']})"
-        )
-    return "; ".join(parts) or str(body.get("status"))
+def watch(
+    supervisord: subprocess.Popen[bytes],
+    stopping: threading.Event,
+    watcher: StackWatch,
+    supervisor: Supervisor,
+    url: str | None,
+    log_hint: str,
+) -> bool:
+    """Report on the stack until it is stopped; False when a program could not start (the stack must stop)."""
+    headers = probe_headers() if url else {}
+    while supervisord.poll() is None and not stopping.is_set():
+        state = readiness(url, headers) if url else None
+        for notice in watcher.observe(supervisor.programs(), state):
+            if notice.kind is Kind.READY:
+                print(f"\nParley is {notice.text}: {url}\n(Ctrl-C stops everything)", flush=True)
+            elif notice.kind in (Kind.WAITING, Kind.BACK):
+                print(f"... {notice.text}", flush=True)
+            else:
+                print(f"parley: {notice.text}", file=sys.stderr, flush=True)
+            if notice.stops:
+                print(f"parley: stopping the stack ({log_hint})", file=sys.stderr, flush=True)
+                return False
+        stopping.wait(2.0 if watcher.ever_ready else 0.5)
+    return True
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for /readyz")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds before the launcher says the stack is late (PARLEY_LAUNCHER_READY_TIMEOUT_S); it keeps waiting",
+    )
     parser.add_argument("--quiet", action="store_true", help="send the services' logs to the state dir")
     parser.add_argument(
         "--only", type=programs, default=frozenset(PROGRAMS), help="run only these programs (comma-separated)"
     )
     args = parser.parse_args()
 
+    settings = LauncherSettings()
+    if args.timeout is not None:
+        settings.ready_timeout_s = args.timeout
     env = stack_environment(args.only)
+    state_dir = Path(env["PARLEY_STATE_DIR"])
     url = gateway_url()
     output = None
     if args.quiet:
-        output = open(Path(env["PARLEY_STATE_DIR"]) / "stack.log", "ab")  # noqa: SIM115 (lives as long as the stack)
+        output = open(state_dir / "stack.log", "ab")  # noqa: SIM115 (lives as long as the stack)
     supervisord = subprocess.Popen(
         [str(Path(env["PARLEY_BIN"]) / "supervisord"), "-c", str(HERE / "supervisord.conf")],
         env=env,
@@ -150,25 +202,27 @@ def main() -> int:
         stderr=subprocess.STDOUT if output else None,
     )
 
+    stopping = threading.Event()  # set once a stop is asked: what goes down then is no news
+
     def stop(*_: object) -> None:
+        stopping.set()
         if supervisord.poll() is None:
             supervisord.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    started = time.monotonic()
     if "gateway" not in args.only:
         print(f"started {', '.join(sorted(args.only))} (no gateway here; Ctrl-C stops them)", flush=True)
-    elif wait_ready(url, supervisord, args.timeout, args.quiet):
-        print(
-            f"\nParley is ready after {time.monotonic() - started:.1f} s: {url}\n(Ctrl-C stops everything)", flush=True
-        )
-    else:
-        print(f"Parley did not become ready within {args.timeout:.0f} s; see {url}/readyz", file=sys.stderr, flush=True)
+    log_hint = f"its log: {state_dir / 'stack.log'}" if args.quiet else "its log is above"
+    watcher = StackWatch(settings)
+    probed = url if "gateway" in args.only else None
+    started = watch(supervisord, stopping, watcher, Supervisor(state_dir / "supervisor.sock"), probed, log_hint)
+    if not started:
         stop()
     while True:
         try:
-            return supervisord.wait()
+            code = supervisord.wait()
+            return code if started else 1
         except KeyboardInterrupt:
             stop()
 

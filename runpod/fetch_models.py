@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""Download Parley's bigger models into a models directory, checked and resumable.
+"""Download Parley's bigger models into a models directory, each file checked before it counts.
 
     runpod/fetch-models                  # every default set into $PARLEY_MODELS_DIR (/workspace/models)
     runpod/fetch-models whisper llm      # only these sets
     runpod/fetch-models --list           # what is there, what is missing (no network)
     runpod/fetch-models --env            # `export PARLEY_...=...` lines for the sets that are there
 
-The sets live in runpod/models.toml (docs/models.md describes them). Each file streams into
-`<file>.part`; an interrupted download resumes from there (HTTP Range), on the next retry or
-the next run. Nothing goes into place before its checksum is verified: the manifest's sha256
-when it has one, else the hub's own (X-Linked-Etag: the sha256 of an LFS file; ETag: the git
-blob id of a small file). A verified file is recorded in
+The sets live in runpod/models.toml (docs/models.md describes them). huggingface_hub moves the
+bytes: `hf_hub_download` puts each file into its set's directory (redirects, token, a cut connection
+resumed, progress, an atomic move into place). This script decides what to fetch, and checks every
+file: against the manifest's sha256 when it has one, else the hub's own checksum (the sha256 of an
+LFS file, the git blob id of a small one). A verified file is recorded in
 `<models dir>/.fetch-models/<set>/<path>.sha256` with its size and mtime, so later runs skip it
-without hashing gigabytes again.
+without the network and without hashing gigabytes again.
 
 Exit status: 0 when every file is in place and verified, 1 when some file failed (each is
 named at the end), 2 for bad usage or a bad manifest. `--list` exits 1 when a file is missing.
@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -35,27 +36,35 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import ParamSpec, Protocol, TextIO, TypeVar
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 try:
-    import httpx
-    import tenacity
+    import httpx2  # huggingface_hub's HTTP client: its connection errors are worth another attempt
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from tqdm import tqdm
 except ModuleNotFoundError as missing:  # the operator ran it with a bare python3
     sys.exit(
-        f"fetch-models needs httpx, tenacity and tqdm ({missing.name} is missing): pip install httpx tenacity tqdm"
+        f"fetch-models needs huggingface_hub 2.4 or later ({missing.name} is missing): "
+        "pip install 'huggingface_hub>=2.4,<3'"
     )
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MANIFEST = HERE / "models.toml"
 DEFAULT_MODELS_DIR = "/workspace/models"
-DEFAULT_BASE_URL = "https://huggingface.co"
-STATE_DIR = ".fetch-models"  # sidecars and the lock, inside the models dir so they survive with it
+DEFAULT_ENDPOINT = "https://huggingface.co"
+STATE_DIR = ".fetch-models"  # records and the lock, inside the models dir so they survive with it
+HUB_DOWNLOADS = Path(".cache", "huggingface", "download")  # huggingface_hub's own state in a local_dir
 CHUNK = 1 << 20
 PROGRESS_EVERY_S = 5.0  # plain progress lines (logs, the RunPod web terminal) this often
 MAX_RETRY_WAIT_S = 60.0
-MAX_REDIRECTS = 5
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -66,8 +75,12 @@ _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _PLACEHOLDERS = ("dir", "models_dir")
 
-P = ParamSpec("P")
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    _Tqdm = tqdm[Any]  # generic in its type stubs only
+else:
+    _Tqdm = tqdm
 
 
 # --- the manifest --------------------------------------------------------------------------------
@@ -200,113 +213,72 @@ def _relative(value: str, where: str) -> str:
     return str(path)
 
 
+# --- records of verified files -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """A file that was verified: its sha256, the revision it came from, and how to tell it is unchanged."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+    revision: str
+
+
+def record_path(models_dir: Path, model_set: ModelSet, model_file: ModelFile) -> Path:
+    return models_dir / STATE_DIR / model_set.name / f"{model_file.path}.sha256"
+
+
+def read_record(path: Path, dest: Path) -> Record | None:
+    """The record at `path` if it describes the file `dest` as it is now (same size, same mtime)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        record = Record(str(data["sha256"]), int(data["size"]), int(data["mtime_ns"]), str(data["revision"]))
+        stat = dest.stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns) else None
+
+
+def write_record(path: Path, dest: Path, sha256: str, revision: str) -> None:
+    stat = dest.stat()
+    record = {
+        "sha256": sha256,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "revision": revision,
+        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
 # --- checksums -----------------------------------------------------------------------------------
 
 
-class Sha256Progress:
-    """The sha256 of a .part file's first `offset` bytes, kept up to date as the file grows.
+@dataclass(frozen=True)
+class Checksum:
+    """What a file's content must hash to."""
 
-    A download that resumes hashes what the earlier attempts wrote once, then each new chunk as it is
-    written, so a multi-gigabyte file is not read back in full after it arrives.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._hash = hashlib.sha256()
-        self.offset = 0
-
-    def update(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self.offset += len(chunk)
-
-    def catch_up(self, path: Path) -> None:
-        """Hash the bytes of `path` past `offset`; start over if the file is shorter than what was hashed."""
-        size = path.stat().st_size if path.exists() else 0
-        if size < self.offset:
-            self.reset()
-        if size == self.offset:
-            return
-        with path.open("rb") as stream:
-            stream.seek(self.offset)
-            while chunk := stream.read(CHUNK):
-                self.update(chunk)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+    kind: str  # "sha256", or "git blob": sha1("blob <size>\0" + content), a small file's id in git
+    value: str
+    source: str  # "manifest" or "hub"
 
 
-def file_sha256(path: Path, progress: Progress | None = None) -> str:
-    digest = hashlib.sha256()
+def hash_file(path: Path, progress: _Tqdm, git_blob: bool = False) -> tuple[str, str | None]:
+    """The file's sha256, and its git blob id when asked for, in one read."""
+    sha256 = hashlib.sha256()
+    sha1 = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False) if git_blob else None
     with path.open("rb") as stream:
         while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-            if progress is not None:
-                progress.update(len(chunk))
-    return digest.hexdigest()
-
-
-def git_blob_sha1(path: Path) -> str:
-    """The id git gives the file's content: what the hub sends as ETag for a file not stored in LFS."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _etag_value(header: str | None, pattern: re.Pattern[str]) -> str | None:
-    """The hex digest in an (X-Linked-)ETag header, or None when it is not a digest of this kind."""
-    if not header:
-        return None
-    value = header.strip().removeprefix("W/").strip('"').lower()
-    return value if pattern.match(value) else None
-
-
-def _int_header(value: str | None) -> int | None:
-    return int(value) if value is not None and value.strip().isdigit() else None
-
-
-# --- progress ------------------------------------------------------------------------------------
-
-
-class Progress(Protocol):
-    """A tqdm bar or a LineProgress."""
-
-    def update(self, n: int) -> object: ...
-
-    def close(self) -> None: ...
-
-
-class LineProgress:
-    """A plain line every few seconds: a terminal-less log shows a bar as thousands of updates."""
-
-    def __init__(self, out: TextIO, label: str, total: int | None, initial: int, every_s: float) -> None:
-        self.out, self.label, self.total, self.every_s = out, label, total, every_s
-        self.done = initial
-        self.last = time.monotonic()
-        self.last_done = initial
-        self.printed = False
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self._line(self.done - self.last_done, now - self.last)
-            self.last, self.last_done = now, self.done
-
-    def close(self) -> None:
-        if self.printed:  # small files finish before the first line: their "ok" line says enough
-            now = time.monotonic()
-            self._line(self.done - self.last_done, now - self.last)
-
-    def _line(self, delta: int, seconds: float) -> None:
-        share = f" ({100 * self.done // self.total}%)" if self.total else ""
-        rate = f", {human_size(int(delta / seconds))}/s" if seconds > 0 else ""
-        total = f" of {human_size(self.total)}" if self.total is not None else ""
-        print(f"    {self.label}: {human_size(self.done)}{total}{share}{rate}", file=self.out, flush=True)
-        self.printed = True
+            sha256.update(chunk)
+            if sha1 is not None:
+                sha1.update(chunk)
+            progress.update(len(chunk))
+    return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
 
 
 def human_size(size: int) -> str:
@@ -320,7 +292,100 @@ def human_size(size: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+# --- progress ------------------------------------------------------------------------------------
+
+
+class _FileProgress(_Tqdm):
+    """The progress of one file, a class for huggingface_hub's `tqdm_class` (it makes the bar itself)."""
+
+    label = ""
+    out: TextIO = sys.stdout
+
+    # huggingface_hub also counts the bytes received apart from the bytes written (Xet storage sends
+    # them compressed); the bytes written are the progress that counts, so these two do nothing.
+    def update_transfer(self, n: int) -> None:
+        pass
+
+    def set_transfer_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+
+class _TerminalBar(_FileProgress):
+    """tqdm's bar, labelled with the file's path."""
+
+    def __init__(self, **kwargs: Any) -> None:  # huggingface_hub passes keywords only
+        for theirs in ("bar_format", "position", "name"):
+            kwargs.pop(theirs, None)
+        kwargs.update(desc=f"    {self.label}", file=self.out, unit_divisor=1024, delay=1.0)  # small files: no bar
+        super().__init__(**kwargs)
+
+
+class _LogLines(_FileProgress):
+    """A plain line every few seconds: a log shows a bar as thousands of carriage returns."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["disable"] = True  # tqdm draws nothing; update() below counts and prints
+        super().__init__(**kwargs)
+        self.last_time, self.last_n, self.printed, self.finished = time.monotonic(), self.n, False, False
+
+    def update(self, n: float | None = 1) -> bool | None:
+        self.n += n or 0  # negative when a server ignored a resume request and the file starts over
+        if time.monotonic() - self.last_time >= PROGRESS_EVERY_S:
+            self._line()
+        return None
+
+    def close(self) -> None:
+        if self.printed and not self.finished and self.n != self.last_n:  # small files: done before a first line
+            self._line()
+        self.finished = True
+        super().close()
+
+    def _line(self) -> None:
+        now = time.monotonic()
+        done, total = int(self.n), int(self.total) if self.total else None
+        share = f" ({100 * done // total}%)" if total else ""
+        of = f" of {human_size(total)}" if total is not None else ""
+        rate = f", {human_size(int((done - self.last_n) / (now - self.last_time)))}/s" if now > self.last_time else ""
+        print(f"    {self.label}: {human_size(done)}{of}{share}{rate}", file=self.out, flush=True)
+        self.last_time, self.last_n, self.printed = now, done, True
+
+
+def progress_class(label: str, out: TextIO) -> type[_FileProgress]:
+    """The progress class for one file: a bar on a terminal, plain lines anywhere else."""
+    base = _TerminalBar if out.isatty() else _LogLines
+    made: type[_FileProgress] = type(base.__name__, (base,), {"label": label, "out": out})
+    return made
+
+
+class _HubMessages(logging.Handler):
+    """huggingface_hub's log records as lines of the output, each on one line, clear of any bar."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(f"    huggingface_hub: {record.getMessage()}".replace("\n", " "), file=self.out)
+
+
+@contextlib.contextmanager
+def hub_messages(out: TextIO) -> Iterator[None]:
+    """huggingface_hub's warnings (a connection resumed, a retry) in this run's output, not on stderr."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    saved = hub_logger.handlers[:]
+    hub_logger.handlers = [_HubMessages(out)]
+    try:
+        yield
+    finally:
+        hub_logger.handlers = saved
+
+
 # --- fetching ------------------------------------------------------------------------------------
+
+
+def interrupted_downloads(directory: Path) -> list[Path]:
+    """The partial files huggingface_hub left in a set's directory when its process was killed."""
+    return sorted((directory / HUB_DOWNLOADS).rglob("*.incomplete"))
 
 
 class FetchError(Exception):
@@ -331,65 +396,6 @@ class NotInRepository(FetchError):
     """The hub answers 404 for the file."""
 
 
-class TransientError(Exception):
-    """A failure worth retrying (connection lost, timeout, 5xx, 429): the .part is kept."""
-
-
-@dataclass(frozen=True)
-class Options:
-    models_dir: Path
-    base_url: str = DEFAULT_BASE_URL
-    token: str | None = None
-    attempts: int = 6  # the first try and five retries
-    retry_wait_s: float = 2.0  # first backoff; doubles up to MAX_RETRY_WAIT_S
-    progress_every_s: float = PROGRESS_EVERY_S
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What the file must be: the manifest's pins, else what the hub says about it."""
-
-    sha256: str | None
-    git_sha1: str | None
-    size: int | None
-    source: str  # "manifest", "hub" or "" (nothing known)
-
-
-@dataclass(frozen=True)
-class Record:
-    """A sidecar: the sha256 a file in place had when it was verified, and how to tell it is unchanged."""
-
-    sha256: str
-    size: int
-    mtime_ns: int
-    file: str
-    url: str
-
-
-@dataclass
-class Job:
-    model_set: ModelSet
-    file: ModelFile
-    dest: Path
-    part: Path
-    sidecar: Path
-    url: str
-    hasher: Sha256Progress = field(default_factory=Sha256Progress)
-    expected: Expected | None = None
-
-    @property
-    def label(self) -> str:
-        return self.file.path
-
-
-def make_job(model_set: ModelSet, model_file: ModelFile, models_dir: Path, base_url: str) -> Job:
-    dest = model_set.directory(models_dir) / model_file.path
-    sidecar = models_dir / STATE_DIR / model_set.name / f"{model_file.path}.sha256"
-    revision = quote(model_set.revision, safe="")  # a revision such as refs/pr/1 is one URL segment
-    url = f"{base_url}/{model_set.repo}/resolve/{revision}/{quote(model_file.path)}"
-    return Job(model_set, model_file, dest, dest.with_name(dest.name + ".part"), sidecar, url)
-
-
 @dataclass(frozen=True)
 class Failure:
     set_name: str
@@ -397,13 +403,70 @@ class Failure:
     reason: str
 
 
+@dataclass(frozen=True)
+class Options:
+    models_dir: Path
+    endpoint: str = DEFAULT_ENDPOINT
+    attempts: int = 6  # the first try and five retries
+    retry_wait_s: float = 2.0  # first backoff; doubles up to MAX_RETRY_WAIT_S
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """What the hub says about a file at the set's revision."""
+
+    commit: str  # the commit the revision is now
+    etag: str  # lower case, "" when none: an LFS file's sha256, a small file's git blob id
+    size: int | None
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Worth another attempt: the connection, a timeout, a hub that is busy (429) or failing (5xx)."""
+    if isinstance(error, LocalEntryNotFoundError):  # hf_hub_download's wrapper around a failed HEAD
+        return is_transient(error.__cause__)
+    if isinstance(error, HfHubHTTPError):
+        return error.response.status_code in (408, 429) or error.response.status_code >= 500
+    return isinstance(error, httpx2.TransportError)
+
+
+def explain(error: BaseException, model_set: ModelSet) -> FetchError:
+    """The operator's message for what huggingface_hub raised."""
+    if isinstance(error, FetchError):
+        return error
+    if isinstance(error, LocalEntryNotFoundError) and isinstance(error.__cause__, Exception):
+        error = error.__cause__  # the HEAD's own error says more than "not in the local cache"
+    repo, revision = model_set.repo, model_set.revision
+    if isinstance(error, HfHubHTTPError):
+        status = error.response.status_code
+        if isinstance(error, RevisionNotFoundError):
+            return FetchError(f"{repo} has no revision {revision} (HTTP {status} RevisionNotFound)")
+        if isinstance(error, GatedRepoError):
+            return FetchError(f"{repo} is gated (HTTP {status}): accept its terms on the hub, then set HF_TOKEN")
+        if isinstance(error, RepositoryNotFoundError):
+            return FetchError(f"no repository {repo}, or a private one (HTTP {status}): check the name or set HF_TOKEN")
+        if status == 404:
+            code = error.response.headers.get("x-error-code")
+            return NotInRepository(f"not in {repo} at revision {revision} (HTTP 404{f' {code}' if code else ''})")
+        if status in (401, 403):
+            hint = (
+                "check HF_TOKEN" if os.environ.get("HF_TOKEN") else "set HF_TOKEN if the repository is gated or private"
+            )
+            return FetchError(f"access denied (HTTP {status}): {hint}")
+        return FetchError(f"HTTP {status} from {error.response.url.host}")
+    if isinstance(error, OfflineModeIsEnabled):
+        return FetchError("HF_HUB_OFFLINE is set: unset it to download")
+    if isinstance(error, httpx2.TransportError):
+        return FetchError(f"connection failed: {error or type(error).__name__}")
+    if isinstance(error, OSError) and error.strerror:
+        return FetchError(f"{error.strerror}: {error.filename}" if error.filename else error.strerror)
+    return FetchError(str(error) or type(error).__name__)
+
+
 class Fetcher:
     """Fetches model sets one file at a time, reporting on `out`."""
 
-    def __init__(self, client: httpx.Client, options: Options, out: TextIO) -> None:
-        self.client, self.options, self.out = client, options, out
-        self.tty = out.isatty()
-        self.base_host = httpx.URL(options.base_url).host
+    def __init__(self, options: Options, out: TextIO) -> None:
+        self.options, self.out = options, out
         self.commits_noted: set[str] = set()
 
     def run(self, sets: Sequence[ModelSet]) -> list[Failure]:
@@ -415,395 +478,211 @@ class Fetcher:
     def fetch_set(self, model_set: ModelSet) -> list[Failure]:
         directory = model_set.directory(self.options.models_dir)
         self._say(f"== {model_set.name}: {model_set.repo} @ {model_set.revision} -> {directory}")
+        self._remove_interrupted(directory)
         failures = []
         for model_file in model_set.files:
-            job = make_job(model_set, model_file, self.options.models_dir, self.options.base_url)
+            label = model_file.path
             try:
-                self._say(f"  {job.label}: {self._fetch(job)}")
+                self._say(f"  {label}: {self.fetch_file(model_set, model_file)}")
             except NotInRepository as error:
                 if not model_file.optional:
                     failures.append(Failure(model_set.name, model_file.path, str(error)))
-                    self._say(f"  {job.label}: FAILED: {error}")
+                    self._say(f"  {label}: FAILED: {error}")
                 else:
-                    self._say(f"  {job.label}: not in the repository (optional): skipped")
-            except (FetchError, OSError) as error:  # OSError: the disk, e.g. a rename or a record that failed
-                failures.append(Failure(model_set.name, model_file.path, str(error)))
-                self._say(f"  {job.label}: FAILED: {error}")
+                    self._say(f"  {label}: not in the repository (optional): skipped")
+            except (FetchError, OSError) as error:  # OSError: the disk, e.g. a record that cannot be written
+                reason = str(explain(error, model_set))
+                failures.append(Failure(model_set.name, model_file.path, reason))
+                self._say(f"  {label}: FAILED: {reason}")
         return failures
 
-    def _fetch(self, job: Job) -> str:
+    def fetch_file(self, model_set: ModelSet, model_file: ModelFile) -> str:
         """Make the file right and say how; FetchError when it cannot be."""
-        if job.dest.is_file():
-            record = read_record(job)
-            pinned = job.file.sha256
-            if record is not None and (record.sha256 == pinned if pinned else record.url == job.url):
-                return "present (verified earlier)"
-            if self._in_place_is_right(job, record):
-                job.part.unlink(missing_ok=True)  # left by an earlier attempt to replace it
+        dest = model_set.directory(self.options.models_dir) / model_file.path
+        records = record_path(self.options.models_dir, model_set, model_file)
+        record = read_record(records, dest)
+        if record is not None and record.revision == model_set.revision and model_file.sha256 in (None, record.sha256):
+            return "present (verified earlier)"
+
+        hub = self._retrying(model_set, model_file.path, lambda: self._ask_hub(model_set, model_file))
+        checksum = self._checksum(model_set, model_file, hub)
+        size = model_file.size if model_file.size is not None else hub.size
+        if dest.is_file():
+            sha256 = self._check_in_place(model_file.path, dest, checksum, size, record)
+            if sha256 is not None:
+                write_record(records, dest, sha256, model_set.revision)
                 return "present (verified now)"
-        self._download(job)
-        return f"downloaded and verified ({human_size(job.dest.stat().st_size)})"
 
-    # --- a file already in place ---
+        self._check_space(dest, size)
+        self._say(f"  {model_file.path}: downloading {human_size(size) if size is not None else ''}".rstrip())
+        replace = dest.exists()  # a file in place that did not match
+        self._retrying(model_set, model_file.path, lambda: self._download(model_set, model_file, hub.commit, replace))
+        sha256, problem = self._verify(model_file.path, dest, checksum, size)
+        if problem:
+            dest.unlink()
+            raise FetchError(f"{problem}; the download was deleted")
+        write_record(records, dest, sha256, model_set.revision)
+        return f"downloaded and verified ({human_size(dest.stat().st_size)})"
 
-    def _in_place_is_right(self, job: Job, record: Record | None) -> bool:
-        """Check a file in place once (hashing it unless a valid sidecar knows its sha256) and record it."""
-        size = job.dest.stat().st_size
-        if job.file.sha256:  # the manifest's pin needs no network
-            expected = Expected(job.file.sha256, None, job.file.size, "manifest")
-        else:
-            try:
-                expected = self._expected(job)
-            except NotInRepository:
-                self._say(f"  {job.label}: warning: the hub has no such file any more; keeping the one in place")
-                return True
-        if expected.size is not None and size != expected.size:
-            self._say(f"  {job.label}: the file in place has {size} bytes, not {expected.size}: fetching it again")
-            return False
-        sha256 = record.sha256 if record is not None else self._hash_in_place(job, size)
-        if expected.sha256 is not None and sha256 != expected.sha256:
-            self._say(f"  {job.label}: the file in place does not match (sha256 {sha256}, expected {expected.sha256})")
-            return False
-        if expected.sha256 is None and expected.git_sha1 is not None and git_blob_sha1(job.dest) != expected.git_sha1:
-            self._say(f"  {job.label}: the file in place does not match the hub's git blob id {expected.git_sha1}")
-            return False
-        if expected.sha256 is None and expected.git_sha1 is None:
-            self._say(f"  {job.label}: warning: no checksum known; keeping the file in place ({size} bytes)")
-        write_record(job, sha256)
-        return True
+    # --- the hub, through huggingface_hub ---
 
-    def _hash_in_place(self, job: Job, size: int) -> str:
-        self._say(f"  {job.label}: checking the file in place ({human_size(size)})")
-        progress = self._progress(f"{job.label} (checking)", size, 0)
-        try:
-            return file_sha256(job.dest, progress)
-        finally:
-            progress.close()
+    def _ask_hub(self, model_set: ModelSet, model_file: ModelFile) -> HubFile:
+        """A HEAD on the file: which commit the revision is, the file's checksum (ETag) and size."""
+        endpoint = self.options.endpoint
+        url = hf_hub_url(model_set.repo, model_file.path, revision=model_set.revision, endpoint=endpoint)
+        metadata = get_hf_file_metadata(url, endpoint=endpoint)
+        commit = metadata.commit_hash
+        if commit is None:
+            raise FetchError(f"{endpoint} does not answer like a Hugging Face hub (no X-Repo-Commit header)")
+        if commit != model_set.revision and model_set.name not in self.commits_noted:
+            self.commits_noted.add(model_set.name)
+            self._say(f'  note: {model_set.revision} is commit {commit} (set revision = "{commit}" to pin it)')
+        return HubFile(commit, (metadata.etag or "").lower(), metadata.size)
+
+    def _download(self, model_set: ModelSet, model_file: ModelFile, commit: str, replace: bool) -> None:
+        """One attempt; huggingface_hub resumes a connection cut mid-way itself, a few times."""
+        hf_hub_download(
+            model_set.repo,
+            model_file.path,
+            revision=commit,  # the commit _ask_hub saw, even if a branch moves meanwhile
+            local_dir=model_set.directory(self.options.models_dir),
+            endpoint=self.options.endpoint,
+            force_download=replace,
+            tqdm_class=progress_class(model_file.path, self.out),
+        )
 
     # --- what the file must be ---
 
-    def _expected(self, job: Job) -> Expected:
-        """The manifest's pins, completed by the hub's checksum and size (probed once per file)."""
-        if job.expected is None:
-            sha256, git_sha1, size = self._retrying(job.label, self._probe, job)
-            pinned = job.file
-            if pinned.sha256 and sha256 and pinned.sha256 != sha256:
-                raise FetchError(
-                    f"the manifest pins sha256 {pinned.sha256} but the hub has {sha256} at revision "
-                    f"{job.model_set.revision}: fix runpod/models.toml"
-                )
-            if pinned.size is not None and size is not None and pinned.size != size:
-                raise FetchError(
-                    f"the manifest says {pinned.size} bytes but the hub has {size}: fix runpod/models.toml"
-                )
-            if pinned.sha256:
-                job.expected = Expected(
-                    pinned.sha256, None, pinned.size if pinned.size is not None else size, "manifest"
-                )
-            else:
-                source = "hub" if sha256 or git_sha1 else ""
-                job.expected = Expected(sha256, git_sha1, pinned.size if pinned.size is not None else size, source)
-        return job.expected
-
-    def _probe(self, job: Job) -> tuple[str | None, str | None, int | None]:
-        """(sha256, git blob id, size) from HEAD requests on the resolve URL, redirects followed by hand.
-
-        The hub answers an LFS file with a redirect to its storage that carries X-Linked-Etag (the
-        sha256) and X-Linked-Size; a small file with 200 and its git blob id as ETag. The storage's own
-        ETag means something else, so an ETag counts only from the hub's host.
-        """
-        url = job.url
-        for _ in range(MAX_REDIRECTS + 1):
-            try:
-                response = self.client.head(url, headers=self._auth(url), follow_redirects=False)
-            except httpx.TransportError as error:
-                raise TransientError(f"HEAD {url}: {error or type(error).__name__}") from error
-            self._raise_for_status(job, response)
-            self._note_commit(job, response.headers.get("x-repo-commit"))
-            sha256 = _etag_value(response.headers.get("x-linked-etag"), _SHA256)
-            size = _int_header(response.headers.get("x-linked-size"))
-            if sha256 is not None:
-                return sha256, None, size
-            if response.is_redirect and "location" in response.headers:
-                url = str(response.url.join(response.headers["location"]))
-                continue
-            if not response.is_success:  # a mirror without HEAD: go on with the manifest's pins only
-                self._say(f"  {job.label}: note: HEAD answered HTTP {response.status_code}; no checksum from the hub")
-                return None, None, None
-            from_hub = response.url.host == self.base_host
-            git_sha1 = _etag_value(response.headers.get("etag"), _SHA1) if from_hub else None
-            if size is None and "content-encoding" not in response.headers:
-                size = _int_header(response.headers.get("content-length"))
-            return None, git_sha1, size
-        raise FetchError(f"more than {MAX_REDIRECTS} redirects from {job.url}")
-
-    def _note_commit(self, job: Job, commit: str | None) -> None:
-        """Say once which commit a branch revision resolved to: pinning the set is then one edit."""
-        revision = job.model_set.revision
-        if commit and _SHA1.match(commit) and commit != revision and job.model_set.name not in self.commits_noted:
-            self.commits_noted.add(job.model_set.name)
-            self._say(f'  note: {revision} is commit {commit} (set revision = "{commit}" to pin it)')
-
-    def _raise_for_status(self, job: Job, response: httpx.Response) -> None:
-        status = response.status_code
-        if status == 404:
-            # The hub says which: RepoNotFound, RevisionNotFound or EntryNotFound.
-            code = f" {response.headers['x-error-code']}" if "x-error-code" in response.headers else ""
-            raise NotInRepository(f"not in {job.model_set.repo} at revision {job.model_set.revision} (HTTP 404{code})")
-        if status in (401, 403):
-            hint = "check HF_TOKEN" if self.options.token else "set HF_TOKEN if the repository is gated or private"
-            raise FetchError(f"access denied (HTTP {status}): {hint}")
-        if status == 429 or status >= 500:
-            raise TransientError(f"HTTP {status} from {response.url.host}")
-
-    # --- downloading ---
-
-    def _download(self, job: Job) -> None:
-        expected = self._expected(job)
-        job.dest.parent.mkdir(parents=True, exist_ok=True)
-        self._retrying(job.label, self._download_once, job, expected)
-        sha256 = self._verify_part(job, expected)
-        os.replace(job.part, job.dest)  # same directory: atomic, so the file in place is never half-written
-        write_record(job, sha256)
-
-    def _download_once(self, job: Job, expected: Expected) -> None:
-        """One attempt: resume or start the .part and stream the rest into it; TransientError to retry."""
-        offset = job.part.stat().st_size if job.part.exists() else 0
-        if expected.size is not None and offset > expected.size:
-            job.part.unlink()
-            offset = 0
-        if expected.size is not None and offset == expected.size:
-            return  # an earlier run got every byte; verification decides
-        self._check_space(job, expected, offset)
-        headers = self._auth(job.url) | ({"Range": f"bytes={offset}-"} if offset else {})
-        total: int | None = None
-        try:
-            with self.client.stream("GET", job.url, headers=headers, follow_redirects=True) as response:
-                if response.status_code == 416 and offset:
-                    if _range_total(response.headers.get("content-range")) == offset:
-                        return  # the .part is already the whole file
-                    job.part.unlink()
-                    raise TransientError("the server cannot resume this .part; starting over")
-                self._raise_for_status(job, response)
-                if not response.is_success:
-                    raise FetchError(f"HTTP {response.status_code} from {response.url.host}")
-                mode = "ab"
-                if offset and response.status_code == 206:
-                    start = _range_start(response.headers.get("content-range"))
-                    if start != offset:
-                        job.part.unlink()
-                        raise TransientError(
-                            f"asked to resume at byte {offset}, the server sent {start}; starting over"
-                        )
-                    job.hasher.catch_up(job.part)
-                else:
-                    if offset:
-                        self._say(f"  {job.label}: the server ignored the resume request (HTTP 200): starting over")
-                    offset, mode = 0, "wb"
-                    job.hasher.reset()
-                total = expected.size if expected.size is not None else _response_total(response)
-                if offset == 0:
-                    self._say(f"  {job.label}: downloading {human_size(total) if total is not None else ''}".rstrip())
-                else:
-                    self._say(f"  {job.label}: resuming at {human_size(offset)}")
-                self._stream(job, response, mode, total, offset)
-        except httpx.TransportError as error:
-            raise TransientError(f"connection lost: {error or type(error).__name__}") from error
-        got = job.part.stat().st_size
-        if total is not None and got < total:
-            raise TransientError(f"the connection closed at {got} of {total} bytes")
-
-    def _stream(self, job: Job, response: httpx.Response, mode: str, total: int | None, offset: int) -> None:
-        progress = self._progress(job.label, total, offset)
-        try:
-            with job.part.open(mode) as stream:
-                # As received: a chunk size would make httpx hold bytes back, lost if the connection drops.
-                for chunk in response.iter_bytes():
-                    stream.write(chunk)
-                    job.hasher.update(chunk)
-                    progress.update(len(chunk))
-                stream.flush()
-                os.fsync(stream.fileno())  # the pod may be stopped any time: the bytes counted are on disk
-        except OSError as error:
-            raise FetchError(f"cannot write {job.part}: {error.strerror or error}") from error
-        finally:
-            progress.close()
-
-    def _check_space(self, job: Job, expected: Expected, offset: int) -> None:
-        if expected.size is None:
-            return
-        needed = expected.size - offset
-        free = shutil.disk_usage(job.part.parent).free
-        if needed > free:
+    def _checksum(self, model_set: ModelSet, model_file: ModelFile, hub: HubFile) -> Checksum | None:
+        """The manifest's sha256, else the hub's; FetchError when the manifest and the hub disagree."""
+        hub_sha256 = hub.etag if _SHA256.match(hub.etag) else None
+        if model_file.sha256 and hub_sha256 and model_file.sha256 != hub_sha256:
             raise FetchError(
-                f"not enough disk space in {job.part.parent}: it needs {human_size(needed)}, {human_size(free)} free"
+                f"the manifest pins sha256 {model_file.sha256} but the hub has {hub_sha256} at revision "
+                f"{model_set.revision}: fix runpod/models.toml"
             )
-
-    def _verify_part(self, job: Job, expected: Expected) -> str:
-        """The sha256 of a complete .part that matches what is expected; else delete it and FetchError."""
-        size = job.part.stat().st_size
-        if expected.size is not None and size != expected.size:
-            job.part.unlink()
-            raise FetchError(f"size mismatch: expected {expected.size} bytes, got {size}; the download was deleted")
-        job.hasher.catch_up(job.part)
-        sha256 = job.hasher.hexdigest()
-        if expected.sha256 is not None and sha256 != expected.sha256:
-            job.part.unlink()
+        if model_file.size is not None and hub.size is not None and model_file.size != hub.size:
             raise FetchError(
-                f"checksum mismatch: expected sha256 {expected.sha256} ({expected.source}), got {sha256}; "
-                "the download was deleted"
+                f"the manifest says {model_file.size} bytes but the hub has {hub.size}: fix runpod/models.toml"
             )
-        if expected.sha256 is None and expected.git_sha1 is not None:
-            got = git_blob_sha1(job.part)
-            if got != expected.git_sha1:
-                job.part.unlink()
-                raise FetchError(
-                    f"checksum mismatch: expected git blob {expected.git_sha1} (hub), got {got}; "
-                    "the download was deleted"
-                )
-        if expected.sha256 is None and expected.git_sha1 is None:
-            self._say(
-                f"  {job.label}: warning: no checksum known (manifest or hub): accepted by its size, {size} bytes"
-            )
+        if model_file.sha256:
+            return Checksum("sha256", model_file.sha256, "manifest")
+        if hub_sha256:
+            return Checksum("sha256", hub_sha256, "hub")
+        if _SHA1.match(hub.etag):
+            return Checksum("git blob", hub.etag, "hub")
+        return None
+
+    # --- checking files ---
+
+    def _check_in_place(
+        self, label: str, dest: Path, checksum: Checksum | None, size: int | None, record: Record | None
+    ) -> str | None:
+        """The sha256 of a file in place that is right (hashed unless its record knows it), else None."""
+        if size is not None and dest.stat().st_size != size:
+            self._say(f"  {label}: the file in place has {dest.stat().st_size} bytes, not {size}: fetching it again")
+            return None
+        if record is not None and checksum is not None and checksum.kind == "sha256":
+            sha256, problem = record.sha256, self._mismatch(checksum, record.sha256, None)
+        else:
+            self._say(f"  {label}: checking the file in place ({human_size(dest.stat().st_size)})")
+            sha256, problem = self._verify(label, dest, checksum, size)
+        if problem:
+            self._say(f"  {label}: the file in place does not match ({problem}): fetching it again")
+            return None
         return sha256
+
+    def _verify(self, label: str, dest: Path, checksum: Checksum | None, size: int | None) -> tuple[str, str | None]:
+        """(sha256, what is wrong or None) for a file on disk."""
+        got_size = dest.stat().st_size
+        if size is not None and got_size != size:
+            return "", f"size mismatch: expected {size} bytes, got {got_size}"
+        git_blob = checksum is not None and checksum.kind == "git blob"
+        with progress_class(f"{label} (verifying)", self.out)(total=got_size, unit="B", unit_scale=True) as progress:
+            sha256, sha1 = hash_file(dest, progress, git_blob=git_blob)
+        if checksum is None:
+            self._say(
+                f"  {label}: warning: no checksum known (manifest or hub): accepted by its size, {got_size} bytes"
+            )
+            return sha256, None
+        return sha256, self._mismatch(checksum, sha256, sha1)
+
+    @staticmethod
+    def _mismatch(checksum: Checksum, sha256: str, sha1: str | None) -> str | None:
+        got = sha1 if checksum.kind == "git blob" else sha256
+        if got == checksum.value:
+            return None
+        return f"checksum mismatch: expected {checksum.kind} {checksum.value} ({checksum.source}), got {got}"
 
     # --- helpers ---
 
-    def _retrying(self, label: str, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run `function`, retrying TransientError with exponential backoff (each retry resumes the .part)."""
+    def _retrying(self, model_set: ModelSet, label: str, step: Callable[[], T]) -> T:
+        """`step()`, again after a transient failure, waiting --retry-wait seconds, then twice that, ..."""
+        attempt = 1
+        while True:
+            try:
+                return step()
+            except Exception as error:
+                if not is_transient(error):
+                    raise explain(error, model_set) from error
+                if attempt >= self.options.attempts:
+                    reason = explain(error, model_set)
+                    raise FetchError(f"gave up after {attempt} attempt(s): {reason}; run again to retry") from error
+                wait = min(self.options.retry_wait_s * 2 ** (attempt - 1), MAX_RETRY_WAIT_S)
+                retries = self.options.attempts - 1
+                self._say(f"  {label}: {explain(error, model_set)}; retry {attempt} of {retries} in {wait:.0f} s")
+                time.sleep(wait)
+                attempt += 1
 
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
-            wait = state.next_action.sleep if state.next_action is not None else 0.0
-            self._say(
-                f"  {label}: {error}; retry {state.attempt_number} of {self.options.attempts - 1} in {wait:.0f} s"
-            )
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.options.attempts),
-            wait=tenacity.wait_exponential(multiplier=self.options.retry_wait_s, max=MAX_RETRY_WAIT_S),
-            retry=tenacity.retry_if_exception_type(TransientError),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            return retrying(function, *args, **kwargs)
-        except TransientError as error:
+    def _check_space(self, dest: Path, size: int | None) -> None:
+        """FetchError when the file cannot fit (huggingface_hub itself only warns)."""
+        if size is None:
+            return
+        existing = next(p for p in (dest.parent, *dest.parent.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        if dest.is_file():
+            free += dest.stat().st_size  # deleted before the new one is downloaded
+        if size > free:
             raise FetchError(
-                f"gave up after {self.options.attempts} attempt(s): {error}; run again to resume"
-            ) from error
-
-    def _auth(self, url: str) -> dict[str, str]:
-        """The token goes to the hub's own host only, never to the storage a download is redirected to."""
-        if self.options.token and httpx.URL(url).host == self.base_host:
-            return {"Authorization": f"Bearer {self.options.token}"}
-        return {}
-
-    def _progress(self, label: str, total: int | None, initial: int) -> Progress:
-        if self.tty:
-            bar: Progress = tqdm(
-                total=total,
-                initial=initial,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"    {label}",
-                file=self.out,
+                f"not enough disk space in {existing}: it needs {human_size(size)}, {human_size(free)} free"
             )
-            return bar
-        return LineProgress(self.out, label, total, initial, self.options.progress_every_s)
+
+    def _remove_interrupted(self, directory: Path) -> None:
+        """Delete what a killed run left: huggingface_hub never resumes another process's download."""
+        for leftover in interrupted_downloads(directory):
+            size = leftover.stat().st_size
+            leftover.unlink()
+            self._say(f"  removed an interrupted download ({human_size(size)}): {leftover.name}")
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
-
-
-def _range_start(header: str | None) -> int | None:
-    match = re.match(r"^bytes (\d+)-\d+/(?:\d+|\*)$", (header or "").strip())
-    return int(match.group(1)) if match else None
-
-
-def _range_total(header: str | None) -> int | None:
-    match = re.match(r"^bytes (?:\d+-\d+|\*)/(\d+)$", (header or "").strip())
-    return int(match.group(1)) if match else None
-
-
-def _response_total(response: httpx.Response) -> int | None:
-    """The whole file's size from a download response, when the server says it."""
-    if response.status_code == 206:
-        return _range_total(response.headers.get("content-range"))
-    if "content-encoding" in response.headers:  # the length counts encoded bytes
-        return None
-    return _int_header(response.headers.get("content-length"))
-
-
-# --- sidecars ------------------------------------------------------------------------------------
-
-
-def read_record(job: Job) -> Record | None:
-    """The sidecar of the file in place, if it describes this very file (same size, same mtime)."""
-    try:
-        data = json.loads(job.sidecar.read_text(encoding="utf-8"))
-        record = Record(
-            sha256=str(data["sha256"]),
-            size=int(data["size"]),
-            mtime_ns=int(data["mtime_ns"]),
-            file=str(data["file"]),
-            url=str(data["url"]),
-        )
-        stat = job.dest.stat()
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if (record.size, record.mtime_ns, record.file) != (stat.st_size, stat.st_mtime_ns, _record_name(job)):
-        return None
-    return record
-
-
-def _record_name(job: Job) -> str:
-    """The file's path under the models dir: records stay valid wherever the volume is mounted."""
-    return f"{job.model_set.target}/{job.file.path}"
-
-
-def write_record(job: Job, sha256: str) -> None:
-    stat = job.dest.stat()
-    record = {
-        "sha256": sha256,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "file": _record_name(job),
-        "url": job.url,
-        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    job.sidecar.parent.mkdir(parents=True, exist_ok=True)
-    temporary = job.sidecar.with_name(job.sidecar.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, job.sidecar)
 
 
 # --- --list and --env ----------------------------------------------------------------------------
 
 
 def list_sets(sets: Sequence[ModelSet], models_dir: Path, out: TextIO) -> int:
-    """What is in place, partial or missing, without the network; 1 when a required file is missing."""
+    """What is in place or missing, without the network; 1 when a required file is missing."""
     complete = True
     for model_set in sets:
-        print(
-            f"{model_set.name}: {model_set.directory(models_dir)}  ({model_set.repo} @ {model_set.revision})", file=out
-        )
+        directory = model_set.directory(models_dir)
+        print(f"{model_set.name}: {directory}  ({model_set.repo} @ {model_set.revision})", file=out)
         if model_set.description:
             print(f"  {model_set.description}", file=out)
         for model_file in model_set.files:
-            job = make_job(model_set, model_file, models_dir, DEFAULT_BASE_URL)
+            dest = directory / model_file.path
             expected = human_size(model_file.size) if model_file.size is not None else "?"
-            if job.dest.is_file():
-                verified = "verified" if read_record(job) is not None else "not verified yet"
-                state, size = f"present, {verified}", human_size(job.dest.stat().st_size)
-            elif job.part.is_file():
-                state, size = "partial", f"{human_size(job.part.stat().st_size)} of {expected}"
-                complete = complete and model_file.optional
+            if dest.is_file():
+                record = read_record(record_path(models_dir, model_set, model_file), dest)
+                verified = record is not None and record.revision == model_set.revision
+                state = "present, " + ("verified" if verified else "not verified yet")
+                size = human_size(dest.stat().st_size)
             else:
                 state, size = "missing" + (" (optional)" if model_file.optional else ""), expected
                 complete = complete and model_file.optional
-            print(f"  {state:<24} {size:>22}  {model_file.path}", file=out)
+            print(f"  {state:<26} {size:>10}  {model_file.path}", file=out)
+        if left := sum(p.stat().st_size for p in interrupted_downloads(directory)):
+            print(f"  an interrupted download left {human_size(left)} in {directory / HUB_DOWNLOADS}", file=out)
     return EXIT_OK if complete else EXIT_FAILED
 
 
@@ -835,7 +714,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="fetch-models",
         description="Download Parley's bigger models (runpod/models.toml) into a models directory: "
-        "resumable, checksum-verified, present files skipped. See docs/models.md.",
+        "checksum-verified, present files skipped. See docs/models.md.",
     )
     parser.add_argument("sets", nargs="*", metavar="SET", help="model sets to fetch (default: every default set)")
     parser.add_argument(
@@ -846,7 +725,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--base-url",
-        default=os.environ.get("PARLEY_MODELS_BASE_URL") or os.environ.get("HF_ENDPOINT") or DEFAULT_BASE_URL,
+        default=os.environ.get("PARLEY_MODELS_BASE_URL") or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT,
         help="the hub or a mirror (default: $PARLEY_MODELS_BASE_URL, else $HF_ENDPOINT, else %(default)s)",
     )
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="default: %(default)s")
@@ -873,7 +752,7 @@ def select_sets(manifest: Mapping[str, ModelSet], names: Sequence[str]) -> list[
 
 @contextlib.contextmanager
 def exclusive(models_dir: Path) -> Iterator[bool]:
-    """Hold the models dir's lock (two runs appending to one .part would corrupt it); False if taken."""
+    """Hold the models dir's lock (one run at a time writes records and cleans up); False if taken."""
     state = models_dir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     with (state / "lock").open("a") as lock:
@@ -902,19 +781,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return print_env(sets, models_dir, stream)
     options = Options(
         models_dir=models_dir,
-        base_url=args.base_url.rstrip("/"),
-        token=os.environ.get("HF_TOKEN") or None,
+        endpoint=args.base_url.rstrip("/"),
         attempts=args.retries + 1,
         retry_wait_s=args.retry_wait,
     )
     try:
-        with exclusive(models_dir) as locked:
+        with exclusive(models_dir) as locked, hub_messages(stream):
             if not locked:
                 print(f"fetch-models: another fetch-models is writing into {models_dir}; wait for it", file=stream)
                 return EXIT_FAILED
-            failures = fetch(sets, options, stream)
+            failures = Fetcher(options, stream).run(sets)
     except KeyboardInterrupt:
-        print("\nfetch-models: interrupted; run it again to resume", file=stream)
+        print("\nfetch-models: interrupted; run it again to go on", file=stream)
         return 130
     except OSError as error:
         print(f"fetch-models: {error}", file=stream)
@@ -926,15 +804,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return EXIT_FAILED
     print(f"\nall in place under {models_dir}: {', '.join(s.name for s in sets)}", file=stream)
     return EXIT_OK
-
-
-def fetch(sets: Sequence[ModelSet], options: Options, out: TextIO) -> list[Failure]:
-    # Identity encoding: the bytes on disk must be the file itself, and Range offsets count those bytes.
-    timeout = httpx.Timeout(30.0, read=120.0)
-    with httpx.Client(
-        timeout=timeout, headers={"Accept-Encoding": "identity", "User-Agent": "parley-fetch-models"}
-    ) as client:
-        return Fetcher(client, options, out).run(sets)
 
 
 if __name__ == "__main__":

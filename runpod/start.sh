@@ -2,7 +2,8 @@
 # Entry point of the RunPod image (runpod/Dockerfile; docs/runpod.md).
 #
 # 1. Keeps state where a pod reset does not lose it (/workspace), binds the
-#    gateway for RunPod's proxy, and fetches models first if asked
+#    gateway for RunPod's proxy (and lets it answer to the pod's proxy name), and
+#    fetches models first if asked
 #    (PARLEY_FETCH_MODELS=1, or a list of model sets).
 # 2. Points the services at the models found in /workspace/models, through
 #    `runpod/fetch-models --env`; a setting given to the pod wins.
@@ -24,14 +25,16 @@ cd "$app"
 
 log() { printf 'parley-start: %s\n' "$*" >&2; }
 
-export PARLEY_STATE_DIR="${PARLEY_STATE_DIR:-/workspace/parley}"
+# The pod's volume: the only place a pod reset keeps (PARLEY_WORKSPACE moves it, e.g. in tests).
+workspace="${PARLEY_WORKSPACE:-/workspace}"
+export PARLEY_STATE_DIR="${PARLEY_STATE_DIR:-$workspace/parley}"
 export PARLEY_GATEWAY_HOST="${PARLEY_GATEWAY_HOST:-0.0.0.0}"
-export PARLEY_MODELS_DIR="${PARLEY_MODELS_DIR:-/workspace/models}"
+export PARLEY_MODELS_DIR="${PARLEY_MODELS_DIR:-$workspace/models}"
 pod_services="${PARLEY_POD_SERVICES:-all}"
 programs=(nats vad asr llm tts gateway)
-# A model load from a network volume can be slow: give the stack time before
-# run_stack.py gives up on /readyz (it stops the stack then).
-ready_timeout_s=1800
+# A model load from a network volume can be slow: run_stack.py says the stack is late only
+# after this long, and keeps waiting (it never stops a stack for being slow).
+export PARLEY_LAUNCHER_READY_TIMEOUT_S="${PARLEY_LAUNCHER_READY_TIMEOUT_S:-1800}"
 
 # --- models ------------------------------------------------------------------------------
 # PARLEY_FETCH_MODELS=1 fetches every default set of runpod/models.toml; a list such as
@@ -83,7 +86,13 @@ for name in ${pod_services//,/ }; do
 done
 
 # --- access ------------------------------------------------------------------------------
-proxy_url="https://${RUNPOD_POD_ID:-<pod-id>}-${PARLEY_GATEWAY_PORT:-7860}.proxy.runpod.net"
+proxy_name="${RUNPOD_POD_ID:-<pod-id>}-${PARLEY_GATEWAY_PORT:-7860}.proxy.runpod.net"
+proxy_url="https://$proxy_name"
+# The gateway answers only to names it knows (against DNS rebinding): IP addresses, localhost,
+# PARLEY_GATEWAY_ALLOWED_HOSTS, and on RunPod the pod's proxy name.
+if [[ -n "${RUNPOD_POD_ID:-}" ]]; then
+    export PARLEY_GATEWAY_ALLOWED_HOSTS="${PARLEY_GATEWAY_ALLOWED_HOSTS:+$PARLEY_GATEWAY_ALLOWED_HOSTS,}$proxy_name"
+fi
 if runs gateway && [[ -z "${PARLEY_GATEWAY_API_KEYS:-}" && "${PARLEY_ALLOW_OPEN:-0}" != 1 ]]; then
     log "refusing to start: PARLEY_GATEWAY_API_KEYS is empty."
     log "RunPod's proxy serves this pod to anyone who has its URL ($proxy_url):"
@@ -124,10 +133,32 @@ os.execvp(sys.argv[1], sys.argv[1:])')
 fi
 
 # --- start -------------------------------------------------------------------------------
+# run_stack.py waits for the stack however long the models take; it stops the stack only when
+# a service cannot start at all (naming it and its last error). On RunPod the container then
+# stays up, as for a refused start: its web terminal is where the operator fixes the cause.
+launch() {
+    "${as_parley[@]}" python deploy/run_stack.py "$@" &
+    local child=$! status=0 stopping=0
+    # This shell is the container's first process: it passes `docker stop`'s SIGTERM on.
+    trap 'stopping=1; kill -TERM "$child" 2>/dev/null || true' TERM INT
+    while :; do
+        status=0
+        wait "$child" || status=$?
+        kill -0 "$child" 2>/dev/null || break  # gone: `status` is its own; else a signal woke `wait`
+    done
+    trap - TERM INT
+    if [[ "$status" != 0 && "$stopping" == 0 && -n "${RUNPOD_POD_ID:-}" ]]; then
+        log "the stack stopped (exit status $status; the reason is above). The container stays up for the"
+        log "web terminal: fix the cause (runpod/fetch-models --list, the settings), then restart the pod."
+        exec sleep infinity
+    fi
+    exit "$status"
+}
+
 case "$pod_services" in
     all)
         log "starting the whole stack; the web app: $proxy_url"
-        exec "${as_parley[@]}" python deploy/run_stack.py --timeout "$ready_timeout_s"
+        launch
         ;;
     vad | asr | llm | tts)
         # Alone in its pod, the service is reached from another pod: every interface, and
@@ -147,4 +178,4 @@ esac
 
 # A subset of the stack: run_stack.py --only tells supervisord which programs to start.
 log "starting ${pod_services//,/, }; the web app: $proxy_url"
-exec "${as_parley[@]}" python deploy/run_stack.py --only "$pod_services" --timeout "$ready_timeout_s"
+launch --only "$pod_services"

@@ -86,10 +86,17 @@ class Stack:
             self.process.kill()
 
 
-def start_stack(state_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 240) -> Stack:
-    """Run deploy/run_stack.py and wait for /readyz; raises RuntimeError if it never gets ready."""
+def stack_ports() -> dict[str, int]:
+    """Free loopback ports for NATS, the gateway, and each service's gRPC and metrics."""
     ports = {name: free_port() for name in ("nats", "gateway", *SERVICES)}
     ports.update({f"{name}_metrics": free_port() for name in SERVICES})
+    return ports
+
+
+def stack_environment(
+    state_dir: Path, ports: dict[str, int], extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """This process's environment with the stack's PARLEY_* settings: `ports`, `state_dir`, loopback users."""
     env = dict(os.environ)
     env.update(
         PARLEY_STATE_DIR=str(state_dir),
@@ -100,8 +107,15 @@ def start_stack(state_dir: Path, extra_env: dict[str, str] | None = None, timeou
         # Here one client (loopback) plays many users at once (tests, benchmarks, Locust):
         # the per-client limits would count them as one. tests/integration/test_limits.py tests those.
         **{f"PARLEY_GATEWAY_{name}": value for name, value in LOOPBACK_USERS.items()},
-        **(extra_env or {}),
     )
+    env.update(extra_env or {})
+    return env
+
+
+def start_stack(state_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 240) -> Stack:
+    """Run deploy/run_stack.py and wait for /readyz; raises RuntimeError if it never gets ready."""
+    ports = stack_ports()
+    env = stack_environment(state_dir, ports, extra_env)
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "deploy" / "run_stack.py"), "--quiet", "--timeout", str(timeout_s)],

@@ -20,7 +20,11 @@ from parley_llm.config import LlmSettings
 from parley_tts.config import TtsSettings
 from parley_vad.config import VadSettings
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))  # the launcher's settings live beside it (deploy/launcher.py)
+from launcher import LauncherSettings  # noqa: E402
+
+DOC = ROOT / "docs" / "configuration.md"
 SECTIONS: list[tuple[str, type[BaseSettings]]] = [
     ("Every process", CommonSettings),
     ("Gateway (`services/gateway`)", GatewaySettings),
@@ -28,6 +32,7 @@ SECTIONS: list[tuple[str, type[BaseSettings]]] = [
     ("ASR (`services/asr`)", AsrSettings),
     ("LLM (`services/llm`)", LlmSettings),
     ("TTS (`services/tts`)", TtsSettings),
+    ("Launcher (`make run`, `runpod/start.sh`: `deploy/run_stack.py`)", LauncherSettings),
 ]
 SHARED = set(CommonSettings.model_fields)
 

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +72,7 @@ SCRIPT_ONLY = {
     "PARLEY_FETCH_MODELS",  # runpod/start.sh: run runpod/fetch-models first
     "PARLEY_ALLOW_OPEN",  # runpod/start.sh: start a gateway without API keys on purpose
     "PARLEY_POD_SERVICES",  # runpod/start.sh: which programs this pod runs
+    "PARLEY_WORKSPACE",  # runpod/start.sh: the pod's volume (/workspace), for state and models
     "PARLEY_MODELS_DIR",  # runpod/fetch-models' target; compose.yaml's host directory for /models
     "PARLEY_MODELS_BASE_URL",  # runpod/fetch-models: a hub mirror
     "PARLEY_PYTHON",  # runpod/fetch-models: the interpreter
@@ -645,12 +647,18 @@ class Pod:
         (self.root / "bin").mkdir()
         (self.root / "state").mkdir()
         shutil.copy2(START, self.app / "runpod" / "start.sh")
-        # `python` records how it was started instead of starting anything.
+        # `python` records how it was started instead of starting anything; STANDIN_EXIT is its exit
+        # status, and with STANDIN_WAIT it runs until a SIGTERM (which it notes) as a launcher does.
         self._script(
             self.root / "bin" / "python",
-            f"#!{sys.executable}\nimport json, os, sys\n"
+            f"#!{sys.executable}\nimport json, os, signal, sys\n"
             f"json.dump({{'argv': sys.argv[1:], 'cwd': os.getcwd(), 'env': dict(os.environ)}}, "
-            f"open({str(self.root / 'started.json')!r}, 'w'))\n",
+            f"open({str(self.root / 'started.json')!r}, 'w'))\n"
+            "if os.environ.get('STANDIN_WAIT'):\n"
+            f"    noted = {str(self.root / 'terminated')!r}\n"
+            "    signal.signal(signal.SIGTERM, lambda *_: open(noted, 'w') or sys.exit(0))\n"
+            "    signal.pause()\n"
+            "sys.exit(int(os.environ.get('STANDIN_EXIT', '0')))\n",
         )
         self._script(
             self.root / "bin" / "supervisorctl",
@@ -688,6 +696,25 @@ class Pod:
             **env,
         }
 
+    def stays_up(self, env: Mapping[str, str], said: str) -> str:
+        """Run start.sh until it says `said`; it must then still run (a RunPod container that stays up for its
+        web terminal); its stderr."""
+        log = self.root / "stderr.txt"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                [str(self.app / "runpod" / "start.sh")], env=self.environment(env), stderr=stderr
+            )
+            try:
+                deadline = time.monotonic() + 10
+                while said not in log.read_text() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.2)
+                assert process.poll() is None, "the container would stop (and restart): no web terminal to fix it from"
+                return log.read_text()
+            finally:
+                process.kill()
+                process.wait()
+
     def started(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads((self.root / "started.json").read_text())
         return result
@@ -708,21 +735,8 @@ def test_start_refuses_an_open_gateway(pod: Pod) -> None:
 
 
 def test_start_keeps_a_refused_pod_up_for_its_web_terminal(pod: Pod) -> None:
-    log = pod.root / "stderr.txt"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [str(pod.app / "runpod" / "start.sh")], env=pod.environment({"RUNPOD_POD_ID": "abc123"}), stderr=stderr
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while "refusing" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.2)
-            assert process.poll() is None, "the container would stop: no web terminal to fix it from"
-            assert "https://abc123-7860.proxy.runpod.net" in log.read_text()
-        finally:
-            process.kill()
-            process.wait()
+    log = pod.stays_up({"RUNPOD_POD_ID": "abc123"}, "refusing")
+    assert "https://abc123-7860.proxy.runpod.net" in log
 
 
 def test_start_runs_the_whole_stack_with_state_on_the_volume(pod: Pod) -> None:
@@ -732,6 +746,50 @@ def test_start_runs_the_whole_stack_with_state_on_the_volume(pod: Pod) -> None:
     assert started["argv"][:1] == ["deploy/run_stack.py"] and started["cwd"] == str(pod.app)
     assert started["env"]["PARLEY_GATEWAY_HOST"] == "0.0.0.0"
     assert started["env"]["PARLEY_STATE_DIR"] == str(pod.root / "state")
+    # The launcher never stops a slow stack; it says it is late only after half an hour.
+    assert "--timeout" not in started["argv"] and started["env"]["PARLEY_LAUNCHER_READY_TIMEOUT_S"] == "1800"
+    assert "PARLEY_GATEWAY_ALLOWED_HOSTS" not in started["env"], "not on RunPod: no proxy name to add"
+
+
+def test_start_keeps_a_pod_whose_stack_could_not_start_up_for_its_web_terminal(pod: Pod) -> None:
+    """run_stack.py gave up (a service cannot start): on RunPod the container stays up; elsewhere the status."""
+    result = pod.start(PARLEY_GATEWAY_API_KEYS="k", STANDIN_EXIT="1")
+    assert result.returncode == 1 and "stays up" not in result.stderr
+    log = pod.stays_up({"PARLEY_GATEWAY_API_KEYS": "k", "STANDIN_EXIT": "1", "RUNPOD_POD_ID": "abc123"}, "stays up")
+    assert "exit status 1" in log
+
+
+def test_start_passes_the_containers_sigterm_to_the_launcher(pod: Pod) -> None:
+    env = pod.environment({"PARLEY_GATEWAY_API_KEYS": "k", "STANDIN_WAIT": "1", "RUNPOD_POD_ID": "abc123"})
+    process = subprocess.Popen([str(pod.app / "runpod" / "start.sh")], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (pod.root / "started.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)  # `docker stop` signals the container's first process only
+        assert process.wait(10) == 0, "a stopped stack ends the container with its launcher's status"
+        assert (pod.root / "terminated").exists()
+    finally:
+        process.kill()
+
+
+def test_start_lets_the_gateway_answer_to_the_pods_proxy_name(pod: Pod) -> None:
+    assert pod.start(PARLEY_GATEWAY_API_KEYS="k", RUNPOD_POD_ID="abc123").returncode == 0
+    assert pod.started()["env"]["PARLEY_GATEWAY_ALLOWED_HOSTS"] == "abc123-7860.proxy.runpod.net"
+    pod.start(PARLEY_GATEWAY_API_KEYS="k", RUNPOD_POD_ID="abc123", PARLEY_GATEWAY_ALLOWED_HOSTS="parley.example")
+    assert pod.started()["env"]["PARLEY_GATEWAY_ALLOWED_HOSTS"] == "parley.example,abc123-7860.proxy.runpod.net"
+
+
+def test_start_keeps_state_and_models_on_the_workspace_volume(pod: Pod) -> None:
+    volume = pod.root / "volume"  # /workspace on a pod
+    env = {k: v for k, v in pod.environment({"PARLEY_GATEWAY_API_KEYS": "k"}).items() if k != "PARLEY_STATE_DIR"}
+    command = [str(pod.app / "runpod" / "start.sh")]
+    subprocess.run(command, env={**env, "PARLEY_WORKSPACE": str(volume)}, check=True, capture_output=True, timeout=30)
+    started = pod.started()["env"]
+    assert started["PARLEY_STATE_DIR"] == f"{volume}/parley" and started["PARLEY_MODELS_DIR"] == f"{volume}/models"
+    assert (volume / "parley").is_dir()
+    assert re.search(r'workspace="\$\{PARLEY_WORKSPACE:-/workspace\}"', START.read_text()), "a pod's default"
 
 
 def test_start_takes_model_settings_from_fetch_models(pod: Pod) -> None:
@@ -787,4 +845,4 @@ def test_start_runs_part_of_the_stack(pod: Pod) -> None:
 def test_start_drops_root_for_the_parley_user() -> None:
     text = START.read_text()
     assert "os.setuid(user.pw_uid)" in text and 'pwd.getpwnam("parley")' in text
-    assert re.search(r'exec "\$\{as_parley\[@\]\}" python deploy/run_stack\.py', text)
+    assert re.search(r'"\$\{as_parley\[@\]\}" python deploy/run_stack\.py "\$@" &', text)

@@ -1,10 +1,12 @@
 """runpod/fetch-models against a fake Hugging Face hub served from this process.
 
-The hub (stdlib http.server on 127.0.0.1) answers `/<repo>/resolve/<revision>/<path>` like the real
-one: an LFS file is a 302 to `/cdn/<path>` carrying X-Linked-Etag (its sha256) and X-Linked-Size; a
-small file is served directly with its git blob id as ETag. It honours `Range` (206), and can be told
-to ignore it, to cut a download after N bytes, or to serve corrupted bytes. It logs every request, so
-the tests can say which requests a run made.
+The hub (stdlib http.server on 127.0.0.1) answers what huggingface_hub asks of the real one,
+`HEAD`/`GET /<repo>/resolve/<revision>/<path>`, with X-Repo-Commit on every answer. An LFS file is a
+302 carrying X-Linked-Etag (its sha256) and X-Linked-Size to `/cdn/<path>` on another origin
+(http://localhost:<same port>), as the hub redirects to its storage; a small file is served directly
+with its git blob id as ETag. The storage honours `Range` (206), and can be told to ignore it, to cut
+a download after N bytes, to answer an HTTP error first, or to serve corrupted bytes. Every request
+is logged, so the tests can say which requests a run made.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import random
 import re
 import shlex
 import subprocess
@@ -45,8 +48,10 @@ def _load_module() -> ModuleType:
 
 fm: Any = _load_module()
 
-# A fake model: a "weights" file in LFS, big enough to be cut mid-way; two small git files.
-WEIGHTS = bytes((i * 7 + i // 251) % 256 for i in range(3 * 1024 * 1024 + 123))
+# A fake model: a "weights" file in LFS, two small git files. huggingface_hub writes what it receives
+# in 10 MiB pieces, so the weights are bigger than one piece for a cut download to keep something.
+PIECE = 10 * 1024 * 1024
+WEIGHTS = random.Random(15).randbytes(PIECE + 2 * 1024 * 1024 + 123)
 CONFIG = b'{"model_type": "tiny", "layers": 2}\n'
 TOKENIZER = b'{"version": "1.0", "vocab": {"a": 0, "b": 1}}\n'
 FILES = {"config.json": CONFIG, "model.bin": WEIGHTS, "tok/tokenizer.json": TOKENIZER}
@@ -74,14 +79,21 @@ class HubState:
     files: dict[str, bytes] = field(default_factory=lambda: dict(FILES))
     lfs: set[str] = field(default_factory=lambda: set(LFS))
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before cutting (once)
+    always_cut: set[str] = field(default_factory=set)  # cut after a few bytes, every time
+    errors_first: dict[str, list[int]] = field(default_factory=dict)  # path -> statuses answered before the file
     corrupt: set[str] = field(default_factory=set)  # served with one byte flipped, headers unchanged
     ignore_range: bool = False
-    linked_headers: bool = True  # False: an LFS redirect without X-Linked-Etag/-Size (a plain mirror)
-    cdn_origin: str = ""  # "" redirects to the same host; e.g. http://localhost:PORT for another one
+    opaque_etags: bool = False  # a mirror: every file served directly, ETags that are no checksum
+    commit_header: bool = True  # False: not a hub at all (no X-Repo-Commit)
+    token: str | None = None  # the token the repository needs (a gated or private one)
     log: list[Hit] = field(default_factory=list)
 
     def gets(self, name: str | None = None) -> list[Hit]:
         return [h for h in self.log if h.method == "GET" and (name is None or h.path.endswith("/" + name))]
+
+    def ranges(self, name: str) -> list[str | None]:
+        """The Range header of each download of `name` from the storage."""
+        return [h.range for h in self.gets(name) if h.path.startswith("/cdn/")]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -106,22 +118,34 @@ class _Handler(BaseHTTPRequestHandler):
             other = hashlib.sha1(b"storage" + state.files[name], usedforsecurity=False).hexdigest()
             self._content(name, body, ETag=f'"{other}"')
             return
-        match = re.fullmatch(rf"/{REPO}/resolve/[^/]+/(.+)", self.path)
-        name = match.group(1) if match else ""
-        if name not in state.files:
-            self._empty(404, **{"X-Error-Code": "EntryNotFound"})
+        commit = {"X-Repo-Commit": COMMIT} if state.commit_header else {}
+        if state.token is not None and self.headers.get("Authorization") != f"Bearer {state.token}":
+            self._empty(401, **commit)
             return
-        commit = {"X-Repo-Commit": COMMIT}
+        match = re.fullmatch(rf"/{REPO}/resolve/([^/]+)/(.+)", self.path)
+        revision, name = match.groups() if match else ("", "")
+        if revision not in ("main", COMMIT):
+            self._empty(404, **{"X-Error-Code": "RevisionNotFound"}, **commit)
+            return
+        if name not in state.files:
+            self._empty(404, **{"X-Error-Code": "EntryNotFound"}, **commit)
+            return
+        if state.opaque_etags:
+            self._content(name, body, ETag=f'W/"{len(state.files[name]):x}-5f3c"', **commit)
+            return
         if name in state.lfs:
-            linked = {"X-Linked-Etag": f'"{sha256(state.files[name])}"', "X-Linked-Size": str(len(state.files[name]))}
-            self._empty(
-                302, Location=f"{state.cdn_origin}/cdn/{name}", **commit, **(linked if state.linked_headers else {})
-            )
+            digest = f'"{sha256(state.files[name])}"'
+            storage = f"http://localhost:{self.server.server_address[1]}/cdn/{name}"
+            linked = {"X-Linked-Etag": digest, "X-Linked-Size": str(len(state.files[name]))}
+            self._empty(302, Location=storage, ETag=digest, **linked, **commit)
             return
         self._content(name, body, ETag=f'"{git_blob(state.files[name])}"', **commit)
 
     def _content(self, name: str, body: bool, **headers: str) -> None:
         state = self.server.state
+        if body and (statuses := state.errors_first.get(name)):
+            self._empty(statuses.pop(0))
+            return
         data = state.files[name]
         if name in state.corrupt:
             data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
@@ -140,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
-        cut = state.cut_after.pop(name, None)
+        cut = 100 if name in state.always_cut else state.cut_after.pop(name, None)
         if cut is not None and cut < len(payload):
             self.wfile.write(payload[:cut])
             self.wfile.flush()
@@ -223,23 +247,23 @@ def run_main(hub: _Hub, manifest: Path, models: Path, *extra: str) -> tuple[int,
 
 
 def run_script(hub: _Hub, manifest: Path, models: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """fetch-models as the operator runs it: a separate process, through the bash wrapper."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT", "PARLEY_MODELS_BASE_URL")}
-    env["PARLEY_PYTHON"] = sys.executable
-    argv = ["--manifest", str(manifest), "--models-dir", str(models), "--base-url", hub.url, "--retry-wait", "0"]
+    """fetch-models as the operator runs it: a separate process, through the bash wrapper, the hub in HF_ENDPOINT."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "PARLEY_MODELS_BASE_URL")}
+    env |= {"PARLEY_PYTHON": sys.executable, "HF_ENDPOINT": hub.url}
+    argv = ["--manifest", str(manifest), "--models-dir", str(models), "--retry-wait", "0"]
     return subprocess.run(
         [str(ROOT / "runpod" / "fetch-models"), *argv, *extra],
         capture_output=True,
         text=True,
         env=env,
-        timeout=60,
+        timeout=120,
     )
 
 
 def assert_fetched(models: Path) -> None:
     for name, data in FILES.items():
         assert (models / "tiny-model" / name).read_bytes() == data, name
-    assert not list(models.rglob("*.part"))
+    assert not list(models.rglob("*.incomplete"))
 
 
 def test_full_fetch_into_an_empty_dir(hub: _Hub, manifest: Path, models: Path) -> None:
@@ -252,42 +276,52 @@ def test_full_fetch_into_an_empty_dir(hub: _Hub, manifest: Path, models: Path) -
     # Each file verified against the hub's checksum and recorded, so the next run can skip it.
     record = fm.json.loads((models / ".fetch-models" / "tiny" / "model.bin.sha256").read_text())
     assert record["sha256"] == sha256(WEIGHTS) and record["size"] == len(WEIGHTS)
+    assert record["revision"] == "main"
     assert (models / ".fetch-models" / "tiny" / "tok" / "tokenizer.json.sha256").is_file()
-    # The LFS file came through the redirect; nothing was sent twice.
-    assert [h.path for h in hub.state.gets("model.bin")] == [f"/{REPO}/resolve/main/model.bin", "/cdn/model.bin"]
+    # One look at the branch, then huggingface_hub downloads that very commit from the storage.
+    assert [(h.method, h.path) for h in hub.state.log if h.path.endswith("/model.bin")] == [
+        ("HEAD", f"/{REPO}/resolve/main/model.bin"),
+        ("HEAD", f"/{REPO}/resolve/{COMMIT}/model.bin"),
+        ("GET", "/cdn/model.bin"),
+    ]
 
 
-def test_resume_after_an_interruption(hub: _Hub, manifest: Path, models: Path) -> None:
-    hub.state.cut_after["model.bin"] = 1_000_000
-    first = run_script(hub, manifest, models, "--retries", "0")
+def test_a_cut_connection_resumes_where_it_stopped(hub: _Hub, manifest: Path, models: Path) -> None:
+    hub.state.cut_after["model.bin"] = PIECE + 500_000
 
-    assert first.returncode == 1, first.stdout + first.stderr
-    assert "FAILED tiny/model.bin" in first.stdout and "run again to resume" in first.stdout
-    part = models / "tiny-model" / "model.bin.part"
-    kept = part.stat().st_size
-    assert 0 < kept <= 1_000_000
-    assert not (models / "tiny-model" / "model.bin").exists()
-    assert (models / "tiny-model" / "config.json").read_bytes() == CONFIG  # the other files went on
+    result = run_script(hub, manifest, models, "--retries", "0")
 
-    hub.state.log.clear()
-    second = run_script(hub, manifest, models)
-
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert f"model.bin: resuming at {fm.human_size(kept)}" in second.stdout
-    assert [h.range for h in hub.state.gets("model.bin") if h.path.startswith("/cdn/")] == [f"bytes={kept}-"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert hub.state.ranges("model.bin") == [None, f"bytes={PIECE}-"]  # the first piece was kept
+    assert "huggingface_hub: Error while downloading" in result.stdout  # the library's note, in the output
     assert_fetched(models)
 
 
-def test_a_retry_resumes_within_the_same_run(hub: _Hub, manifest: Path, models: Path) -> None:
-    hub.state.cut_after["model.bin"] = 2_000_000
+def test_a_download_that_keeps_failing_is_retried_then_named(
+    hub: _Hub, manifest: Path, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fm.time, "sleep", lambda seconds: None)  # huggingface_hub's pauses between its tries too
+    hub.state.always_cut.add("model.bin")
+
+    code, out = run_main(hub, manifest, models, "--retries", "1")
+
+    assert code == 1, out
+    assert "model.bin: connection failed: " in out and "retry 1 of 1 in 0 s" in out
+    failure = next(line for line in out.splitlines() if line.startswith("  FAILED tiny/model.bin:"))
+    assert "gave up after 2 attempt(s): connection failed" in failure
+    assert not (models / "tiny-model" / "model.bin").exists()
+    assert not list(models.rglob("*.incomplete"))  # nothing half-written left behind
+    assert (models / "tiny-model" / "config.json").read_bytes() == CONFIG  # the other files went on
+
+
+def test_a_hub_error_is_retried(hub: _Hub, manifest: Path, models: Path) -> None:
+    hub.state.errors_first["model.bin"] = [503]
 
     code, out = run_main(hub, manifest, models, "--retries", "2")
 
     assert code == 0, out
-    assert "retry 1 of 2" in out
-    ranges = [h.range for h in hub.state.gets("model.bin") if h.path.startswith("/cdn/")]
-    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
-    assert int(ranges[1].removeprefix("bytes=").rstrip("-")) > 0
+    assert "model.bin: HTTP 503 from localhost; retry 1 of 2 in 0 s" in out
+    assert len(hub.state.ranges("model.bin")) == 2
     assert_fetched(models)
 
 
@@ -300,12 +334,45 @@ def test_a_checksum_mismatch_is_refused(hub: _Hub, manifest: Path, models: Path,
     assert result.returncode == 1, result.stdout + result.stderr
     expected = sha256(FILES[name]) if kind == "sha256" else git_blob(FILES[name])
     failure = next(line for line in result.stdout.splitlines() if line.startswith(f"  FAILED tiny/{name}:"))
-    assert f"checksum mismatch: expected {kind} {expected}" in failure and "got " in failure
+    assert f"checksum mismatch: expected {kind} {expected} (hub), got " in failure
+    assert failure.endswith("; the download was deleted")
     assert not (models / "tiny-model" / name).exists()
-    assert not (models / "tiny-model" / f"{name}.part").exists()
+    assert not list(models.rglob("*.incomplete"))
     assert not (models / ".fetch-models" / "tiny" / f"{name}.sha256").exists()
     # The files after it were still fetched.
     assert (models / "tiny-model" / "tok" / "tokenizer.json").read_bytes() == TOKENIZER
+    # --env leaves the set out: a service must not be pointed at it.
+    env = subprocess.run(
+        [str(ROOT / "runpod" / "fetch-models"), "--manifest", str(manifest), "--models-dir", str(models), "--env"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PARLEY_PYTHON": sys.executable},
+        check=True,
+    )
+    assert "export" not in env.stdout and f"# tiny: not fetched yet (missing {name})" in env.stdout
+
+
+def test_a_pinned_sha256_is_checked_too(hub: _Hub, tmp_path: Path, models: Path) -> None:
+    pinned = tmp_path / "pinned.toml"
+    pinned.write_text(
+        f'[sets.tiny]\ntarget = "tiny-model"\nrepo = "{REPO}"\nrevision = "{COMMIT}"\n'
+        f'files = [{{ path = "config.json", sha256 = "{sha256(CONFIG)}", size = {len(CONFIG)} }}]\n'
+    )
+    hub.state.corrupt.add("config.json")
+
+    code, out = run_main(hub, pinned, models)
+
+    assert code == 1
+    assert f"FAILED tiny/config.json: checksum mismatch: expected sha256 {sha256(CONFIG)} (manifest), got" in out
+    assert not (models / "tiny-model" / "config.json").exists()
+
+    hub.state.corrupt.clear()
+    code, out = run_main(hub, pinned, models)
+    assert code == 0, out
+    assert "note: " not in out  # a pinned commit needs no note
+    hub.state.log.clear()
+    assert "config.json: present (verified earlier)" in run_main(hub, pinned, models)[1]
+    assert hub.state.log == []  # a pinned set in place needs no network at all
 
 
 def test_present_files_are_skipped(hub: _Hub, manifest: Path, models: Path) -> None:
@@ -345,23 +412,20 @@ def test_a_changed_file_in_place_is_fetched_again(hub: _Hub, manifest: Path, mod
     code, out = run_main(hub, manifest, models)
 
     assert code == 0, out
-    assert "model.bin: the file in place does not match" in out
-    assert len(hub.state.gets("model.bin")) == 2
+    assert f"model.bin: the file in place does not match (checksum mismatch: expected sha256 {sha256(WEIGHTS)}" in out
+    assert len(hub.state.gets("model.bin")) == 1
     assert_fetched(models)
 
 
 def test_a_server_that_ignores_range_restarts_from_zero(hub: _Hub, manifest: Path, models: Path) -> None:
     hub.state.ignore_range = True
-    part = models / "tiny-model" / "model.bin.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"junk that must not stay in front of the file")
+    hub.state.cut_after["model.bin"] = PIECE + 500_000
 
     code, out = run_main(hub, manifest, models)
 
     assert code == 0, out
-    assert "model.bin: the server ignored the resume request (HTTP 200): starting over" in out
-    assert [h.range for h in hub.state.gets("model.bin") if h.path.startswith("/cdn/")] == ["bytes=44-"]
-    assert_fetched(models)
+    assert hub.state.ranges("model.bin") == [None, f"bytes={PIECE}-"]  # asked to resume, got the whole file
+    assert_fetched(models)  # and the first piece is not left in front of it
 
 
 def test_the_manifest_pin_wins_over_the_hub(hub: _Hub, tmp_path: Path, models: Path) -> None:
@@ -387,38 +451,48 @@ def test_not_enough_disk_space(hub: _Hub, manifest: Path, models: Path, monkeypa
 
     assert code == 1
     assert "FAILED tiny/model.bin: not enough disk space in" in out
-    assert "it needs 3.0 MiB, 1000 B free" in out
+    assert "it needs 12.0 MiB, 1000 B free" in out
     assert hub.state.gets("model.bin") == []
 
 
 def test_the_token_goes_to_the_hub_only(
     hub: _Hub, manifest: Path, models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    hub.state.cdn_origin = f"http://localhost:{hub.server_address[1]}"  # the storage is another host
+    hub.state.token = "hf_secret"
 
+    code, out = run_main(hub, manifest, models)
+
+    assert code == 1
+    assert "FAILED tiny/model.bin: access denied (HTTP 401): set HF_TOKEN if the repository is gated or private" in out
+    assert hub.state.gets() == []
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    hub.state.log.clear()
     code, out = run_main(hub, manifest, models)
 
     assert code == 0, out
     assert all(h.authorization == "Bearer hf_secret" for h in hub.state.log if "/resolve/" in h.path)
-    assert [h.authorization for h in hub.state.log if h.path.startswith("/cdn/")] == [None]
+    assert [h.authorization for h in hub.state.log if h.path.startswith("/cdn/")] == [None]  # not to the storage
+    assert_fetched(models)
 
 
-def test_without_a_checksum_a_file_is_accepted_by_size_with_a_warning(
-    hub: _Hub, manifest: Path, models: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    hub.state.linked_headers = False  # so the HEAD probe follows the redirect to the storage host itself
-    hub.state.cdn_origin = f"http://localhost:{hub.server_address[1]}"
+def test_without_a_checksum_a_file_is_accepted_by_size_with_a_warning(hub: _Hub, manifest: Path, models: Path) -> None:
+    hub.state.opaque_etags = True
 
     code, out = run_main(hub, manifest, models)
 
     assert code == 0, out
     assert "model.bin: warning: no checksum known (manifest or hub): accepted by its size" in out
     assert_fetched(models)
-    storage = [h for h in hub.state.log if h.path.startswith("/cdn/")]
-    assert [h.method for h in storage] == ["HEAD", "GET"]
-    assert [h.authorization for h in storage] == [None, None]
+
+
+def test_a_server_that_is_no_hub_is_named(hub: _Hub, manifest: Path, models: Path) -> None:
+    hub.state.commit_header = False
+
+    code, out = run_main(hub, manifest, models)
+
+    assert code == 1
+    assert f"FAILED tiny/model.bin: {hub.url} does not answer like a Hugging Face hub (no X-Repo-Commit" in out
 
 
 def test_a_required_file_missing_upstream_fails(hub: _Hub, manifest: Path, models: Path) -> None:
@@ -429,6 +503,28 @@ def test_a_required_file_missing_upstream_fails(hub: _Hub, manifest: Path, model
     assert code == 1
     assert "FAILED tiny/tok/tokenizer.json: not in acme/tiny at revision main (HTTP 404 EntryNotFound)" in out
     assert (models / "tiny-model" / "model.bin").read_bytes() == WEIGHTS
+
+
+def test_an_unknown_revision_is_named(hub: _Hub, manifest: Path, models: Path) -> None:
+    manifest.write_text(MANIFEST.replace('revision = "main"', 'revision = "v9"'))
+
+    code, out = run_main(hub, manifest, models)
+
+    assert code == 1
+    assert "FAILED tiny/config.json: acme/tiny has no revision v9 (HTTP 404 RevisionNotFound)" in out
+
+
+def test_progress_is_plain_lines_in_a_log(
+    hub: _Hub, manifest: Path, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fm, "PROGRESS_EVERY_S", 0.0)
+
+    code, out = run_main(hub, manifest, models, "tiny")
+
+    assert code == 0, out
+    assert "\r" not in out
+    assert re.search(r"^    model\.bin: 12\.0 MiB of 12\.0 MiB \(100%\), ", out, re.MULTILINE)
+    assert re.search(r"^    model\.bin \(verifying\): 12\.0 MiB of 12\.0 MiB \(100%\)", out, re.MULTILINE)
 
 
 def test_env_prints_exports_for_sets_in_place(hub: _Hub, manifest: Path, tmp_path: Path) -> None:
@@ -450,7 +546,7 @@ def test_env_prints_exports_for_sets_in_place(hub: _Hub, manifest: Path, tmp_pat
     ]
 
 
-def test_list_shows_present_partial_and_missing(hub: _Hub, manifest: Path, models: Path) -> None:
+def test_list_shows_present_and_missing(hub: _Hub, manifest: Path, models: Path) -> None:
     def listing() -> tuple[int, str]:
         out = io.StringIO()
         return fm.main(["--manifest", str(manifest), "--models-dir", str(models), "--list"], out=out), out.getvalue()
@@ -459,17 +555,29 @@ def test_list_shows_present_partial_and_missing(hub: _Hub, manifest: Path, model
     assert code == 1
     assert re.search(r"missing\s+\?\s+model\.bin", out) and re.search(r"missing \(optional\)\s+\?\s+extra\.txt", out)
 
-    hub.state.cut_after["model.bin"] = 1_000_000
-    assert run_main(hub, manifest, models, "--retries", "0")[0] == 1
+    del hub.state.files["model.bin"]
+    assert run_main(hub, manifest, models)[0] == 1
     code, out = listing()
     assert code == 1
-    assert re.search(r"partial\s+976\.6 KiB of \?\s+model\.bin", out)
+    assert re.search(r"missing\s+\?\s+model\.bin", out)
     assert re.search(rf"present, verified\s+{len(CONFIG)} B\s+config\.json", out)
 
-    assert run_main(hub, manifest, models)[0] == 0
+    # A killed run leaves huggingface_hub's partial download behind: --list shows it, the next run removes it.
+    leftover = models / "tiny-model" / ".cache" / "huggingface" / "download" / "abc.def.12345678.incomplete"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"x" * 2048)
+    assert "an interrupted download left 2.0 KiB in " in listing()[1]
+    hub.state.files["model.bin"] = WEIGHTS
+    code, out = run_main(hub, manifest, models)
+    assert code == 0, out
+    assert "removed an interrupted download (2.0 KiB): abc.def.12345678.incomplete" in out
+    assert not leftover.exists()
+
     code, out = listing()
     assert code == 0
-    assert re.search(r"present, verified\s+3\.0 MiB\s+model\.bin", out)
+    assert re.search(r"present, verified\s+12\.0 MiB\s+model\.bin", out)
+    (models / ".fetch-models" / "tiny" / "model.bin.sha256").unlink()
+    assert re.search(r"present, not verified yet\s+12\.0 MiB\s+model\.bin", listing()[1])
     hub.state.log.clear()
     listing()
     assert hub.state.log == []  # --list never asks the hub

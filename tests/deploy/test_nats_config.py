@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -10,17 +9,12 @@ from types import ModuleType
 import pytest
 
 from parley.settings import CommonSettings
+from tests.deploy.scripts import deploy_module
 from tests.stack import NATS_SERVER
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_stack() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("run_stack", ROOT / "deploy" / "run_stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return deploy_module("run_stack")
 
 
 def test_the_token_goes_into_a_private_config_that_nats_server_accepts(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ test-artifacts/screenshots/ (ignored by git); no test may leave a console error 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -31,6 +33,8 @@ pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 QUESTION = "What is the capital of France?"
+OWN_NAME = "parley.test"  # a name the operator gave the gateway (PARLEY_GATEWAY_ALLOWED_HOSTS)
+REBOUND_NAME = "evil.test"  # an attacker's name, re-resolved to this machine after its page loaded
 REFERENCE_TEXT = "The quick brown fox jumps over the lazy dog, then runs into the forest."
 
 
@@ -42,27 +46,37 @@ def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def chromium_args(microphone: Path, *extra: str) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--autoplay-policy=no-user-gesture-required",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 async def browser(microphone: Path) -> AsyncIterator[Browser]:
     if not shutil.which(CHROMIUM):
         pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run does)")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--autoplay-policy=no-user-gesture-required",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={microphone}",
-            ],
+            executable_path=CHROMIUM, headless=True, args=chromium_args(microphone)
         )
         yield launched
         await launched.close()
+
+
+async def connect_push_to_talk(page: Page) -> None:
+    """On the talk page: push-to-talk (the looping fake microphone stays out of it), Connect, connected."""
+    await page.get_by_label("Turn taking").select_option("push_to_talk")
+    await page.get_by_role("button", name="Connect").click()
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "connected", timeout=30_000)
 
 
 async def open_page(page: Page, name: str) -> None:
@@ -194,11 +208,8 @@ async def test_the_page_reconnects_after_the_gateway_restarts(browser: Browser, 
     errors = PageErrors(page)
     try:
         await open_page(page, "talk")
-        # Push-to-talk: the looping fake microphone stays out of this conversation.
-        await page.get_by_label("Turn taking").select_option("push_to_talk")
-        await page.get_by_role("button", name="Connect").click()
+        await connect_push_to_talk(page)
         status = page.get_by_test_id("status")
-        await expect(status).to_have_attribute("data-state", "connected", timeout=30_000)
 
         gateway = listening_process(stack.ports["gateway"])
         os.kill(gateway, signal.SIGKILL)
@@ -243,34 +254,43 @@ async def test_a_voice_recorded_in_the_browser_is_checked_and_saved(page: Page, 
 API_KEY = "parley-test-key-0123456789"
 
 
-@pytest.fixture(scope="module")
-def keyed_gateway(stack: Stack) -> Iterator[str]:
-    """A second gateway on the same NATS (so the same services), with an API key: what a public pod runs."""
+@contextlib.contextmanager
+def another_gateway(stack: Stack, env: dict[str, str], ready_headers: dict[str, str]) -> Iterator[str]:
+    """A second gateway on the same NATS (so the same services), with its own settings; yields its URL."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PARLEY_NATS_URL": stack.nats_url,
-        "PARLEY_GATEWAY_PORT": str(port),
-        "PARLEY_GATEWAY_API_KEYS": API_KEY,
-        "PARLEY_STATE_DIR": str(stack.state_dir),
-    }
-    process = subprocess.Popen([sys.executable, "-m", "parley_gateway"], env=env, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "parley_gateway"],
+        env={
+            **os.environ,
+            "PARLEY_NATS_URL": stack.nats_url,
+            "PARLEY_GATEWAY_PORT": str(port),
+            "PARLEY_STATE_DIR": str(stack.state_dir),
+            **env,
+        },
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                ready = httpx.get(f"{url}/readyz", headers={"authorization": f"Bearer {API_KEY}"})
-                if ready.status_code == 200:
+                if httpx.get(f"{url}/readyz", headers=ready_headers).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "the keyed gateway did not get ready"
+            assert time.monotonic() < deadline, "the second gateway did not get ready"
             time.sleep(0.25)
         yield url
     finally:
         process.terminate()
         process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(stack: Stack) -> Iterator[str]:
+    """A gateway with an API key: what a public pod runs."""
+    with another_gateway(stack, {"PARLEY_GATEWAY_API_KEYS": API_KEY}, {"authorization": f"Bearer {API_KEY}"}) as url:
+        yield url
 
 
 async def test_a_public_pod_asks_for_the_key_once_then_everything_works(browser: Browser, keyed_gateway: str) -> None:
@@ -288,9 +308,7 @@ async def test_a_public_pod_asks_for_the_key_once_then_everything_works(browser:
         await expect(page.locator("body")).to_have_attribute("data-ready", "talk", timeout=20_000)
         await expect(page.get_by_test_id("voice-select").locator("option[value=joe]")).to_have_count(1)
 
-        await page.get_by_label("Turn taking").select_option("push_to_talk")
-        await page.get_by_role("button", name="Connect").click()  # the WebSocket carries a token
-        await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "connected", timeout=30_000)
+        await connect_push_to_talk(page)  # the WebSocket carries a token
         await page.get_by_test_id("text-input").fill("Hello!")
         await page.get_by_test_id("send").click()
         await expect(page.get_by_test_id("assistant-message").first).to_have_attribute(
@@ -311,3 +329,115 @@ async def test_a_public_pod_asks_for_the_key_once_then_everything_works(browser:
     # The first, keyless calls were refused (401) before the key was given: the browser logs those.
     unexpected = [m for m in errors.messages if "401" not in m]
     assert unexpected == [], unexpected
+
+
+@pytest.fixture(scope="module")
+def named_gateway(stack: Stack) -> Iterator[str]:
+    """A keyless gateway (as `make run` starts one) that was also given a name of its own."""
+    with another_gateway(stack, {"PARLEY_GATEWAY_ALLOWED_HOSTS": OWN_NAME}, {}) as url:
+        yield url
+
+
+async def test_the_page_works_from_each_of_the_gateways_names(microphone: Path, named_gateway: str) -> None:
+    port = named_gateway.rsplit(":", 1)[1]
+    own = f"http://{OWN_NAME}:{port}"
+    # parley.test resolves here; over plain HTTP only a secure origin may use the microphone (a
+    # named pod is served over HTTPS: RunPod's proxy), so the browser counts this one as secure.
+    args = chromium_args(
+        microphone,
+        f"--host-resolver-rules=MAP {OWN_NAME} 127.0.0.1",
+        f"--unsafely-treat-insecure-origin-as-secure={own}",
+    )
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        for base in (own, f"http://localhost:{port}", named_gateway):
+            context = await browser.new_context(base_url=base)
+            page = await context.new_page()
+            errors = PageErrors(page)
+            try:
+                await open_page(page, "talk")
+                await connect_push_to_talk(page)
+                await page.get_by_test_id("text-input").fill("Hello!")
+                await page.get_by_test_id("send").click()
+                await expect(page.get_by_test_id("assistant-message").first).to_have_attribute(
+                    "data-played", "true", timeout=90_000
+                )
+            finally:
+                await context.close()
+            assert errors.messages == [], (base, errors.messages)
+        await browser.close()
+
+
+class RebindingSite:
+    """evil.test after its DNS was rebound to this machine, as seen by the visitor's browser.
+
+    It listens on another loopback address (127.0.0.2) at the gateway's own port, so that the
+    attacker's page and the gateway share an origin (evil.test:<port>). It answers `/cats` with
+    the attacker's page; every other connection goes through to the gateway byte for byte, with
+    the browser's own `Host: evil.test:<port>` and `Origin`: what a rebound name delivers.
+    """
+
+    PAGE = b"<!doctype html><title>cats</title><p>cute cats</p>"
+
+    def __init__(self, gateway_port: int) -> None:
+        self.gateway_port = gateway_port
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RebindingSite:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.2", self.gateway_port)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.split(b" ", 2)[1] == b"/cats":
+            response = b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: %d\r\n"
+            writer.write(response % len(self.PAGE) + b"connection: close\r\n\r\n" + self.PAGE)
+            await writer.drain()
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.gateway_port)
+        upstream_writer.write(head)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+async def test_a_page_whose_name_was_rebound_to_the_gateway_gets_nothing(microphone: Path, named_gateway: str) -> None:
+    """DNS rebinding against the keyless gateway `make run` starts: the visitor opened evil.test:<port>,
+    whose name now resolves to this machine, so its scripts' "same-origin" calls reach the gateway."""
+    port = int(named_gateway.rsplit(":", 1)[1])
+    args = chromium_args(microphone, f"--host-resolver-rules=MAP {REBOUND_NAME} 127.0.0.2")
+    async with RebindingSite(port), async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        page = await browser.new_page()
+        await page.goto(f"http://{REBOUND_NAME}:{port}/cats")
+        stolen = await page.evaluate(
+            """async () => {
+                const status = (request) => request.then(r => r.status, e => `failed: ${e}`);
+                const opens = (url) => new Promise(resolve => {
+                    const ws = new WebSocket(url);
+                    ws.onopen = () => { ws.close(); resolve('opened'); };
+                    ws.onerror = () => resolve('refused');
+                });
+                return {
+                    voices: await status(fetch('/v1/voices')),
+                    page: await status(fetch('/')),
+                    removed: await status(fetch('/v1/voices/joe', {method: 'DELETE'})),
+                    socket: await opens(`ws://${location.host}/v1/conversation`),
+                };
+            }"""
+        )
+        await browser.close()
+    assert stolen == {"voices": 400, "page": 400, "removed": 400, "socket": "refused"}, stolen
+    async with httpx.AsyncClient(base_url=named_gateway) as http:
+        assert (await http.get("/v1/voices")).status_code == 200  # the gateway's own name still works

@@ -13,9 +13,21 @@ from parley_gateway.config import GatewaySettings
 KEY = "k" * 24
 
 
-def client(**settings: object) -> TestClient:
+def client(base_url: str = "http://gw.example:7860", **settings: object) -> TestClient:
     # No `with`: the lifespan (NATS) does not run; access control comes before any of that.
-    return TestClient(create_app(GatewaySettings(**settings)), base_url="http://gw.example:7860")  # type: ignore[arg-type]
+    # The test client's WebSockets say `Host: testserver`; HTTP goes to `base_url`'s name.
+    settings.setdefault("allowed_hosts", "gw.example,testserver")
+    return TestClient(create_app(GatewaySettings(**settings)), base_url=base_url)  # type: ignore[arg-type]
+
+
+def websocket_refused(http: TestClient, headers: dict[str, str]) -> bool:
+    try:
+        with http.websocket_connect("/v1/conversation", headers=headers) as ws:
+            ws.close()
+    except WebSocketDisconnect as refused:
+        assert refused.code == 1008
+        return True
+    return False
 
 
 def test_tokens_expire_and_belong_to_their_keys() -> None:
@@ -81,3 +93,50 @@ def test_every_response_carries_the_security_headers() -> None:
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
     assert "cdn.jsdelivr.net" in http.get("/docs").headers["content-security-policy"]
+
+
+def test_dns_rebinding_is_refused_on_a_keyless_local_gateway() -> None:
+    """A page on evil.example whose DNS now says 127.0.0.1: same-origin with itself, but not one of our names."""
+    http = client(allowed_hosts="")  # what `make run` runs: no keys, no extra names
+    for path in ("/v1/voices", "/v1/services", "/", "/healthz", "/static/js/main.js"):
+        refused = http.get(path, headers={"host": "evil.example:7860"})
+        assert refused.status_code == 400, path
+        assert refused.json()["error"]["code"] == "unknown_host" and "PARLEY_GATEWAY_ALLOWED_HOSTS" in refused.text
+        assert refused.headers["x-frame-options"] == "DENY"
+    rebound = {"host": "evil.example:7860", "origin": "http://evil.example:7860"}
+    assert websocket_refused(http, rebound)
+    assert websocket_refused(http, {"host": "evil.example:7860"})  # no Origin: still not our name
+    for host in ("127.0.0.1:7860", "localhost:7860", "[::1]:7860", "app.localhost:7860", "10.1.2.3:7860"):
+        assert http.get("/healthz", headers={"host": host}).status_code == 200, host
+        assert not websocket_refused(http, {"host": host, "origin": f"http://{host}"}), host
+
+
+def test_the_configured_names_and_only_those_are_served() -> None:
+    http = client(allowed_hosts="parley.example, .studio.example")
+    for host in ("parley.example", "parley.example:8443", "studio.example", "a.studio.example:7860"):
+        assert http.get("/healthz", headers={"host": host}).status_code == 200, host
+        assert not websocket_refused(http, {"host": host, "origin": f"https://{host}"}), host
+    for host in ("evil.example", "parley.example.evil.example", "xstudio.example", "", "bad host", "a:b:c"):
+        assert http.get("/healthz", headers={"host": host}).status_code == 400, host
+        assert websocket_refused(http, {"host": host}), host
+    anything = client(allowed_hosts="*")
+    assert anything.get("/healthz", headers={"host": "whatever.example"}).status_code == 200
+
+
+def test_the_gateways_own_origins_come_from_its_names_never_from_the_request() -> None:
+    http = client(allowed_hosts="parley.example")
+    own = {
+        "127.0.0.1:7860": "http://127.0.0.1:7860",  # a page loaded from this IP address and port
+        "parley.example:7860": "https://parley.example",  # a named host: any port (a proxy in front)
+        "localhost:7860": "http://localhost:8080",  # a published port that differs from the bound one
+    }
+    for host, origin in own.items():
+        assert not websocket_refused(http, {"host": host, "origin": origin}), origin
+    foreign = {
+        "127.0.0.1:7860": "http://203.0.113.9",  # a page served from some other IP address
+        "10.0.0.5:7860": "http://10.0.0.5:9999",  # the same address, another port: another site
+        "localhost:7860": "http://evil.example",
+        "parley.example": "http://parley.example.evil.example",
+    }
+    for host, origin in foreign.items():
+        assert websocket_refused(http, {"host": host, "origin": origin}), origin

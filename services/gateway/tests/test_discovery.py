@@ -97,3 +97,43 @@ async def test_streams_on_a_forgotten_instance_keep_their_channel_until_they_end
         d.forget("tts", "a", "left NATS")
         assert instance.channel is channel  # still open for the stream in flight
     assert instance.channel is None  # the last stream ended: closed
+
+
+def engines(instance_id: str, runs: str, active: int = 0, capacity: int = 2) -> InstanceRecord:
+    """A TTS instance that registered running `runs` (its NATS metadata: comma-separated engines)."""
+    return record(instance_id, active, capacity).model_copy(update={"engine": runs})
+
+
+def test_a_stream_that_needs_an_engine_goes_only_to_instances_that_run_it() -> None:
+    # "piper" is idle and would win on load; "both" is the only one that runs FireRedTTS2.
+    d = directory(engines("piper", "piper"), engines("both", "piper,fireredtts2", active=1))
+    assert d.instances["tts"]["both"].engines == {"piper", "fireredtts2"}
+    assert d.pick("tts").record.id == "piper"
+    assert d.pick("tts", engines=frozenset({"piper"})).record.id == "piper"
+    for _ in range(3):
+        assert d.pick("tts", engines=frozenset({"fireredtts2"})).record.id == "both"
+    # Even the instance that holds the conversation's context is passed over if it cannot speak it.
+    assert d.pick("tts", prefer="piper", engines=frozenset({"fireredtts2"})).record.id == "both"
+    # Full, it is still the only one that can: the least loaded of those that run the engine.
+    d.instances["tts"]["both"].record = engines("both", "piper,fireredtts2", active=5)
+    assert d.pick("tts", engines=frozenset({"fireredtts2"})).record.id == "both"
+    assert [i.record.id for i in d.ready("tts", frozenset({"fireredtts2"}))] == ["both"]
+
+
+def test_with_no_instance_running_the_engine_the_refusal_names_it() -> None:
+    d = directory(engines("piper", "piper"), engines("both", "piper,fireredtts2"))
+    d.on_event(ServiceEvent(event="stopping", kind="tts", id="both", address="both:1"))
+    with pytest.raises(NoInstance, match="fireredtts2") as refused:
+        d.pick("tts", engines=frozenset({"fireredtts2"}))
+    assert refused.value.engines == {"fireredtts2"}
+    assert d.pick("tts").record.id == "piper"  # what needs no engine still goes there
+    # Tried and gone is not "no such engine": the usual answer, so the caller's fail-over logic applies.
+    d = directory(engines("both", "piper,fireredtts2"))
+    with pytest.raises(NoInstance) as refused:
+        d.pick("tts", exclude=frozenset({"both"}), engines=frozenset({"fireredtts2"}))
+    assert refused.value.engines == frozenset()
+    # Nothing ready at all: the service is missing, not the engine.
+    d.instances["tts"]["both"].serving = False
+    with pytest.raises(NoInstance) as refused:
+        d.pick("tts", engines=frozenset({"fireredtts2"}))
+    assert refused.value.engines == frozenset()

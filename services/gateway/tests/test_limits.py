@@ -27,6 +27,7 @@ from parley_gateway.limits import (
 from parley_gateway.protocol import ErrorCode, ProtocolError, parse_client_event
 
 KEY, OTHER_KEY = "k" * 24, "o" * 24
+TEST_CLIENT_HOST = "testserver"  # the name Starlette's test client sends as Host
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -189,7 +190,7 @@ def test_api_requests_and_uploads_have_their_own_windows_per_client() -> None:
 
 
 def test_the_api_answers_429_with_retry_after_in_openais_shape() -> None:
-    http = TestClient(create_app(GatewaySettings(api_requests_per_minute=2)))  # type: ignore[arg-type]
+    http = TestClient(create_app(GatewaySettings(api_requests_per_minute=2, allowed_hosts=TEST_CLIENT_HOST)))  # type: ignore[arg-type]
     assert http.get("/v1/nowhere").status_code == 404
     assert http.get("/v1/nowhere").status_code == 404
     refused = http.get("/v1/nowhere")
@@ -201,7 +202,9 @@ def test_the_api_answers_429_with_retry_after_in_openais_shape() -> None:
 
 
 def test_with_keys_the_key_check_comes_before_the_rate() -> None:
-    http = TestClient(create_app(GatewaySettings(api_keys=KEY, api_requests_per_minute=1)))  # type: ignore[arg-type]
+    http = TestClient(
+        create_app(GatewaySettings(api_keys=KEY, api_requests_per_minute=1, allowed_hosts=TEST_CLIENT_HOST))
+    )  # type: ignore[arg-type]
     for _ in range(3):
         assert http.get("/v1/voices").status_code == 401  # no key: refused before it is counted
     mine = {"authorization": f"Bearer {KEY}"}
@@ -314,7 +317,7 @@ async def test_an_error_flood_gets_a_few_errors_and_one_summary() -> None:
 
 
 def gateway(**settings: Any) -> TestClient:
-    return TestClient(create_app(GatewaySettings(**settings)))
+    return TestClient(create_app(GatewaySettings(allowed_hosts=TEST_CLIENT_HOST, **settings)))  # type: ignore[arg-type]
 
 
 def receive_until_closed(ws: Any) -> tuple[list[dict[str, Any]], int]:

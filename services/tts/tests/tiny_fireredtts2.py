@@ -14,11 +14,18 @@ tiny so that a frame takes milliseconds on CPU:
   decoded audio ignore the codes: they are random here.
 
 Random weights never emit the all-zero EOS frame, so every test bounds its lengths with max_frames.
+
+`python -m services.tts.tests.tiny_fireredtts2 <models dir>` (from the repository root) writes such a
+directory and serves it as `python -m parley_tts` does (integration tests): the tiny flavours live in
+this process's registry only, so the service must start here; it loads the directory with the engine's
+own code (PARLEY_TTS_FIREREDTTS2_MODELS_DIR is set to it, and PARLEY_TTS_FIREREDTTS2_ALLOW_CPU must be).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -134,3 +141,16 @@ def write_models_dir(directory: Path, seed: int = 0, frame_limit: int = FRAME_LI
             quantizer.codebook.normal_()
     torch.save({"generator": codec.state_dict()}, directory / "codec.pt")
     return directory
+
+
+def serve(directory: Path, frame_limit: int = FRAME_LIMIT) -> None:
+    """Write a tiny models directory and run the TTS service on it (see the module's docstring)."""
+    from parley_tts.__main__ import main
+
+    write_models_dir(directory, frame_limit=frame_limit)
+    os.environ["PARLEY_TTS_FIREREDTTS2_MODELS_DIR"] = str(directory)
+    main()
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else FRAME_LIMIT)

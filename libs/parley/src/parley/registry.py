@@ -80,7 +80,7 @@ class InstanceRecord(BaseModel):
     kind: str
     address: str
     version: str
-    engine: str = ""
+    engine: str = ""  # the engines it runs, comma-separated ("piper,fireredtts2")
     tls: bool = False  # its gRPC port serves TLS only
     ready: bool
     active: int

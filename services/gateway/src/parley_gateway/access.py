@@ -11,10 +11,20 @@ A public pod is reachable by anyone with its URL, so with `PARLEY_GATEWAY_API_KE
   are HMACs over their expiry and their key's `key_id` (a hash: per-client limits count
   a browser as the key it got its token from) with a secret derived from the keys, so
   every gateway with the same keys accepts them and a removed key's tokens die with it;
-- the WebSocket's `Origin`, when a browser sends one, must be the gateway's own host or
-  in `PARLEY_GATEWAY_ALLOWED_ORIGINS`: a page on another site cannot ride a visitor's
-  network position or stored token into a conversation (cross-site WebSocket hijacking).
-  This holds with or without keys.
+- the WebSocket's `Origin`, when a browser sends one, must be one of the gateway's own
+  origins or in `PARLEY_GATEWAY_ALLOWED_ORIGINS`: a page on another site cannot ride a
+  visitor's network position or stored token into a conversation (cross-site WebSocket
+  hijacking). This holds with or without keys.
+
+With or without keys, every request (HTTP and WebSocket) must be addressed to one of the
+gateway's own names (`Host`): an IP address, `localhost` (and `*.localhost`), or a name in
+`PARLEY_GATEWAY_ALLOWED_HOSTS` (`runpod/start.sh` adds the pod's proxy name). A web page on
+any other name is refused even when its DNS points at the gateway: that is DNS rebinding,
+where a page the visitor opened re-resolves its own domain to 127.0.0.1 and so becomes
+"same-origin" with a keyless local gateway. An IP address in `Host` is safe, as a browser
+sends one only when the page's own URL holds it. The gateway's own origins come from the
+same list, never from the request: an origin whose host is a named allowed host, or (an IP
+address cannot be rebound) exactly the IP address and port the request was sent to.
 
 Every response carries the security headers (CSP, nosniff, frame and referrer policy).
 """
@@ -24,13 +34,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,51 @@ def key_id(key: str) -> str:
 _KEY_ID = re.compile(r"^[0-9a-f]{12}$")
 
 
+def _split(url: str) -> SplitResult | None:
+    try:
+        parsed = urlsplit(url)
+        parsed.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return None
+    return parsed
+
+
+def _is_ip(hostname: str) -> bool:
+    try:
+        ipaddress.ip_address(hostname.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class AllowedHosts:
+    """The names a request may be addressed to (`Host`), against DNS rebinding.
+
+    Always: IP addresses, `localhost` and `*.localhost` (browsers resolve those to loopback
+    themselves). Configured: exact names, `.example.com` for a domain and its subdomains, `*`
+    for any name (behind a proxy that checks `Host` itself). Ports do not matter: a rebinding
+    page is told apart by its name.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        cleaned = {name.strip().lower().rstrip(".") for name in names if name.strip()}
+        self.any = "*" in cleaned
+        self.exact = {name for name in cleaned if not name.startswith(".")} | {"localhost"}
+        self.domains = tuple({name for name in cleaned if name.startswith(".")} | {".localhost"})
+
+    def named(self, hostname: str) -> bool:
+        """Whether a host name (not an IP address) is one of the gateway's own."""
+        hostname = hostname.lower().rstrip(".")
+        return self.any or hostname in self.exact or f".{hostname}".endswith(self.domains)
+
+    def allows(self, host_header: str | None) -> bool:
+        """Whether a request's `Host` (`name[:port]`, `[v6]:port`) names this gateway."""
+        parsed = _split(f"//{host_header or ''}")
+        if parsed is None or not parsed.hostname:
+            return False
+        return _is_ip(parsed.hostname) or self.named(parsed.hostname)
+
+
 class Access:
     def __init__(
         self,
@@ -78,8 +134,10 @@ class Access:
         allowed_origins: list[str],
         token_ttl_s: float,
         clock: Callable[[], float] = time.time,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
         self.keys = [key for key in keys if key]
+        self.hosts = AllowedHosts(allowed_hosts or [])
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins if origin}
         self.token_ttl_s = token_ttl_s
         self.clock = clock
@@ -148,13 +206,22 @@ class Access:
         return bool(token) and self.valid_token(token)
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
-        """A browser's WebSocket from this gateway's own page, or from an allowed origin; non-browsers send none."""
+        """A browser's WebSocket from one of this gateway's own origins, or an allowed one; non-browsers send none.
+
+        `host` is the request's `Host`, already checked by `hosts.allows`: only an IP-address origin is
+        compared with it (a named origin must be an allowed name itself, whatever the request says).
+        """
         if not origin:
             return True
         origin = origin.rstrip("/").lower()
         if origin in self.allowed_origins:
             return True
-        return bool(host) and urlsplit(origin).netloc == (host or "").lower()
+        parsed = _split(origin)
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+            return False
+        if _is_ip(parsed.hostname):
+            return parsed.netloc == (host or "").lower()
+        return self.hosts.named(parsed.hostname)
 
 
 class AccessMiddleware:
@@ -171,33 +238,29 @@ class AccessMiddleware:
         path: str = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        host = headers.get("host", "")
         if scope["type"] == "websocket":
-            origin_ok = self.access.origin_allowed(headers.get("origin"), headers.get("host"))
+            host_ok = self.access.hosts.allows(host)
+            origin_ok = host_ok and self.access.origin_allowed(headers.get("origin"), host)
             if not origin_ok or not self.access.allowed(headers, query):
-                log.warning(
-                    "WebSocket %s refused: %s",
-                    path,
-                    "origin " + headers.get("origin", "") if not origin_ok else "no key",
-                )
+                why = f"Host {host!r}" if not host_ok else "origin " + headers.get("origin", "")
+                log.warning("WebSocket %s refused: %s", path, why if not origin_ok else "no key")
                 await receive()  # websocket.connect; closing before accepting answers HTTP 403
                 await send({"type": "websocket.close", "code": 1008})
                 return
             await self.app(scope, receive, send)
             return
+        if not self.access.hosts.allows(host):
+            log.warning("%s refused: Host %r is not one of this gateway's names", path, host)
+            message = (
+                f"this gateway does not answer to the name {host!r}: add it to PARLEY_GATEWAY_ALLOWED_HOSTS "
+                "(IP addresses, localhost and the names listed there are always accepted)"
+            )
+            await self._refuse(send, path, 400, "unknown_host", message, [])
+            return
         if not self.access.is_public(path) and not self.access.allowed(headers, query):
-            body = json.dumps(
-                {
-                    "error": {
-                        "message": "an API key is needed: Authorization: Bearer <key> (PARLEY_GATEWAY_API_KEYS)",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "unauthorized",
-                    }
-                }
-            ).encode()
-            extra = [(b"www-authenticate", b"Bearer"), (b"content-type", b"application/json")]
-            await send({"type": "http.response.start", "status": 401, "headers": self._headers(path, extra)})
-            await send({"type": "http.response.body", "body": body})
+            message = "an API key is needed: Authorization: Bearer <key> (PARLEY_GATEWAY_API_KEYS)"
+            await self._refuse(send, path, 401, "unauthorized", message, [(b"www-authenticate", b"Bearer")])
             return
 
         async def send_with_headers(message: dict[str, Any]) -> None:
@@ -206,6 +269,15 @@ class AccessMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _refuse(
+        self, send: Any, path: str, status: int, code: str, message: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        """An OpenAI-style JSON error, with the security headers."""
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        headers = self._headers(path, [*extra, (b"content-type", b"application/json")])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps({"error": error}).encode()})
 
     @staticmethod
     def _headers(path: str, existing: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

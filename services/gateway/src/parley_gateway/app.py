@@ -24,7 +24,7 @@ from parley_gateway.access import Access, AccessMiddleware
 from parley_gateway.api import auth, dialogues, monitor, speech, transcriptions, voices
 from parley_gateway.api import errors as api_errors
 from parley_gateway.audit import AuditLog, AuditMiddleware
-from parley_gateway.clients import GrpcServices
+from parley_gateway.clients import GrpcServices, ServiceError
 from parley_gateway.config import GatewaySettings
 from parley_gateway.dialogues import DialogueJobs
 from parley_gateway.discovery import ServiceDirectory
@@ -176,7 +176,9 @@ class Gateway:
         self.draining = False
         self.dialogues = DialogueJobs(settings.api_max_dialogues, settings.api_dialogue_keep_s)
         self.monitor = Monitor()
-        self.access = Access(settings.key_list(), settings.origin_list(), settings.token_ttl_s)
+        self.access = Access(
+            settings.key_list(), settings.origin_list(), settings.token_ttl_s, allowed_hosts=settings.host_list()
+        )
         # Limits per client and per gateway (limits.py), and the audit log.
         self.clients = ClientIds(self.access, settings.proxy_list())
         self.slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client)
@@ -454,12 +456,10 @@ class Gateway:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; the TTS service has: {', '.join(sorted(known))}"
             )
-        if known is not None and not known[voice]:
-            raise ProtocolError(
-                ErrorCode.VOICE_UNAVAILABLE,
-                f"{voice!r} is a cloned voice and no running TTS engine can clone: cloning needs the "
-                "fireredtts2 engine (PARLEY_TTS_ENGINES=piper,fireredtts2, on a GPU)",
-            )
+        try:  # a TTS instance that can speak it is up (the same check that routes its replies)
+            await self.services.tts_engines([voice])
+        except ServiceError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
 
     async def _ping(self, outbox: Outbox) -> None:
         # Proxies (RunPod's Cloudflare) drop sockets idle for ~100 s.

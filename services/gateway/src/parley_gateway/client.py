@@ -39,8 +39,11 @@ class Received:
 
 
 class ConversationClient:
-    def __init__(self, url: str, start_session: bool = True, **session_options: Any) -> None:
+    def __init__(
+        self, url: str, start_session: bool = True, headers: dict[str, str] | None = None, **session_options: Any
+    ) -> None:
         self.url = url
+        self.headers = headers or {}  # e.g. Authorization: Bearer <key> (a browser puts a token in the URL instead)
         self.start_session = start_session
         self.session_options = session_options
         self.received = Received()
@@ -50,7 +53,7 @@ class ConversationClient:
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> ConversationClient:
-        self._ws = await websockets.connect(self.url, max_size=None)
+        self._ws = await websockets.connect(self.url, max_size=None, additional_headers=self.headers)
         self._reader = asyncio.create_task(self._read())
         if self.start_session:
             await self.send_event({"type": "session.start", **self.session_options})

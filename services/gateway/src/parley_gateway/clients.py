@@ -10,6 +10,12 @@ factory for that reason). Once a reply has flowed a failure is reported to the
 session instead (replaying half a reply would repeat audio the user heard).
 gRPC's own retries never apply once response headers arrived, hence this layer.
 
+A voice goes only where it can be spoken: `tts_engines` is the one place that
+decides which engines a TTS request needs (the engine it names, else those that
+speak its voices, from every instance's ListVoices), and the request is routed
+only to an instance running one of them. With none running, the caller gets
+`voice_unavailable` at once, never a refusal from an instance that lacks the engine.
+
 Deadlines are per wait for the next message, never per whole call: a long
 reply or a long utterance is fine, a silent service is not. A message is owed
 from the moment a request is complete (the LLM and TTS requests at once; an
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -34,7 +40,7 @@ from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.registry import DRAINING_TRAILER
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley.vad.v1 import vad_pb2, vad_pb2_grpc
-from parley_gateway.discovery import NoInstance, ServiceDirectory
+from parley_gateway.discovery import Instance, NoInstance, ServiceDirectory
 from parley_gateway.protocol import ErrorCode
 
 Message = TypeVar("Message")
@@ -45,6 +51,8 @@ AFFINITY_KEPT = 1024  # conversations whose TTS instance is remembered
 # Re-check this often whether a message became owed while waiting for one.
 OWED_CHECK_S = 0.25
 VOICES_CACHE_S = 10.0
+# What a cloned voice needs when no instance that clones is up to say so (the only cloning engine).
+CLONING_HINT = "cloning needs the fireredtts2 engine (PARLEY_TTS_ENGINES=piper,fireredtts2, on a GPU)"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -141,18 +149,22 @@ class GrpcServices:
         retry_after_answer: Callable[[Any], bool] = lambda _: False,
         affinity: OrderedDict[str, str] | None = None,
         affinity_key: str = "",
+        engines: frozenset[str] = frozenset(),
     ) -> AsyncIterator[Any]:
         """Messages of one call, failing over to another instance while nothing was answered yet.
 
         With an `affinity` map and key, the instance that served the key last is preferred (when it
-        has room), and whichever serves it now is remembered.
+        has room), and whichever serves it now is remembered. With `engines`, only instances that
+        run one of them are tried.
         """
         tried: set[str] = set()
         remember = affinity is not None and bool(affinity_key)
         while True:
             prefer = affinity.get(affinity_key, "") if affinity is not None and remember else ""
             try:
-                async with self.directory.lease(kind, exclude=frozenset(tried), prefer=prefer) as instance:
+                async with self.directory.lease(
+                    kind, exclude=frozenset(tried), prefer=prefer, engines=engines
+                ) as instance:
                     assert instance.channel is not None
                     if affinity is not None and remember:
                         affinity[affinity_key] = instance.record.id
@@ -177,8 +189,66 @@ class GrpcServices:
                     finally:
                         # Cancelling here is what stops the service's work on barge-in.
                         call.cancel()
-            except NoInstance:
+            except NoInstance as exc:
+                if exc.engines:
+                    raise self._engine_unavailable(exc.engines) from None
                 raise self._unavailable(kind, len(tried)) from None
+
+    def _engine_unavailable(self, engines: frozenset[str], voice: str = "") -> ServiceError:
+        names = " or ".join(sorted(engines))
+        what = f"the voice {voice!r} needs" if voice else "this needs"
+        message = f"{what} the {names} engine and no TTS instance running it is available"
+        health = self.directory.health["tts"]
+        if health.troubled():
+            message += f"; {health.summary('tts')}"
+        return ServiceError(ErrorCode.VOICE_UNAVAILABLE, message)
+
+    async def tts_engines(self, voices: Iterable[str], engine: str = "") -> frozenset[str]:
+        """The engines a TTS request must go to: the one it names, else those that speak all its `voices`.
+
+        Empty: any instance will do (no voice, or one no instance knows: the instance answers NOT_FOUND).
+        Raises `voice_unavailable` when no instance running now can speak a voice or runs the engine.
+        """
+        wanted = [voice for voice in voices if voice]
+        if engine:
+            required = frozenset({engine})
+        elif wanted:
+            required = await self._speaking(wanted)
+        else:
+            return frozenset()
+        if required and not self.directory.ready("tts", required) and self.directory.ready("tts"):
+            raise self._engine_unavailable(required, wanted[0] if len(wanted) == 1 and not engine else "")
+        return required
+
+    async def _speaking(self, wanted: list[str]) -> frozenset[str]:
+        """The engines that speak every one of `wanted` somewhere (empty when unknown, or they need different ones)."""
+        known = await self.voices()
+        if known is not None and any(not known.get(voice) for voice in wanted):
+            known = await self.voices(fresh=True)  # made a moment ago, or its engine is back
+        if known is None:
+            return frozenset()  # no instance could say: one will answer for itself
+        for voice in wanted:
+            if voice in known and not known[voice]:
+                raise ServiceError(
+                    ErrorCode.VOICE_UNAVAILABLE,
+                    f"{voice!r} is a cloned voice and no running TTS engine can clone: {CLONING_HINT}",
+                )
+        engines = [frozenset(known[voice]) for voice in wanted if voice in known]
+        # Voices of different engines in one dialogue: no filter, the instance explains the mix.
+        return frozenset.intersection(*engines) if engines else frozenset()
+
+    async def _tts_stream(
+        self,
+        voices: Iterable[str],
+        engine: str,
+        open_call: Callable[[grpc.aio.Channel], Any],
+        owed_since: Callable[[], float | None],
+        **options: Any,
+    ) -> AsyncIterator[Any]:
+        """A TTS call on an instance that can speak its voices (`tts_engines`), with fail-over."""
+        engines = await self.tts_engines(voices, engine)
+        async for message in self._stream("tts", open_call, owed_since, engines=engines, **options):
+            yield message
 
     async def _with_deadlines(
         self, kind: str, call: AsyncIterable[Any], owed_since: Callable[[], float | None]
@@ -216,11 +286,19 @@ class GrpcServices:
         return self._stream("llm", lambda ch: llm_pb2_grpc.ConversationStub(ch).Generate(request), _always_owed())
 
     def synthesize(self, request: tts_pb2.SynthesizeRequest) -> AsyncIterator[AudioChunk]:
-        return self._stream("tts", lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).Synthesize(request), _always_owed())
+        return self._tts_stream(
+            [request.voice],
+            request.engine,
+            lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).Synthesize(request),
+            _always_owed(),
+        )
 
     def dialogue(self, request: tts_pb2.DialogueRequest) -> AsyncIterator[tts_pb2.DialogueResponse]:
-        return self._stream(
-            "tts", lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).SynthesizeDialogue(request), _always_owed()
+        return self._tts_stream(
+            request.voices.values(),
+            request.engine,
+            lambda ch: tts_pb2_grpc.TextToSpeechStub(ch).SynthesizeDialogue(request),
+            _always_owed(),
         )
 
     def speak(
@@ -236,8 +314,13 @@ class GrpcServices:
 
             return tts_pb2_grpc.TextToSpeechStub(channel).Speak(requests())
 
-        return self._stream(
-            "tts", open_call, owed_since, affinity=self._tts_affinity, affinity_key=start.conversation_id
+        return self._tts_stream(
+            [start.voice],
+            start.engine,
+            open_call,
+            owed_since,
+            affinity=self._tts_affinity,
+            affinity_key=start.conversation_id,
         )
 
     def transcribe(
@@ -276,16 +359,54 @@ class GrpcServices:
             except NoInstance:
                 raise self._unavailable("tts", len(tried)) from None
 
+    async def list_voices(self, timeout_s: float) -> tts_pb2.ListVoicesResponse:
+        """Every ready TTS instance's voices and engines, merged: a voice lists each engine that speaks it anywhere.
+
+        Instances differ (a Piper-only one lists a cloned voice with no engine); one instance's
+        answer would depend on which was least loaded. Raises when none answers.
+        """
+        instances = self.directory.ready("tts")
+        if not instances:
+            raise self._unavailable("tts", 0)
+
+        async def ask(instance: Instance) -> tts_pb2.ListVoicesResponse:
+            stub = tts_pb2_grpc.TextToSpeechStub(self.directory.channel(instance))
+            answer: tts_pb2.ListVoicesResponse = await stub.ListVoices(tts_pb2.ListVoicesRequest(), timeout=timeout_s)
+            return answer
+
+        results = await asyncio.gather(*(ask(i) for i in instances), return_exceptions=True)
+        answers = [r for r in results if isinstance(r, tts_pb2.ListVoicesResponse)]
+        if not answers:
+            failed = next((r for r in results if isinstance(r, grpc.aio.AioRpcError)), None)
+            raise self._error("tts", failed, answered=False) if failed else self._unavailable("tts", len(instances))
+        return _merge_voices(answers)
+
     async def voices(self, fresh: bool = False) -> dict[str, list[str]] | None:
         now = time.monotonic()
         if not fresh and self._voices is not None and now - self._voices[0] < VOICES_CACHE_S:
             return self._voices[1]
         try:
-            async with self.directory.lease("tts") as instance:
-                assert instance.channel is not None
-                stub = tts_pb2_grpc.TextToSpeechStub(instance.channel)
-                answer = await stub.ListVoices(tts_pb2.ListVoicesRequest(), timeout=self.idle_timeout_s)
-        except (NoInstance, grpc.aio.AioRpcError):
+            answer = await self.list_voices(self.idle_timeout_s)
+        except ServiceError:
             return None
         self._voices = (now, {v.id: list(v.engines) for v in answer.voices})
         return self._voices[1]
+
+
+def _merge_voices(answers: list[tts_pb2.ListVoicesResponse]) -> tts_pb2.ListVoicesResponse:
+    """One voice list from several instances' (the description of one that can speak a voice wins)."""
+    voices: dict[str, tts_pb2.Voice] = {}
+    engines: dict[str, tts_pb2.Engine] = {}
+    for answer in answers:
+        for voice in answer.voices:
+            seen = voices.get(voice.id)
+            if seen is None or (voice.engines and not seen.engines):
+                voices[voice.id] = seen = tts_pb2.Voice()
+                seen.CopyFrom(voice)
+            else:
+                seen.engines.extend(e for e in voice.engines if e not in seen.engines)
+        for engine in answer.engines:
+            engines.setdefault(engine.name, engine)
+    return tts_pb2.ListVoicesResponse(
+        voices=list(voices.values()), default_voice=answers[0].default_voice, engines=list(engines.values())
+    )

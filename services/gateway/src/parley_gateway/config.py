@@ -114,7 +114,13 @@ class GatewaySettings(CommonSettings):
     allowed_origins: str = Field(
         default="",
         description="Comma-separated extra origins (https://host:port) whose pages may open the WebSocket; "
-        "the gateway's own origin is always allowed.",
+        "the gateway's own origins (its allowed host names, or the IP address a page was loaded from) always may.",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated names the gateway answers to besides IP addresses, localhost and *.localhost "
+        "(`.example.com` takes its subdomains too, `*` any name); a request to any other `Host` is refused "
+        "(400; WebSocket 403), against DNS rebinding. runpod/start.sh adds the pod's proxy name.",
     )
     token_ttl_s: float = Field(default=3600.0, gt=0, description="How long a browser token lasts.")
     # Limits per client (its API key when keys are on, else its IP address) and per gateway
@@ -202,6 +208,9 @@ class GatewaySettings(CommonSettings):
 
     def origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]
+
+    def host_list(self) -> list[str]:
+        return [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -15,6 +15,13 @@ and stall every turn routed there). An instance that says it is stopping (its
 the streams this gateway holds on it keep their channel until they end, even
 after the instance has left NATS.
 
+Engines: a TTS instance lists the engines it runs in its NATS metadata
+(`engine`, comma-separated: "piper,fireredtts2"). A stream that needs one of
+some engines (a cloned voice, an engine named in the request) goes only to an
+instance that runs one; when instances are ready but none runs one, `pick`
+says so (`NoInstance.engines`), so the caller can answer at once that the
+voice is unavailable rather than try an instance that would refuse it.
+
 It also listens to the instances' life events (`parley.service.*`): an
 instance that vanishes without saying it is stopping, or starts again where
 the last one never said goodbye, crashed. `ServiceHealth` keeps those crashes
@@ -54,9 +61,13 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class NoInstance(Exception):
-    def __init__(self, kind: str) -> None:
-        super().__init__(f"no ready {kind} service instance")
+    """No instance to route to; `engines` is set when instances are ready but none runs one of those."""
+
+    def __init__(self, kind: str, engines: frozenset[str] = frozenset()) -> None:
+        runs = f" that runs {' or '.join(sorted(engines))}" if engines else ""
+        super().__init__(f"no ready {kind} service instance{runs}")
         self.kind = kind
+        self.engines = engines
 
 
 @dataclass
@@ -78,6 +89,15 @@ class Instance:
     @property
     def routable(self) -> bool:
         return self.record.ready and self.serving and not (self.stopping or self.record.draining)
+
+    @property
+    def engines(self) -> frozenset[str]:
+        """The engines it runs, from its NATS metadata (comma-separated)."""
+        return frozenset(name for name in self.record.engine.split(",") if name)
+
+    def runs(self, engines: frozenset[str]) -> bool:
+        """It runs one of `engines` (any instance does when none is asked for)."""
+        return not engines or not engines.isdisjoint(self.engines)
 
     @property
     def admitted(self) -> int:
@@ -347,8 +367,9 @@ class ServiceDirectory:
             task.add_done_callback(self._closing.discard)
             instance.channel = None
 
-    def ready(self, kind: str) -> list[Instance]:
-        return [i for i in self.instances[kind].values() if i.routable]
+    def ready(self, kind: str, engines: frozenset[str] = frozenset()) -> list[Instance]:
+        """Instances a new stream may go to; with `engines`, only those running one of them."""
+        return [i for i in self.instances[kind].values() if i.routable and i.runs(engines)]
 
     def missing(self) -> list[str]:
         return [kind for kind in KINDS if not self.ready(kind)]
@@ -357,9 +378,18 @@ class ServiceDirectory:
         """Kinds that crashed or failed to start recently, with what is known."""
         return {kind: health.describe() for kind, health in self.health.items() if health.troubled()}
 
-    def pick(self, kind: str, exclude: frozenset[str] = frozenset(), prefer: str = "") -> Instance:
-        """The least-loaded ready instance; `prefer` (one that holds this caller's context) if it has room."""
-        candidates = [i for i in self.ready(kind) if i.record.id not in exclude]
+    def pick(
+        self, kind: str, exclude: frozenset[str] = frozenset(), prefer: str = "", engines: frozenset[str] = frozenset()
+    ) -> Instance:
+        """The least-loaded ready instance; `prefer` (one that holds this caller's context) if it has room.
+
+        With `engines`, only an instance that runs one of them: if instances are ready but none
+        does, NoInstance carries the engines (the request cannot be served here, however long it waits).
+        """
+        able = self.ready(kind, engines)
+        if engines and not able and self.ready(kind):
+            raise NoInstance(kind, engines)
+        candidates = [i for i in able if i.record.id not in exclude]
         if not candidates:
             raise NoInstance(kind)
         preferred = next((i for i in candidates if i.record.id == prefer), None)
@@ -371,10 +401,10 @@ class ServiceDirectory:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, kind: str, exclude: frozenset[str] = frozenset(), prefer: str = ""
+        self, kind: str, exclude: frozenset[str] = frozenset(), prefer: str = "", engines: frozenset[str] = frozenset()
     ) -> AsyncIterator[Instance]:
-        """The least-loaded instance (or `prefer`), counted as busy while the caller streams to it."""
-        instance = self.pick(kind, exclude, prefer)
+        """The least-loaded instance (or `prefer`; one running one of `engines`), counted as busy while in use."""
+        instance = self.pick(kind, exclude, prefer, engines)
         self.channel(instance)
         instance.opened_since_report += 1
         instance.held += 1
@@ -391,6 +421,7 @@ class ServiceDirectory:
             kind: [
                 {
                     **i.record.model_dump(),
+                    "engines": sorted(i.engines),
                     "held_by_gateway": i.held,
                     "serving": i.serving,
                     "stopping": i.stopping or i.record.draining,

@@ -20,6 +20,7 @@ from parley_gateway.api.errors import ApiError, from_service
 from parley_gateway.api.speech import ENGINES, SAMPLE_RATE, VOICE_ID_OR_DEFAULT, services_of
 from parley_gateway.clients import ServiceError
 from parley_gateway.dialogues import DialogueJob, DialogueJobs, TooManyJobs
+from parley_gateway.protocol import ErrorCode
 
 router = APIRouter(tags=["dialogues"])
 
@@ -80,7 +81,7 @@ async def create_dialogue(body: DialogueRequest, request: Request) -> dict[str, 
     try:
         first = await anext(responses, None)
     except ServiceError as error:
-        raise from_service(error, "script") from None
+        raise from_service(error, "voices" if error.code == ErrorCode.VOICE_UNAVAILABLE else "script") from None
     if first is None or not first.HasField("started"):
         raise ApiError(502, "the TTS service did not start the dialogue", "service_error")
     return jobs.start(first.started, responses).summary()

@@ -34,7 +34,12 @@ _BY_GRPC_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-_BY_CODE = {ErrorCode.SERVICE_TIMEOUT: 504, ErrorCode.SERVICE_UNAVAILABLE: 503, ErrorCode.SERVICE_CRASHED: 503}
+_BY_CODE = {
+    ErrorCode.SERVICE_TIMEOUT: 504,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
+    ErrorCode.SERVICE_CRASHED: 503,
+    ErrorCode.VOICE_UNAVAILABLE: 400,  # the gateway's own answer: no running instance can speak that voice
+}
 
 
 def from_service(error: ServiceError, param: str | None = None) -> ApiError:
@@ -45,6 +50,8 @@ def from_service(error: ServiceError, param: str | None = None) -> ApiError:
 
 
 def _client_code(error: ServiceError) -> str:
+    if error.code == ErrorCode.VOICE_UNAVAILABLE:
+        return error.code.value
     if error.status == grpc.StatusCode.NOT_FOUND:
         return "not_found"
     if error.status == grpc.StatusCode.FAILED_PRECONDITION:

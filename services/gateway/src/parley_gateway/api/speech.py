@@ -15,7 +15,7 @@ from parley_gateway.api.encoding import MEDIA_TYPES, AudioFormat, encoder_for
 from parley_gateway.api.errors import ApiError, from_service
 from parley_gateway.clients import GrpcServices, ServiceError
 from parley_gateway.config import GatewaySettings
-from parley_gateway.protocol import VOICE_ID
+from parley_gateway.protocol import VOICE_ID, ErrorCode
 
 router = APIRouter(tags=["audio"])
 
@@ -65,7 +65,8 @@ async def stream_speech(
     try:
         first: AudioChunk | None = await anext(chunks, None)
     except ServiceError as error:
-        raise from_service(error, "voice" if error.status is not None else None) from None
+        voice = error.status is not None or error.code == ErrorCode.VOICE_UNAVAILABLE
+        raise from_service(error, "voice" if voice else None) from None
     encoder = encoder_for(fmt, synthesis.sample_rate)
 
     async def body() -> AsyncIterator[bytes]:

@@ -46,7 +46,10 @@ async def _call(request: Request, call: Any, param: str | None = None) -> Any:
 @router.get("/v1/voices")
 async def list_voices(request: Request) -> dict[str, Any]:
     """Built-in voices of every engine and stored (cloned) voices, each with the engines that can speak it."""
-    answer: tts_pb2.ListVoicesResponse = await _call(request, lambda stub: stub.ListVoices(tts_pb2.ListVoicesRequest()))
+    try:  # every instance's: a voice lists each engine that speaks it somewhere
+        answer = await services_of(request).list_voices(settings_of(request).api_voices_timeout_s)
+    except ServiceError as error:
+        raise from_service(error) from None
     return {
         "voices": [voice_json(v) for v in answer.voices],
         "default_voice": answer.default_voice,
