@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,12 +19,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import soundfile
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, WebSocket, async_playwright, expect
 
 from tests.speech import silence, speak, wav_bytes
 from tests.stack import ROOT, Stack, free_port, listening_process
@@ -232,6 +234,133 @@ async def test_the_page_reconnects_after_the_gateway_restarts(browser: Browser, 
         if "ERR_CONNECTION_REFUSED" not in m and "WebSocket" not in m and "status of 503" not in m
     ]
     assert unexpected == [], unexpected
+
+
+def session_starts(page: Page) -> list[dict[str, Any]]:
+    """Every session.started the server sends the page, as they come (a list that fills itself)."""
+    started: list[dict[str, Any]] = []
+
+    def watch(socket: WebSocket) -> None:
+        def received(payload: str | bytes) -> None:
+            if isinstance(payload, str) and '"session.started"' in payload:
+                started.append(json.loads(payload))
+
+        socket.on("framereceived", received)
+
+    page.on("websocket", watch)
+    return started
+
+
+async def test_the_page_resumes_its_conversation_after_the_gateway_restarts(browser: Browser, stack: Stack) -> None:
+    """A turn, the gateway killed (supervisord restarts it), another turn: one conversation throughout.
+
+    The page resumes its session (the server says `resumed` and gives back the first turn), the
+    transcript stays as it was with nothing doubled, the outage's banners go once it is over, and
+    the second turn joins the same history: a reload of the tab resumes the session with both."""
+    context = await browser.new_context(base_url=stack.url)
+    page = await context.new_page()
+    errors = PageErrors(page)
+    started = session_starts(page)
+    talk = page.locator('[data-page="talk"]')
+    banners = page.get_by_test_id("errors")
+    users = page.get_by_test_id("user-message")
+    replies = page.get_by_test_id("assistant-message")
+    first, second = "Hello, my name is Ada.", "What is my name?"
+    try:
+        await open_page(page, "talk")
+        await connect_push_to_talk(page)
+        await page.get_by_test_id("text-input").fill(first)
+        await page.get_by_test_id("send").click()
+        await expect(replies.first).to_have_attribute("data-played", "true", timeout=90_000)
+        first_reply = await replies.first.inner_text()
+
+        os.kill(listening_process(stack.ports["gateway"]), signal.SIGKILL)
+        await expect(banners).to_contain_text("Connection closed", timeout=10_000)
+        await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "connected", timeout=60_000)
+        resumed = started[-1]
+        assert resumed["resumed"] is True and resumed["session_id"] == started[0]["session_id"], resumed
+        assert [turn["role"] for turn in resumed.get("history", [])] == ["user", "assistant"], resumed
+        assert resumed["history"][0]["content"] == first, resumed
+        await expect(talk).to_have_attribute("data-session", "resumed")
+        for outage in ("Connection closed", "cannot be reached", "not ready"):  # all over now
+            await expect(banners).not_to_contain_text(outage)
+        # The transcript as it was: the same two messages (the reply still the one that played), no copies.
+        await expect(users).to_have_text([first])
+        await expect(replies).to_have_count(1)
+        await expect(replies.first).to_have_attribute("data-played", "true")
+        assert await replies.first.inner_text() == first_reply
+
+        await page.get_by_test_id("text-input").fill(second)
+        await page.get_by_test_id("send").click()
+        await expect(page.get_by_test_id("timings")).to_have_count(2, timeout=90_000)  # its response.done
+
+        await page.reload()  # the tab remembers its conversation: Connect resumes it, history and all
+        await expect(page.locator("body")).to_have_attribute("data-ready", "talk", timeout=20_000)
+        await connect_push_to_talk(page)
+        await expect(talk).to_have_attribute("data-session", "resumed")
+        history = started[-1]["history"]
+        assert [turn["role"] for turn in history] == ["user", "assistant", "user", "assistant"], history
+        assert [turn["content"] for turn in history if turn["role"] == "user"] == [first, second], history
+        await expect(users).to_have_text([first, second])
+        await expect(replies).to_have_count(sum(1 for t in history if t["role"] == "assistant" and t["content"]))
+    finally:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOTS / "resumed_after_gateway_restart.png"), full_page=True)
+        await context.close()
+    unexpected = [
+        m
+        for m in errors.messages
+        if "ERR_CONNECTION_REFUSED" not in m and "WebSocket" not in m and "status of 503" not in m
+    ]
+    assert unexpected == [], unexpected
+
+
+async def test_a_conversation_the_server_no_longer_has_goes_on_in_a_new_one(page: Page) -> None:
+    """The tab's conversation is unknown to the server (expired, say): a new one starts, and the page says so."""
+    talk = page.locator('[data-page="talk"]')
+    stale = {"id": "sess_0123456789abcdef", "token": "a-token-this-server-never-gave"}
+    await open_page(page, "talk")
+    await page.evaluate("stale => sessionStorage.setItem('parley.conversation', JSON.stringify(stale))", stale)
+    await page.reload()
+    await expect(page.locator("body")).to_have_attribute("data-ready", "talk", timeout=20_000)
+    await connect_push_to_talk(page)
+    await expect(page.get_by_test_id("transcript-note")).to_contain_text("could not be resumed")
+    await expect(talk).to_have_attribute("data-session", "new")
+    await expect(page.get_by_test_id("errors").locator("li")).to_have_count(0)
+    kept = await page.evaluate("() => JSON.parse(sessionStorage.getItem('parley.conversation'))")
+    assert kept["id"].startswith("sess_") and kept["id"] != stale["id"], kept
+    await page.get_by_role("button", name="Disconnect").click()  # ends it: nothing left to resume
+    assert await page.evaluate("() => sessionStorage.getItem('parley.conversation')") is None
+
+
+# The socket's send buffer as the page sees it: full while `linkStalled` is set, as on a link too
+# slow for the microphone's audio (one the test cannot make: loopback drains anything).
+STALLED_LINK = """
+const buffered = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'bufferedAmount').get;
+Object.defineProperty(WebSocket.prototype, 'bufferedAmount', {
+  configurable: true,
+  get() { return window.linkStalled ? 1 << 20 : buffered.call(this); },
+});
+window.linkStalled = true;
+"""
+
+
+async def test_the_page_says_when_its_microphone_cannot_get_through(page: Page) -> None:
+    """Microphone audio the socket cannot take is dropped, never silently: a notice while it lasts,
+    and a note of how much was lost once audio gets through again."""
+    await page.add_init_script(STALLED_LINK)
+    talk = page.locator('[data-page="talk"]')
+    banners = page.get_by_test_id("errors")
+    await open_page(page, "talk")
+    await page.get_by_role("button", name="Connect").click()  # hands-free: the microphone streams all along
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "connected", timeout=30_000)
+    await expect(banners).to_contain_text("too slow")
+    await expect(talk).to_have_attribute("data-mic", "dropping")
+    await page.evaluate("() => { window.linkStalled = false; }")
+    await expect(talk).not_to_have_attribute("data-mic", "dropping")
+    await expect(banners).not_to_contain_text("too slow")
+    await expect(page.get_by_test_id("transcript-note")).to_contain_text("microphone audio was lost")
+    await page.get_by_role("button", name="Disconnect").click()
 
 
 async def test_a_voice_recorded_in_the_browser_is_checked_and_saved(page: Page, stack: Stack) -> None:

@@ -78,20 +78,25 @@ def embedder() -> SpeakerEmbedder:
 
 
 class Counted:
-    """A synthesiser whose reference encodings are counted."""
+    """A synthesiser whose reference encodings are counted, and whose contexts are kept to be looked at."""
 
     def __init__(self, inner: SpeechSynthesizer) -> None:
         self.inner = inner
         self.engine, self.cloning, self.sample_rate = inner.engine, inner.cloning, inner.sample_rate
         self.encoded = 0
+        self.contexts: list[Context] = []
+        self.before: list[list[tuple[str, bool]]] = []
 
     def voices(self) -> list[VoiceInfo]:
         return self.inner.voices()
 
     def new_context(self) -> Context:
-        return self.inner.new_context()
+        self.contexts.append(self.inner.new_context())
+        return self.contexts[-1]
 
     def synthesize(self, utterance: Utterance, context: Context) -> Iterator[Float32Array]:
+        # What the context held when this utterance began (FireRedTTS2's: its segments so far).
+        self.before.append([(s.speaker, s.voice_prompt) for s in getattr(context, "segments", [])])
         return self.inner.synthesize(utterance, context)
 
     def encode_reference(self, audio_16k: Float32Array, transcript: str) -> bytes:
@@ -307,6 +312,25 @@ async def test_a_conversation_keeps_its_voice_prompt_and_earlier_replies(
         ("[S1]", REFERENCE_TEXT, True),
         ("[S1]", "Hello there.", False),
         ("[S1]", "How are you?", False),
+    ]
+
+
+async def test_a_dialogue_puts_every_speakers_voice_before_its_first_line(
+    nc: NatsClient, bucket: str, firered: FireRedTTS2Synthesizer, embedder: SpeakerEmbedder
+) -> None:
+    """As FireRedTTS2's authors prompt a dialogue: all the voices first, then the turns."""
+    engine = Counted(firered)
+    servicer = await servicer_for(nc, bucket, embedder, engine)
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        ana = await stub.CreateVoice(create(reference(), name="Ana"))
+        ben = await stub.CreateVoice(create(reference(), name="Ben"))
+        request = tts_pb2.DialogueRequest(script="[S1] Hello there. [S2] How are you?", voices={1: ana.id, 2: ben.id})
+        turns = [r.turn_done for r in [r async for r in stub.SynthesizeDialogue(request)] if r.HasField("turn_done")]
+    assert [t.audio_s > 0 for t in turns] == [True, True]
+    assert engine.before == [
+        [("[S1]", True), ("[S2]", True)],  # the first line is spoken with both voices already in
+        [("[S1]", True), ("[S2]", True), ("[S1]", False)],
     ]
 
 

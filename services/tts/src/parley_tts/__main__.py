@@ -39,7 +39,7 @@ def load_fireredtts2(settings: TtsSettings) -> list[SpeechSynthesizer]:
     # Imported here: torch and the model code are only needed where this engine runs.
     import torch
 
-    from parley_tts.engines.fireredtts2 import FireRedTTS2Model, FireRedTTS2Synthesizer
+    from parley_tts.engines.fireredtts2 import FireRedTTS2Model, FireRedTTS2Recipe, FireRedTTS2Synthesizer
 
     device = torch.device(settings.fireredtts2_device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -65,14 +65,7 @@ def load_fireredtts2(settings: TtsSettings) -> list[SpeechSynthesizer]:
         if device.type == "cuda":
             used = torch.cuda.memory_allocated(device) - before
             log.info("FireRedTTS2 copy %d holds %.2f GiB of GPU memory", index + 1, used / 2**30)
-        copies.append(
-            FireRedTTS2Synthesizer(
-                model,
-                settings.fireredtts2_max_frames,
-                settings.fireredtts2_temperature,
-                settings.fireredtts2_top_k,
-            )
-        )
+        copies.append(FireRedTTS2Synthesizer(model, recipe=FireRedTTS2Recipe.from_settings(settings)))
     return copies
 
 

@@ -94,6 +94,29 @@ class TtsSettings(ServiceSettings):
     )
     fireredtts2_temperature: float = Field(default=0.9, gt=0, le=2, description="Sampling temperature.")
     fireredtts2_top_k: int = Field(default=20, ge=1, description="Sampling top-k.")
+    fireredtts2_monologue_max_frames: int = Field(
+        default=400,
+        ge=1,
+        description="Most frames one cloned monologue piece may generate (pretrain checkpoint; upstream's 400). "
+        "PARLEY_TTS_FIREREDTTS2_MAX_FRAMES bounds a dialogue turn (upstream's 375).",
+    )
+    fireredtts2_monologue_temperature: float = Field(
+        default=0.75,
+        gt=0,
+        le=2,
+        description="Sampling temperature of monologues (pretrain checkpoint; upstream's 0.75). "
+        "PARLEY_TTS_FIREREDTTS2_TEMPERATURE is that of dialogue turns (upstream's 0.9).",
+    )
+    fireredtts2_context_codes: bool = Field(
+        default=False,
+        description="Keep spoken turns in the context as the generated codes instead of re-encoding their audio "
+        "as upstream does (saves one codec encode per turn; departs from upstream's recipe).",
+    )
+    fireredtts2_split_long_sentences: bool = Field(
+        default=False,
+        description="Also split a dialogue sentence over 80 words (150 CJK characters), which upstream leaves whole "
+        "and the frame bound may cut short, at clause marks and between words (departs from upstream's recipe).",
+    )
 
     def reference_limits(self) -> ReferenceLimits:
         return ReferenceLimits(

@@ -10,7 +10,7 @@ makes and the service keeps, so any copy of the model can go on with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,7 +59,12 @@ class CannotClone(ValueError):
 
 
 class Context(Protocol):
-    """What an engine remembers of earlier utterances; opaque to the service."""
+    """What an engine remembers of earlier utterances; opaque to the service, but for one call."""
+
+    def cast(self, voices: Mapping[int, str | StoredVoice]) -> None:
+        """A dialogue's whole cast (speaker 1..4 -> voice) before its first line: engines that prompt with the
+        speakers' voices put them all in first. Must not touch the model (it runs on the event loop)."""
+        ...
 
 
 class SpeechSynthesizer(Protocol):

@@ -1,34 +1,62 @@
 """FireRedTTS2: a dual-transformer TTS that clones voices and keeps a dialogue's earlier turns as context.
 
 The model works on *frames* of 17 columns, 12.5 per second of audio: 16 audio codebook indices and one
-text-token column. An utterance in its context is its text frames (`[S1]<|text_start|>…<|text_end|>`,
-one token per frame) followed by its audio frames and an all-zero end-of-speech (EOS) frame. To speak,
-the context and the new utterance's text frames are prefilled into the backbone, then each step
-(`Model.generate_frame`: one backbone step, 15 decoder passes) samples one audio frame, until an EOS
-frame or `max_frames`. The codec turns frames into 24 kHz audio (1,920 samples each); its streaming
-decoder runs one frame behind generation, because the last frame is decoded differently (`last_token`).
+text-token column. A segment of its input is text frames (`[S1]<|text_start|>…<|text_end|>`, one token per
+frame) followed by audio frames. To speak, the prompt is prefilled into the backbone, then each step
+(`Model.generate_frame`: one backbone step, 15 decoder passes) samples one audio frame, until the model's
+all-zero end-of-speech (EOS) frame or a bound. The codec turns frames into 24 kHz audio (1,920 samples
+each); its streaming decoder runs one frame behind generation, because the last frame is decoded
+differently (`last_token`).
 
-How it clones: the post-trained checkpoint continues a dialogue, so a voice's reference recording goes
-first in the context as a `Segment` (speaker tag, transcript, codes) and the new text, with the same
-speaker tag, is spoken in that voice. Without any context the timbre is random.
+The model is fed as upstream's own inference code feeds it (`FireRedTTS2` and `FireRedTTS2_Stream` in
+fireredtts2/fireredtts2.py, FireRedTeam/FireRedTTS2 at 404f3f6); `test_fireredtts2_parity.py` runs the
+package's class beside this engine on the same weights and seeds. There are two recipes:
 
-What this module does differently from upstream's `FireRedTTS2_Stream`, and why:
+- **Dialogue** (the post-trained checkpoint, `llm_posttrain.pt`; dialogues, conversations, cloning): the
+  prompt is every speaker's voice prompt (`[Sn]<|text_start|>[Sn]transcript<|text_end|>`, the tag written
+  twice as upstream's prompt texts carry it, then the reference's codes and an EOS frame; all of them
+  before the first turn when the dialogue's cast is known, `DialogueMemory.cast`), then the earlier
+  turns (`[Sn]<|text_start|>text<|text_end|>`, codes, EOS), then the new turn's text frames. Text goes in as
+  written; a turn over 80 words (150 characters with CJK) is split at sentence ends and each piece is a turn
+  of its own. Each turn generates until EOS, at most 375 frames (30 s), at temperature 0.9. A spoken turn
+  goes into the context as upstream puts it there: its audio resampled to 16 kHz and encoded again by the
+  codec (`encode_speech`).
+- **Monologue** (the pre-trained checkpoint, `llm_pretrain.pt`): text is normalised (`clean_text`) and
+  split into pieces of at most ~400 bytes. A cloned voice speaks each piece as ONE segment that continues
+  its reference: `[S1]<|text_start|>` + transcript minus its last character + "," + piece +
+  `<|text_end|>`, then the reference's codes minus their last 2 frames and no EOS frame, so the model goes
+  on speaking the rest of the text in that voice; at most 400 frames at temperature 0.75, and the first 2
+  generated frames are dropped (upstream's "leading silence"). Without a cloned voice a piece is
+  `[S1]<|text_start|>piece<|text_end|>` alone (a random timbre), at most 375 frames at temperature 0.75.
 
-- Context segments carry *codes*, never audio: a voice's reference is encoded once (`encode_reference`,
-  which runs a Whisper-large encoder) and earlier turns are the codes the model generated, so nothing
-  is re-encoded per request, and earlier turns are not round-tripped through audio and resampling.
-- The context is a sliding window: when it would not fit in the model's frame limit (3,100 frames
-  upstream) the oldest segments are dropped, except voice prompts (`Segment.voice_prompt`).
-- Every segment's text is written `[Sn]<|text_start|>text<|text_end|>`, as the fine-tuning data is;
-  upstream's dialogue demo writes the tag twice in prompt segments (`[S1]<|text_start|>[S1]…`).
+Where this engine departs from upstream, and why:
+
+- Voice prompt codes are computed once per voice (`encode_reference`); upstream encodes the reference
+  audio again on every call, with the same result.
+- Upstream speaks a random-voice monologue in one generation and loses whatever does not fit in 30 s. Here
+  it is split like a cloned one, and the pieces after the first clone the first piece's voice (it becomes
+  the speaker's voice prompt), so long text is spoken whole in one voice.
+- The context is a sliding window: where upstream refuses a dialogue prompt that would not leave room for
+  375 frames within its 3,100-frame limit, the oldest turns are dropped, never the voice prompts.
+- The model's framing and speaker tokens are removed from user text (`strip_control_tokens`), so text
+  cannot end its own frame or switch the speaker.
+- No torchaudio (it has no CPU wheel): the package `__init__` imports it through its top module, so only
+  the `llm` and `codec` submodules are imported (see `_import_fireredtts2`), and audio is resampled by
+  `resample`, the same band-limited sinc interpolation as `torchaudio.functional.resample`'s default. The
+  text handling is our own (`fireredtts2_text`): the package's copy predates upstream HEAD's `clean_text`.
 - The package's loaders are not used: `load_llm_model` silently falls back to random weights when the
   checkpoint is missing, `RedCodecInfer.from_pretrained` loads without `map_location` (a GPU-saved
-  checkpoint fails on CPU) and hard-codes the Whisper-large-v3 size of its encoder. The same classes
-  are built here from the directory's configs; `config_codec.json` may give the encoder's size in an
-  optional `codec.ssl` section (tests use a tiny one), which upstream's configs do not have.
-- No torchaudio (it has no CPU wheel): the package `__init__` imports it through its top module, so
-  only the `llm`, `codec` and `utils` submodules are imported (see `_import_fireredtts2`), and audio is
-  resampled with soxr.
+  checkpoint fails on CPU) and hard-codes the Whisper-large-v3 size of its encoder. The same classes are
+  built here from the directory's configs; `config_codec.json` may give the encoder's size in an optional
+  `codec.ssl` section (tests use a tiny one), which upstream's configs do not have.
+- A cloned monologue's pieces follow upstream's non-streaming class (the first 2 frames of every piece
+  dropped, each piece decoded on its own); its streaming class drops them in the first piece only. Like the
+  streaming class, and unlike the non-streaming one, a piece under 19 frames is not generated again (that
+  would hold back 1.5 s of audio, and need never end for a piece that is short to say).
+- Upstream has no dialogue on the pre-trained checkpoint: here each turn is a monologue in its speaker's
+  voice (its stored voice, or the random voice of its first piece).
+
+Settings may depart further (`FireRedTTS2Recipe`, PARLEY_TTS_FIREREDTTS2_*): all off by default.
 
 One `FireRedTTS2Model` is one model copy with its own KV caches: only one thread may use it at a time
 (the service keeps copies in a `parley.models.ModelPool`), and it starts no threads of its own.
@@ -36,33 +64,45 @@ One `FireRedTTS2Model` is one model copy with its own KV caches: only one thread
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
 import io
 import json
 import logging
+import math
 import pickle
-import re
 import sys
 import threading
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 import torch
 
 from parley.pcm import Float32Array
 from parley_tts.engines.base import Context, StoredVoice, UnknownVoice, UnspeakableText, Utterance, VoiceInfo
+from parley_tts.engines.fireredtts2_text import (
+    MONOLOGUE_PIECE_BYTES,
+    clean_text,
+    split_monologue,
+    split_turn,
+    strip_control_tokens,
+)
+
+if TYPE_CHECKING:
+    from parley_tts.config import TtsSettings
 
 log = logging.getLogger(__name__)
 
 Codes = npt.NDArray[np.int64]  # (frames, codebooks) codebook indices
 
 SPEAKERS = ("[S1]", "[S2]", "[S3]", "[S4]")
+MONOLOGUE_SPEAKER = "[S1]"  # upstream's monologue always speaks as [S1]
 # Upstream's limit on prompt + generated frames: longer sequences were never trained.
 UPSTREAM_FRAME_LIMIT = 3100
 CHECKPOINTS = ("pretrain", "posttrain")
@@ -70,7 +110,10 @@ TOKENIZER_DIR = "Qwen2.5-1.5B"
 # Upstream hard-codes these for the codec's semantic encoder (Whisper-large-v3's encoder).
 WHISPER_LARGE_V3 = {"embed_dim": 1280, "num_layers": 32, "num_heads": 20, "ffn_dim": 5120}
 TEXT_START, TEXT_END = "<|text_start|>", "<|text_end|>"
-_LEADING_SPEAKER = re.compile(r"^\s*\[S\d+\]")
+# A cloned monologue continues its reference: upstream cuts the prompt's last 3 frames (the EOS frame and
+# 2 frames of codes) and drops the first 2 frames it generates.
+CONTINUATION_TRIM = 2
+LEADING_FRAMES_DROPPED = 2
 
 
 def _import_fireredtts2() -> None:
@@ -106,7 +149,6 @@ from fireredtts2.codec.whisper import (  # noqa: E402
 )
 from fireredtts2.llm.llm import Model, ModelArgs  # noqa: E402
 from fireredtts2.llm.utils import load_custom_tokenizer  # noqa: E402
-from fireredtts2.utils.spliter import clean_text  # noqa: E402
 
 
 class MissingModelFiles(FileNotFoundError):
@@ -122,13 +164,59 @@ class ContextTooLong(ValueError):
     """The request does not fit in the model's frame limit even with every droppable segment dropped."""
 
 
+# --- resampling ----------------------------------------------------------------------------------------
+
+_SINC_ZEROS = 6  # zero crossings of the sinc on each side of the kernel
+_ROLLOFF = 0.99  # the low-pass cut-off, as a fraction of the lower rate's Nyquist frequency
+
+
+@functools.lru_cache(maxsize=16)
+def _sinc_kernel(orig: int, new: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """Polyphase kernels (new, 1, taps) of a Hann-windowed sinc low-pass, and how far each reaches back."""
+    cutoff = min(orig, new) * _ROLLOFF
+    reach = math.ceil(_SINC_ZEROS * orig / cutoff)
+    taps = torch.arange(-reach, reach + orig, dtype=dtype, device=device)[None, None] / orig
+    phases = torch.arange(0, -new, -1, dtype=dtype, device=device)[:, None, None] / new
+    t = ((phases + taps) * cutoff).clamp(-_SINC_ZEROS, _SINC_ZEROS)
+    window = torch.cos(t * math.pi / _SINC_ZEROS / 2) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), t.sin() / t)
+    return sinc * (window * (cutoff / orig)), reach
+
+
+def resample(audio: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """`audio` (..., time) from `orig` Hz to `new` Hz by band-limited sinc interpolation.
+
+    The same computation as `torchaudio.functional.resample` with its defaults (Hann window, 6 zero
+    crossings, roll-off 0.99), which upstream uses for prompts and for the context, so the codec encodes
+    the same samples here as there. Returns `audio` itself when the rates are equal.
+    """
+    if orig <= 0 or new <= 0:
+        raise ValueError(f"sample rates must be positive, not {orig} and {new}")
+    if orig == new:
+        return audio
+    common = math.gcd(orig, new)
+    orig, new = orig // common, new // common
+    kernel, reach = _sinc_kernel(orig, new, audio.device, audio.dtype)
+    shape = audio.shape
+    flat = audio.reshape(-1, shape[-1])
+    padded = torch.nn.functional.pad(flat, (reach, reach + orig))
+    out = torch.nn.functional.conv1d(padded[:, None], kernel, stride=orig)
+    out = out.transpose(1, 2).reshape(flat.shape[0], -1)[:, : math.ceil(new * shape[-1] / orig)]
+    return out.reshape(*shape[:-1], out.shape[-1])
+
+
+# --- the model ----------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Segment:
     """One utterance in the model's context.
 
     `codes` are the codebook indices of its audio, shape (frames, 16), without an EOS frame: from
-    `encode_reference` for a voice's reference recording, from `last_codes` for a generated turn.
-    `voice_prompt` marks a voice's reference: the sliding window never drops it. Put it first.
+    `encode_reference` for a voice's reference recording, from `encode_speech` (or `last_codes`) for a
+    spoken turn. `voice_prompt` marks a voice's reference: its text is written after a second speaker tag,
+    as upstream's prompt transcripts carry one, and the sliding window never drops it. Put it first.
     """
 
     speaker: str  # "[S1]".."[S4]"
@@ -143,9 +231,12 @@ class _Tokenizer(Protocol):
     def __len__(self) -> int: ...
 
 
+Frames = tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]  # (n, 17) tokens and which columns count
+
+
 @dataclass
 class _Stream:
-    """One `speak` call's state between frames: the next backbone input and the codec's streaming caches."""
+    """One generation's state between frames: the next backbone input and the codec's streaming caches."""
 
     tokens: torch.Tensor  # (1, s, 17) what generate_frame gets next: the prompt, then the last frame
     mask: torch.Tensor  # (1, s, 17) which columns of `tokens` count
@@ -157,17 +248,28 @@ class _Stream:
 class FireRedTTS2Model:
     """One FireRedTTS2 copy: backbone + decoder (the "LLM"), the codec and the text tokenizer.
 
-    Use it from one thread at a time. `llm`, `codec` and `tokenizer` are the package's own objects.
+    Use it from one thread at a time. `llm`, `codec` and `tokenizer` are the package's own objects;
+    `checkpoint` says which LLM weights it holds, and so which recipe the synthesizer speaks with.
     """
 
     sample_rate = 24000  # of the audio `speak` yields
     frame_samples = 1920  # 80 ms at 24 kHz: one frame's audio
     reference_rate = 16000  # the codec encodes 16 kHz audio
 
-    def __init__(self, llm: Model, codec: RedCodecInfer, tokenizer: _Tokenizer, frame_limit: int) -> None:
+    def __init__(
+        self,
+        llm: Model,
+        codec: RedCodecInfer,
+        tokenizer: _Tokenizer,
+        frame_limit: int,
+        checkpoint: str = "posttrain",
+    ) -> None:
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
         self.llm = llm
         self.codec = codec
         self.tokenizer = tokenizer
+        self.checkpoint = checkpoint
         self.device = next(llm.parameters()).device
         self.codebooks: int = llm.config.audio_num_codebooks
         self.audio_vocab: int = llm.config.audio_vocab_size
@@ -182,6 +284,7 @@ class FireRedTTS2Model:
         # on CUDA, which kills the process's CUDA context): such frames are clamped for decoding only.
         self._codec_max = int(codec.rvq.codebook_size) - 1
         self.last_codes: Codes | None = None
+        self.last_complete = False
         with torch.inference_mode():
             llm.setup_caches(1)
 
@@ -197,10 +300,10 @@ class FireRedTTS2Model:
         """Load from a directory laid out like upstream's `pretrained_models/FireRedTTS2`.
 
         It holds config_llm.json, llm_pretrain.pt and/or llm_posttrain.pt (`checkpoint` picks one: the
-        post-trained one speaks dialogues and clones from context), config_codec.json, codec.pt and the
-        Qwen2.5-1.5B/ tokenizer. Anything missing is one `MissingModelFiles` naming every missing file.
-        The LLM runs in bfloat16 on a CUDA device that supports it when `bf16`, else in float32 (always
-        on CPU); the codec always in float32, as upstream.
+        post-trained one speaks dialogues and clones from context, the pre-trained one monologues),
+        config_codec.json, codec.pt and the Qwen2.5-1.5B/ tokenizer. Anything missing is one
+        `MissingModelFiles` naming every missing file. The LLM runs in bfloat16 on a CUDA device that
+        supports it when `bf16`, else in float32 (always on CPU); the codec always in float32, as upstream.
         """
         if checkpoint not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, not {checkpoint!r}")
@@ -212,9 +315,9 @@ class FireRedTTS2Model:
         llm = _load_llm(files["config_llm"], files["llm"], target, dtype)
         codec = _load_codec(files["config_codec"], files["codec"], target)
         log.info("FireRedTTS2 loaded from %s (%s checkpoint, %s, %s)", models_dir, checkpoint, target, str(dtype)[6:])
-        return cls(llm, codec, tokenizer, frame_limit)
+        return cls(llm, codec, tokenizer, frame_limit, checkpoint)
 
-    # --- voices -------------------------------------------------------------------------------------
+    # --- audio to codes ------------------------------------------------------------------------------
 
     def encode_reference(self, audio: Float32Array, sample_rate: int = reference_rate) -> Codes:
         """The codes of a reference recording (mono float32), shape (frames, 16): compute once per voice.
@@ -225,16 +328,20 @@ class FireRedTTS2Model:
         samples = np.asarray(audio, dtype=np.float32)
         if samples.ndim != 1 or samples.size == 0:
             raise ValueError(f"reference audio must be non-empty mono samples, got shape {samples.shape}")
-        if sample_rate != self.reference_rate:
-            samples = np.asarray(soxr.resample(samples, sample_rate, self.reference_rate), dtype=np.float32)
-        return self._encode(samples)
+        return self._encode(resample(torch.from_numpy(samples), sample_rate, self.reference_rate))
+
+    def encode_speech(self, audio: Float32Array) -> Codes:
+        """The codes of speech this model said (24 kHz), as upstream puts a spoken turn into the context:
+        resampled to 16 kHz and encoded by the codec."""
+        samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+        return self._encode(resample(samples, self.sample_rate, self.reference_rate))
 
     @torch.inference_mode()
-    def _encode(self, samples: Float32Array) -> Codes:
-        tokens, _ = self.codec.encode(torch.from_numpy(samples).unsqueeze(0).to(self.device))  # (1, 16, frames)
+    def _encode(self, samples: torch.Tensor) -> Codes:
+        tokens, _ = self.codec.encode(samples.unsqueeze(0).to(self.device))  # (1, 16, frames)
         return np.ascontiguousarray(tokens[0].T.cpu().numpy(), dtype=np.int64)
 
-    # --- speaking -----------------------------------------------------------------------------------
+    # --- speaking ------------------------------------------------------------------------------------
 
     def speak(
         self,
@@ -246,28 +353,68 @@ class FireRedTTS2Model:
         max_frames: int,
         temperature: float = 0.9,
         top_k: int = 20,
-    ) -> Iterator[Float32Array]:
-        """Speak `text` as `speaker` after `context`: float32 mono chunks at 24 kHz, one per frame.
+    ) -> Generator[Float32Array]:
+        """Speak `text` as `speaker` after `context` (upstream's `generate`): float32 mono chunks at 24 kHz.
 
-        Chunk i is frame i's audio (1,920 samples; the first is 360 shorter and the last 360 longer, the
-        codec's overlap). It comes one frame late, as the codec needs to know whether a frame is the last.
-        Generation ends at the model's end-of-speech frame or after `max_frames` frames. `stop` is checked
-        before every frame: once set, no further frame is generated and nothing more is yielded.
+        The prompt is each context segment (text frames, its codes, an EOS frame), then `text`'s frames;
+        `text` goes in as given, less the model's control tokens. Chunk i is frame i's audio (1,920
+        samples; the first is 360 shorter and the last 360 longer, the codec's overlap). It comes one frame
+        late, as the codec needs to know whether a frame is the last. Generation ends at the model's EOS
+        frame or after `max_frames` frames. `stop` is checked before every frame: once set, no further
+        frame is generated and nothing more is yielded.
 
-        The context is fed from its segments' codes. If context + text + `max_frames` would exceed the
-        frame limit, the oldest segments that are not voice prompts are dropped; `ContextTooLong` if even
-        that is not enough. Afterwards `last_codes` holds the codes of exactly the chunks yielded (also
-        when stopped or closed early), to go into the next call's context as a `Segment`.
+        If the prompt would leave fewer than `max_frames` frames within the frame limit (the limit itself
+        excluded, as upstream), the oldest segments that are not voice prompts are dropped;
+        `ContextTooLong` if even that is not enough. Afterwards `last_codes` holds the codes of exactly the
+        chunks yielded (also when stopped or closed early), and `last_complete` whether generation ended
+        by itself (EOS or the bound).
         """
+        self._check(max_frames, temperature, top_k)
+        tokens, mask = self._dialogue_prompt(text, speaker, context, max_frames)
+        return self._frames(tokens, mask, stop, max_frames, temperature, top_k, 0)
+
+    def continue_speech(
+        self,
+        text: str,
+        prompt_codes: Codes,
+        stop: threading.Event,
+        *,
+        max_frames: int,
+        temperature: float = 0.75,
+        top_k: int = 20,
+    ) -> Generator[Float32Array]:
+        """Go on from a reference (upstream's cloned monologue, `generate_single`): chunks as `speak` yields.
+
+        The prompt is ONE segment: `[S1]<|text_start|>text<|text_end|>` with the reference's codes minus
+        their last 2 frames and no EOS frame, so the model continues the reference's speech; `text` is the
+        reference's transcript followed by what to say. The first 2 frames generated are not spoken (nor
+        in `last_codes`); `max_frames` counts them.
+        """
+        self._check(max_frames, temperature, top_k)
+        words = self._text_frames(MONOLOGUE_SPEAKER, text)
+        if words is None:
+            raise UnspeakableText(f"nothing to say in {text!r}")
+        codes = self._checked_codes(prompt_codes)
+        if len(codes) <= CONTINUATION_TRIM:
+            raise ValueError(f"a reference to continue needs more than {CONTINUATION_TRIM} frames of codes")
+        audio = self._audio_frames(codes[:-CONTINUATION_TRIM], eos=False)
+        tokens, mask = np.concatenate([words[0], audio[0]]), np.concatenate([words[1], audio[1]])
+        if len(tokens) + max_frames >= self.frame_limit:
+            raise ContextTooLong(
+                f"{len(tokens)} prompt frames + {max_frames} frames to generate reach the model's limit of "
+                f"{self.frame_limit} frames"
+            )
+        return self._frames(tokens, mask, stop, max_frames, temperature, top_k, LEADING_FRAMES_DROPPED)
+
+    def _check(self, max_frames: int, temperature: float, top_k: int) -> None:
         self.last_codes = None
+        self.last_complete = False
         if max_frames < 1:
             raise ValueError(f"max_frames must be at least 1, not {max_frames}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, not {temperature}")
         if not 1 <= top_k <= self.audio_vocab:
             raise ValueError(f"top_k must be in 1..{self.audio_vocab}, not {top_k}")
-        tokens, mask = self._prompt(text, speaker, context, max_frames)
-        return self._frames(tokens, mask, stop, max_frames, temperature, top_k)
 
     def _frames(
         self,
@@ -277,11 +424,12 @@ class FireRedTTS2Model:
         max_frames: int,
         temperature: float,
         top_k: int,
-    ) -> Iterator[Float32Array]:
+        drop: int,
+    ) -> Generator[Float32Array]:
         spoken: list[Codes] = []
         try:
             stream = self._start(tokens, mask)
-            for _ in range(max_frames):
+            for generated in range(max_frames):
                 if stop.is_set():
                     return  # the pending frame's audio is not wanted any more
                 frame = self._next_frame(stream, temperature, top_k)
@@ -289,11 +437,19 @@ class FireRedTTS2Model:
                     break
                 if stop.is_set():
                     return  # set while the frame was computed (from another thread): nothing more to yield
+                if generated < drop:
+                    continue
                 if stream.pending is not None:
                     audio, codes = self._decode(stream, last=False)
                     spoken.append(codes)  # before the yield: a consumer may close us there
                     yield audio
                 stream.pending = frame
+            else:
+                log.warning(
+                    "FireRedTTS2 said no end of speech within its bound of %d frames: speech may be cut short",
+                    max_frames,
+                )
+            self.last_complete = True
             if stream.pending is not None and not stop.is_set():
                 audio, codes = self._decode(stream, last=True)
                 spoken.append(codes)
@@ -301,9 +457,7 @@ class FireRedTTS2Model:
         finally:
             self.last_codes = np.stack(spoken) if spoken else np.zeros((0, self.codebooks), dtype=np.int64)
 
-    def _prompt(
-        self, text: str, speaker: str, context: Sequence[Segment], max_frames: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    def _dialogue_prompt(self, text: str, speaker: str, context: Sequence[Segment], max_frames: int) -> Frames:
         """The frames to prefill: the context that fits (oldest non-prompt segments dropped first) + the text."""
         if speaker not in SPEAKERS:
             raise ValueError(f"speaker must be one of {SPEAKERS}, not {speaker!r}")
@@ -311,12 +465,13 @@ class FireRedTTS2Model:
         if request is None:
             raise UnspeakableText(f"nothing to say in {text!r}")
         parts = [self._segment_frames(segment) for segment in context]
-        budget = self.frame_limit - max_frames - len(request[0])
+        # Upstream refuses a prompt of (limit - frames to generate) frames or more.
+        budget = self.frame_limit - max_frames - 1 - len(request[0])
         pinned = sum(len(p[0]) for p, s in zip(parts, context, strict=True) if s.voice_prompt)
         if pinned > budget:
             raise ContextTooLong(
                 f"{len(request[0])} text frames + {max_frames} frames to generate + {pinned} frames of voice "
-                f"prompt exceed the model's limit of {self.frame_limit} frames"
+                f"prompt reach the model's limit of {self.frame_limit} frames"
             )
         keep = [True] * len(parts)
         used = sum(len(p[0]) for p in parts)
@@ -331,38 +486,49 @@ class FireRedTTS2Model:
         kept = [p for p, k in zip(parts, keep, strict=True) if k] + [request]
         return np.concatenate([p[0] for p in kept]), np.concatenate([p[1] for p in kept])
 
-    def _text_frames(self, speaker: str, text: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
-        """`[Sn]<|text_start|>text<|text_end|>`, one token per frame in the last column; None if no text."""
-        # A leading tag is the caller's speaker written into the text (upstream's prompt transcripts carry
-        # one); the framing tokens in user text would end the text early. clean_text drops [ and ], so
-        # text cannot switch speakers either.
-        cleaned = clean_text(_LEADING_SPEAKER.sub("", text).replace(TEXT_START, "").replace(TEXT_END, ""))
-        if not cleaned.strip():
+    def _text_frames(self, speaker: str, text: str, tag_twice: bool = False) -> Frames | None:
+        """`[Sn]<|text_start|>text<|text_end|>`, one token per frame in the last column; None if no text.
+
+        The text goes in as given, less the model's framing and speaker tokens (which would end the text
+        early or switch the speaker). `tag_twice` writes the speaker's tag again at the start of the text,
+        as upstream's voice prompt transcripts carry it (`[S1]<|text_start|>[S1]transcript<|text_end|>`).
+        """
+        text = strip_control_tokens(text)
+        if not text.strip():
             return None
-        ids = self.tokenizer.encode(speaker + TEXT_START + cleaned + TEXT_END)
+        ids = self.tokenizer.encode(speaker + TEXT_START + (speaker if tag_twice else "") + text + TEXT_END)
         frames = np.zeros((len(ids), self.codebooks + 1), dtype=np.int64)
         frames[:, -1] = ids
         mask = np.zeros(frames.shape, dtype=np.bool_)
         mask[:, -1] = True
         return frames, mask
 
-    def _segment_frames(self, segment: Segment) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """A context segment: its text frames, its audio frames, then the EOS frame (all-zero codes)."""
-        if segment.speaker not in SPEAKERS:
-            raise ValueError(f"segment speaker must be one of {SPEAKERS}, not {segment.speaker!r}")
-        codes = np.asarray(segment.codes)
+    def _checked_codes(self, codes: Codes) -> Codes:
+        codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] != self.codebooks:
             raise ValueError(f"segment codes must have shape (frames >= 1, {self.codebooks}), not {codes.shape}")
         if codes.min() < 0 or codes.max() >= self.audio_vocab:
             raise ValueError(f"segment codes must lie in 0..{self.audio_vocab - 1}")
-        text = self._text_frames(segment.speaker, segment.text)
-        if text is None:
-            raise ValueError(f"context segment without text: {segment.text!r}")
-        audio = np.zeros((len(codes) + 1, self.codebooks + 1), dtype=np.int64)
-        audio[:-1, :-1] = codes
+        return codes
+
+    def _audio_frames(self, codes: Codes, eos: bool) -> Frames:
+        """Codes as audio frames (the text column empty), with the all-zero EOS frame after them if `eos`."""
+        audio = np.zeros((len(codes) + int(eos), self.codebooks + 1), dtype=np.int64)
+        audio[: len(codes), :-1] = codes
         mask = np.zeros(audio.shape, dtype=np.bool_)
         mask[:, :-1] = True
-        return np.concatenate([text[0], audio]), np.concatenate([text[1], mask])
+        return audio, mask
+
+    def _segment_frames(self, segment: Segment) -> Frames:
+        """A context segment: its text frames, its audio frames, then the EOS frame (all-zero codes)."""
+        if segment.speaker not in SPEAKERS:
+            raise ValueError(f"segment speaker must be one of {SPEAKERS}, not {segment.speaker!r}")
+        codes = self._checked_codes(segment.codes)
+        text = self._text_frames(segment.speaker, segment.text, tag_twice=segment.voice_prompt)
+        if text is None:
+            raise ValueError(f"context segment without text: {segment.text!r}")
+        audio = self._audio_frames(codes, eos=True)
+        return np.concatenate([text[0], audio[0]]), np.concatenate([text[1], audio[1]])
 
     @torch.inference_mode()
     def _start(self, tokens: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> _Stream:
@@ -397,6 +563,17 @@ class FireRedTTS2Model:
         stream.pending = None
         samples = np.ascontiguousarray(audio[0].float().cpu().numpy(), dtype=np.float32)
         return samples, frame[0, :, 0].cpu().numpy().astype(np.int64)
+
+
+def _heard(frames: Generator[Float32Array, None, None], heard: list[Float32Array]) -> Iterator[Float32Array]:
+    """The model's audio as it comes, each chunk also kept in `heard`; the model's generator is closed
+    however this ends (a cancelled call stops the model between frames)."""
+    try:
+        for chunk in frames:
+            heard.append(chunk)
+            yield chunk
+    finally:
+        frames.close()
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -500,10 +677,6 @@ def semantic_encoder(size: dict[str, int]) -> PretrainedWhisperEncoder:
 # --- the engine, as the service sees it ----------------------------------------------------------
 
 RANDOM_VOICE = "fireredtts2-random"
-# One frame per character of text is ~12 characters per second of speech: twice as slow as
-# people speak. Random or broken weights never say EOS; this bounds what they can run on.
-FRAMES_PER_CHAR = 1.0
-MIN_FRAMES = 25  # 2 s: short words still get their full length
 
 
 def codes_to_bytes(codes: Codes) -> bytes:
@@ -520,37 +693,146 @@ def codes_from_bytes(data: bytes) -> Codes:
     return np.asarray(codes, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class FireRedTTS2Recipe:
+    """How the synthesizer feeds the model. The defaults are upstream's; each switch departs from it.
+
+    - `max_frames`, `temperature`: a dialogue turn (and a random-voice monologue piece: `max_frames` with
+      `monologue_temperature`). Upstream: 375 frames (30 s), 0.9.
+    - `monologue_max_frames`, `monologue_temperature`: a cloned monologue piece. Upstream: 400, 0.75.
+    - `top_k`: upstream's 20 for both.
+    - `context_codes`: a spoken turn goes into the context as the codes the model generated, not as its
+      audio resampled and encoded again. Saves a codec encode (a Whisper-large encoder) per turn and the
+      audio round trip; but the model was tuned on upstream's encoded context.
+    - `split_long_sentences`: a dialogue piece still over upstream's limit (one sentence of more than 80
+      words or 150 CJK characters, which upstream leaves whole and the 375-frame bound may cut short) is
+      cut at clause marks, then between words.
+    """
+
+    max_frames: int = 375
+    temperature: float = 0.9
+    monologue_max_frames: int = 400
+    monologue_temperature: float = 0.75
+    top_k: int = 20
+    context_codes: bool = False
+    split_long_sentences: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: TtsSettings) -> FireRedTTS2Recipe:
+        return cls(
+            max_frames=settings.fireredtts2_max_frames,
+            temperature=settings.fireredtts2_temperature,
+            monologue_max_frames=settings.fireredtts2_monologue_max_frames,
+            monologue_temperature=settings.fireredtts2_monologue_temperature,
+            top_k=settings.fireredtts2_top_k,
+            context_codes=settings.fireredtts2_context_codes,
+            split_long_sentences=settings.fireredtts2_split_long_sentences,
+        )
+
+
+def _speaker_tag(speaker: int) -> str:
+    tag = f"[S{speaker}]"
+    if tag not in SPEAKERS:
+        raise ValueError(f"speaker must be 1..{len(SPEAKERS)}, not {speaker}")
+    return tag
+
+
 @dataclass
 class DialogueMemory:
     """What a FireRedTTS2 conversation or dialogue remembers: its voice prompts and spoken turns, oldest first.
 
-    A voice prompt is a stored voice's reference (its transcript and prompt codes), put in once per speaker
-    the first time that speaker speaks in that voice; turns are what the model generated, as codes. The
-    model keeps the voices the same across turns from this context; the sliding window in `speak` drops
-    the oldest turns, never the prompts.
+    The voice prompts come first, in speaker order: a stored voice's reference (its transcript and prompt
+    codes), put in when the dialogue's cast is known (`cast`) or else when that speaker first speaks in that
+    voice; with the pre-trained checkpoint a random voice's prompt is its first monologue piece. Turns
+    (dialogue recipe only) follow: what the model said, as upstream puts it into the context. The sliding
+    window in `speak` drops the oldest turns, never the prompts.
     """
 
     segments: list[Segment] = field(default_factory=list)
-    prompts: dict[str, str] = field(default_factory=dict)  # speaker tag -> stored voice id of its prompt
+    prompts: dict[str, str] = field(default_factory=dict)  # speaker tag -> stored voice id, or RANDOM_VOICE
+
+    def cast(self, voices: Mapping[int, str | StoredVoice]) -> None:
+        """Every speaker's voice (speaker number -> voice) before the first turn, as upstream's dialogue puts
+        every speaker's prompt before its first turn. Touches no model."""
+        for speaker in sorted(voices):
+            self.use_voice(_speaker_tag(speaker), voices[speaker])
+
+    def use_voice(self, speaker: str, voice: str | StoredVoice) -> None:
+        """`speaker` speaks in `voice` from now on: its prompt is put in, or its old voice's context goes."""
+        if isinstance(voice, StoredVoice):
+            if self.prompts.get(speaker) != voice.id:
+                self.forget_speaker(speaker)  # what it said in another voice would pull towards that voice
+                self.add_prompt(
+                    speaker, voice.id, Segment(speaker, voice.transcript, codes_from_bytes(voice.codes), True)
+                )
+        elif voice == RANDOM_VOICE:
+            if self.prompts.get(speaker, RANDOM_VOICE) != RANDOM_VOICE:
+                self.forget_speaker(speaker)
+        else:
+            raise UnknownVoice(voice)
+
+    def add_prompt(self, speaker: str, voice_id: str, segment: Segment) -> None:
+        position = 0
+        while (
+            position < len(self.segments)
+            and self.segments[position].voice_prompt
+            and SPEAKERS.index(self.segments[position].speaker) < SPEAKERS.index(speaker)
+        ):
+            position += 1
+        self.segments.insert(position, segment)
+        self.prompts[speaker] = voice_id
+
+    def prompt_of(self, speaker: str) -> Segment | None:
+        return next((s for s in self.segments if s.voice_prompt and s.speaker == speaker), None)
+
+    def forget_speaker(self, speaker: str) -> None:
+        """A speaker changes voice: its prompt and its earlier turns leave the context."""
+        self.segments = [segment for segment in self.segments if segment.speaker != speaker]
+        self.prompts.pop(speaker, None)
+
+    def forget_beyond(self, frame_limit: int) -> None:
+        """Keep what is stored bounded: turns that could never fit in the window again are dropped now."""
+        total = 0
+        for index in range(len(self.segments) - 1, -1, -1):
+            segment = self.segments[index]
+            total += len(segment.codes) + len(segment.text) + 4
+            if total > frame_limit and not segment.voice_prompt:
+                del self.segments[index]
 
 
 class FireRedTTS2Synthesizer:
     """The `SpeechSynthesizer` over one `FireRedTTS2Model` copy.
 
     It has one built-in voice, random timbre (`fireredtts2-random`: the model picks a voice, and the
-    conversation's context keeps it), and speaks any stored voice from its prompt codes. Speed is the
+    context keeps it), and speaks any stored voice from its prompt codes. The model's checkpoint picks the
+    recipe: post-trained, dialogue (every request is turns of a dialogue, a conversation's replies too);
+    pre-trained, monologue (each utterance spoken from its speaker's voice prompt alone). Speed is the
     model's own: FireRedTTS2 has no rate control, so only 1.0 is accepted.
+
+    `recipe` defaults to the service's settings (PARLEY_TTS_FIREREDTTS2_*); `max_frames`, `temperature`
+    and `top_k`, when given, override it.
     """
 
     engine = "fireredtts2"
     cloning = True
     sample_rate = FireRedTTS2Model.sample_rate
 
-    def __init__(self, model: FireRedTTS2Model, max_frames: int, temperature: float = 0.9, top_k: int = 20) -> None:
+    def __init__(
+        self,
+        model: FireRedTTS2Model,
+        max_frames: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        recipe: FireRedTTS2Recipe | None = None,
+    ) -> None:
+        recipe = recipe or FireRedTTS2Recipe()  # upstream's recipe; the service passes its settings'
+        self.recipe = dataclasses.replace(
+            recipe,
+            max_frames=recipe.max_frames if max_frames is None else max_frames,
+            temperature=recipe.temperature if temperature is None else temperature,
+            top_k=recipe.top_k if top_k is None else top_k,
+        )
         self.model = model
-        self.max_frames = max_frames
-        self.temperature = temperature
-        self.top_k = top_k
 
     def voices(self) -> list[VoiceInfo]:
         return [VoiceInfo(RANDOM_VOICE, "FireRedTTS2 random timbre", "multilingual", self.sample_rate)]
@@ -563,59 +845,101 @@ class FireRedTTS2Synthesizer:
             raise TypeError(f"a FireRedTTS2 context is a DialogueMemory, not {type(context).__name__}")
         if abs(utterance.speed - 1.0) > 1e-6:
             raise UnspeakableText("the fireredtts2 engine speaks at its own rate: speed must be 1.0")
-        speaker = f"[S{utterance.speaker}]"
-        voice = utterance.voice
-        if isinstance(voice, StoredVoice):
-            if context.prompts.get(speaker) != voice.id:
-                _forget_speaker(context, speaker)  # what it said in another voice would pull towards that voice
-                context.prompts[speaker] = voice.id
-                context.segments.insert(
-                    _prompt_count(context), Segment(speaker, voice.transcript, codes_from_bytes(voice.codes), True)
-                )
-        elif voice == RANDOM_VOICE:
-            if speaker in context.prompts:
-                _forget_speaker(context, speaker)
+        speaker = _speaker_tag(utterance.speaker)
+        context.use_voice(speaker, utterance.voice)
+        if self.model.checkpoint == "pretrain":
+            yield from self._monologue(utterance.text, speaker, context)
         else:
-            raise UnknownVoice(voice)
-        frames = min(self.max_frames, max(MIN_FRAMES, int(len(utterance.text) * FRAMES_PER_CHAR)))
-        stop = threading.Event()  # the pool stops us by closing this generator between frames
-        try:
-            yield from self.model.speak(
-                utterance.text,
-                speaker,
-                context.segments,
-                stop,
-                max_frames=frames,
-                temperature=self.temperature,
-                top_k=self.top_k,
-            )
-        finally:
-            spoken = self.model.last_codes
-            if spoken is not None and len(spoken):
-                context.segments.append(Segment(speaker, utterance.text, spoken))
-                _forget_beyond(context, self.model.frame_limit)
+            yield from self._dialogue(utterance.text, speaker, context)
 
     def encode_reference(self, audio_16k: Float32Array, transcript: str) -> bytes:
         if not transcript.strip():
             raise ValueError("a FireRedTTS2 voice needs the transcript of its reference")
         return codes_to_bytes(self.model.encode_reference(audio_16k, FireRedTTS2Model.reference_rate))
 
+    # --- dialogue (post-trained checkpoint) ------------------------------------------------------------
 
-def _forget_speaker(memory: DialogueMemory, speaker: str) -> None:
-    """A speaker changes voice: its prompt and its earlier turns leave the context."""
-    memory.segments = [segment for segment in memory.segments if segment.speaker != speaker]
-    memory.prompts.pop(speaker, None)
+    def _dialogue(self, text: str, speaker: str, memory: DialogueMemory) -> Iterator[Float32Array]:
+        pieces = split_turn(strip_control_tokens(text), split_long_sentences=self.recipe.split_long_sentences)
+        pieces = [piece for piece in pieces if piece]
+        if not pieces:
+            raise UnspeakableText(f"nothing to say in {text!r}")
+        for piece in pieces:
+            yield from self._turn(piece, speaker, memory)
 
+    def _turn(self, text: str, speaker: str, memory: DialogueMemory) -> Iterator[Float32Array]:
+        """One turn after the memory's context; what was heard of it goes into the context."""
+        recipe = self.recipe
+        heard: list[Float32Array] = []
+        stop = threading.Event()  # the pool stops us by closing this generator between frames
+        frames = self.model.speak(
+            text,
+            speaker,
+            memory.segments,
+            stop,
+            max_frames=recipe.max_frames,
+            temperature=recipe.temperature,
+            top_k=recipe.top_k,
+        )
+        try:
+            yield from _heard(frames, heard)
+        finally:
+            spoken = self.model.last_codes
+            if spoken is not None and len(spoken):
+                memory.segments.append(Segment(speaker, text, self._context_codes(spoken, heard)))
+                memory.forget_beyond(self.model.frame_limit)
 
-def _prompt_count(memory: DialogueMemory) -> int:
-    return sum(1 for segment in memory.segments if segment.voice_prompt)
+    def _context_codes(self, spoken: Codes, heard: list[Float32Array]) -> Codes:
+        if self.recipe.context_codes:
+            return spoken
+        return self.model.encode_speech(np.concatenate(heard))
 
+    # --- monologue (pre-trained checkpoint) ------------------------------------------------------------
 
-def _forget_beyond(memory: DialogueMemory, frame_limit: int) -> None:
-    """Keep what is stored bounded: turns that could never fit in the window again are dropped now."""
-    total = 0
-    for index in range(len(memory.segments) - 1, -1, -1):
-        segment = memory.segments[index]
-        total += len(segment.codes) + len(segment.text) + 4
-        if total > frame_limit and not segment.voice_prompt:
-            del memory.segments[index]
+    def _monologue(self, text: str, speaker: str, memory: DialogueMemory) -> Iterator[Float32Array]:
+        cleaned = clean_text(strip_control_tokens(text))
+        pieces = [clean_text(piece) for piece in split_monologue(cleaned, MONOLOGUE_PIECE_BYTES)]
+        pieces = [piece for piece in pieces if piece]
+        if not pieces:
+            raise UnspeakableText(f"nothing to say in {text!r}")
+        for piece in pieces:
+            prompt = memory.prompt_of(speaker)
+            if prompt is None:
+                yield from self._random_piece(piece, speaker, memory)
+            else:
+                yield from self._cloned_piece(piece, prompt)
+
+    def _random_piece(self, text: str, speaker: str, memory: DialogueMemory) -> Iterator[Float32Array]:
+        """A piece in a random timbre; once spoken whole, it is the speaker's voice prompt from then on."""
+        recipe = self.recipe
+        heard: list[Float32Array] = []
+        stop = threading.Event()
+        frames = self.model.speak(
+            text,
+            MONOLOGUE_SPEAKER,
+            [],
+            stop,
+            max_frames=recipe.max_frames,
+            temperature=recipe.monologue_temperature,
+            top_k=recipe.top_k,
+        )
+        try:
+            yield from _heard(frames, heard)
+        finally:
+            spoken = self.model.last_codes
+            if self.model.last_complete and spoken is not None and len(spoken) > CONTINUATION_TRIM:
+                codes = self._context_codes(spoken, heard)
+                memory.add_prompt(speaker, RANDOM_VOICE, Segment(speaker, text, codes, voice_prompt=True))
+
+    def _cloned_piece(self, text: str, prompt: Segment) -> Iterator[Float32Array]:
+        """A piece that continues the voice prompt: its transcript (less its last character) + "," + text."""
+        recipe = self.recipe
+        transcript = clean_text(strip_control_tokens(prompt.text))
+        yield from self.model.continue_speech(
+            transcript[:-1] + "," + text,
+            prompt.codes,
+            threading.Event(),
+            max_frames=recipe.monologue_max_frames,
+            temperature=recipe.monologue_temperature,
+            top_k=recipe.top_k,
+        )

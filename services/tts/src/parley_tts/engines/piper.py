@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,9 @@ SPEAKER_PITCH = {1: 1.0, 2: 1.3, 3: 0.82, 4: 1.15}
 
 class _NoContext:
     """Piper speaks every utterance on its own."""
+
+    def cast(self, voices: Mapping[int, str | StoredVoice]) -> None:
+        """Nothing to prepare: each line is spoken in its own voice and pitch as it comes."""
 
 
 def embedded_voice() -> tuple[str, Path, Path]:

@@ -11,6 +11,11 @@
 // Turn taking ("mode", fixed per connection): "vad" streams the microphone all
 // the time and the server ends turns on silence; "push_to_talk" sends audio
 // only while the talk button (or Space) is held, and input.commit on release.
+//
+// A conversation outlives its connection: the page keeps the session id and
+// resume token the server gave (`conversation`, also in sessionStorage, so a
+// reload of the tab goes on with it too) and resumes that session whenever it
+// connects again; only Disconnect ends it.
 
 import { authHeaders, fillVoiceSelect, listVoices, request, withToken } from './api.js';
 
@@ -19,12 +24,16 @@ const FRAME_SAMPLES = 1600; // 100 ms at 16 kHz
 const DEFAULT_OUTPUT_RATE = 24000; // until session.started says otherwise
 const PREBUFFER_MS = 60; // playback jitter buffer
 // If this much mic audio is stuck in the socket the link has stalled; drop
-// frames rather than grow the buffer (and the latency) without bound.
+// frames rather than grow the buffer (and the latency) without bound, and say
+// so. Sending starts again once the socket has drained below the second mark.
 const MAX_BUFFERED_BYTES = 256 * 1024;
+const RESUME_BUFFERED_BYTES = 64 * 1024;
+const FRAME_MS = 100;
 const MAX_ERRORS = 5;
 const METER_FLOOR_DB = -60;
 const RECENT_RESPONSES = 20; // assistant messages kept addressable for late events
 const MODE_KEY = 'parley.turn_detection';
+const CONVERSATION_KEY = 'parley.conversation'; // sessionStorage: {id, token} of this tab's conversation
 // After a connection drops unexpectedly (Wi-Fi, a proxy, a gateway restart): wait, then reconnect.
 const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
 
@@ -50,6 +59,9 @@ const ui = {
 
 let audio = null; // {ctx, ready: Promise, playback: AudioWorkletNode | null}
 let session = null;
+// The server's session this page talks in, {id, token}: resumed on every
+// (re)connect until Disconnect ends it or the server no longer knows it.
+let conversation = loadConversation();
 const reconnect = { attempt: 0, timer: null };
 // Flushes awaiting the worklet's 'flushed' reply, oldest first: the socket to
 // report on and the responses whose played time is settled by that reply.
@@ -198,8 +210,35 @@ function onMicFrame(s, { pcm, level, flushed }) {
   }
   showLevel(level);
   if (!open || (s.pushToTalk && !s.holding)) return;
-  if (ws.bufferedAmount > MAX_BUFFERED_BYTES) return;
+  if (stalled(s, ws.bufferedAmount)) {
+    s.droppedMs += FRAME_MS;
+    return;
+  }
   ws.send(pcm);
+}
+
+/**
+ * Whether the socket is too backed up to take more microphone audio. The user
+ * hears of it at once (what they say now is lost), and of how much was lost
+ * once audio gets through again.
+ */
+function stalled(s, buffered) {
+  if (!s.stalled && buffered > MAX_BUFFERED_BYTES) {
+    s.stalled = true;
+    s.droppedMs = 0;
+    ui.page.dataset.mic = 'dropping';
+    addError(
+      'slow_connection',
+      'The connection is too slow: your microphone is not getting through, and what you say now is lost',
+      { outage: true },
+    );
+  } else if (s.stalled && buffered < RESUME_BUFFERED_BYTES) {
+    s.stalled = false;
+    delete ui.page.dataset.mic;
+    removeErrors('slow_connection');
+    addNote(`The connection was too slow: ${(s.droppedMs / 1000).toFixed(1)} s of microphone audio was lost`);
+  }
+  return s.stalled;
 }
 
 function showLevel(rms) {
@@ -222,6 +261,10 @@ function newSession(turnDetection) {
     source: null,
     capture: null,
     started: false,
+    resuming: null, // the conversation {id, token} this connection's session.start resumes
+    renewed: false, // the server no longer knew that one: this connection starts a new one
+    stalled: false, // the socket is backed up: microphone frames are being dropped
+    droppedMs: 0, // microphone audio dropped since it stalled
     outputRate: DEFAULT_OUTPUT_RATE,
     replyAudio: null, // {id, resampler} while a reply's binary frames are arriving
     pendingPlayback: new Set(), // replies with audio whose played_ms is not yet reported
@@ -248,16 +291,17 @@ async function serverReady() {
       'not_ready',
       `The server is not ready: waiting for ${(body.missing ?? []).join(', ') || 'services'}` +
         (crashing.length ? ` (crashing: ${crashing.join(', ')})` : ''),
+      { outage: true },
     );
   } catch {
-    addError('not_ready', 'The server cannot be reached');
+    addError('not_ready', 'The server cannot be reached', { outage: true });
   }
   return false;
 }
 
 function scheduleReconnect() {
   if (reconnect.attempt >= RECONNECT_DELAYS_MS.length) {
-    addError('connection', 'Gave up reconnecting; press Connect to try again');
+    addError('connection', 'Gave up reconnecting; press Connect to try again', { outage: true, key: 'gave_up' });
     return;
   }
   const delay = RECONNECT_DELAYS_MS[reconnect.attempt++];
@@ -321,11 +365,8 @@ function openSocket(s, url) {
   const ws = (s.ws = new WebSocket(url));
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => {
-    setStatus('connecting', 'Starting session…');
-    const start = { type: 'session.start', input_sample_rate: INPUT_RATE, turn_detection: s.turnDetection };
-    if (ui.voice.value) start.voice = ui.voice.value;
-    if (ui.systemPrompt.value.trim()) start.system_prompt = ui.systemPrompt.value.trim();
-    send(ws, start);
+    setStatus('connecting', conversation ? 'Resuming the conversation…' : 'Starting session…');
+    startSession(s);
   };
   ws.onmessage = (event) => {
     if (typeof event.data !== 'string') {
@@ -345,19 +386,60 @@ function openSocket(s, url) {
   ws.onclose = (event) => {
     const detail = `code ${event.code}${event.reason ? `: ${event.reason}` : ''}`;
     const unexpected = event.code !== 1000;
-    if (unexpected) addError('connection', `Connection closed (${detail})`);
+    if (unexpected) addError('connection', `Connection closed (${detail})`, { outage: true });
     teardown('closed', `Disconnected (${detail})`);
     if (unexpected && (s.started || reconnect.attempt > 0)) scheduleReconnect();
   };
 }
 
-/** User-initiated end of the session. */
+/** session.start: resume this page's conversation if it has one, else a new one. */
+function startSession(s) {
+  const start = { type: 'session.start', input_sample_rate: INPUT_RATE, turn_detection: s.turnDetection };
+  if (ui.voice.value) start.voice = ui.voice.value;
+  if (ui.systemPrompt.value.trim()) start.system_prompt = ui.systemPrompt.value.trim();
+  s.resuming = conversation;
+  if (conversation) {
+    start.session_id = conversation.id;
+    start.resume_token = conversation.token;
+  }
+  send(s.ws, start);
+}
+
+/** User-initiated end of the session: the conversation is over (the server forgets it). */
 function disconnect() {
   clearTimeout(reconnect.timer);
   reconnect.timer = null;
   reconnect.attempt = 0;
   if (session?.started) send(session.ws, { type: 'session.end' });
+  keepConversation(null);
   teardown('idle', 'Disconnected');
+}
+
+/** Leaving or reloading the page: close the socket but keep the session, which a reload resumes. */
+function leave() {
+  clearTimeout(reconnect.timer);
+  reconnect.timer = null;
+  teardown('idle', 'Disconnected');
+}
+
+function loadConversation() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(CONVERSATION_KEY) ?? 'null');
+    if (typeof saved?.id === 'string' && typeof saved?.token === 'string') return { id: saved.id, token: saved.token };
+  } catch {
+    // storage unavailable or garbled: start afresh
+  }
+  return null;
+}
+
+function keepConversation(value) {
+  conversation = value;
+  try {
+    if (value) sessionStorage.setItem(CONVERSATION_KEY, JSON.stringify(value));
+    else sessionStorage.removeItem(CONVERSATION_KEY);
+  } catch {
+    // kept for this page's life only
+  }
 }
 
 function teardown(state, text) {
@@ -379,6 +461,10 @@ function teardown(state, text) {
     if (s.ws.readyState === WebSocket.CONNECTING || s.ws.readyState === WebSocket.OPEN) s.ws.close(1000);
   }
   s.partial?.remove();
+  if (s.stalled) {
+    delete ui.page.dataset.mic;
+    removeErrors('slow_connection');
+  }
   ui.transcript.removeAttribute('aria-busy');
   // Nothing to play or capture until the next Connect (which resumes it).
   audio?.ctx.suspend();
@@ -400,6 +486,7 @@ function onEvent(s, message) {
       s.started = true;
       reconnect.attempt = 0;
       s.outputRate = message.output_sample_rate || DEFAULT_OUTPUT_RATE;
+      onSessionStarted(s, message);
       setStatus('connected', s.pushToTalk ? 'Connected — hold to talk' : 'Connected — listening');
       break;
     case 'vad.speech_started':
@@ -459,12 +546,77 @@ function onEvent(s, message) {
       showTruncated(s, message.response_id, message.text ?? '');
       break;
     case 'error':
+      if (message.code === 'session_not_found' && s.resuming && !s.started) {
+        // It expired, or was ended elsewhere: go on in a new one, on this same connection.
+        keepConversation(null);
+        s.renewed = true;
+        addNote('The earlier conversation could not be resumed (it ended or expired): this is a new one');
+        startSession(s);
+        break;
+      }
       addError(message.code, message.message);
       break;
     default:
       break; // ping, session.ended and anything newer: nothing to do
   }
 }
+
+/** The server's answer to session.start: keep its session; a resumed one brings its history. */
+function onSessionStarted(s, message) {
+  const resumed = message.resumed === true;
+  keepConversation({ id: message.session_id, token: message.resume_token });
+  // The page's record of what the server answered (tests read it too).
+  ui.page.dataset.session = resumed ? 'resumed' : 'new';
+  removeErrors(); // whatever kept the page from its session is over
+  if (resumed) {
+    showHistory(message.session_id, Array.isArray(message.history) ? message.history : []);
+    addNote('Conversation resumed');
+  } else if (!s.renewed && ui.transcript.querySelector('.message')) {
+    addNote('New conversation'); // after Disconnect: what is above is over
+  }
+}
+
+/**
+ * A resumed session's history, on screen: the turns this page already shows
+ * stay as they are (with their timings and marks), and only the ones it lacks
+ * are added: all of them after a reload, else those that ended while the page
+ * was away. A reply the server kept only in part (the connection dropped while
+ * it played) is marked as cut where the server cut it.
+ */
+function showHistory(sessionId, history) {
+  const turns = history.filter((t) => (t?.role === 'user' || t?.role === 'assistant') && typeof t.content === 'string');
+  let next = 0; // turns[next:] are not on screen
+  for (const el of ui.transcript.querySelectorAll('.message[data-session]')) {
+    if (el.dataset.session !== sessionId || el.classList.contains('partial')) continue;
+    const role = el.classList.contains('user') ? 'user' : 'assistant';
+    const shown = normWords(shownText(el));
+    for (let q = next; q < turns.length; q++) {
+      const kept = normWords(turns[q].content);
+      // A turn the server kept empty (a reply cut before a word was heard) has nothing to match.
+      if (turns[q].role !== role || kept.length === 0 || !isPrefix(kept, shown)) continue;
+      if (role === 'assistant' && kept.length < shown.length) markCut(el, turns[q].content);
+      next = q + 1;
+      break;
+    }
+  }
+  for (const turn of turns.slice(next)) {
+    const text = turn.content.trim();
+    if (!text) continue;
+    addMessage(turn.role, text).dataset.restored = 'true';
+  }
+}
+
+/** What a message says (for an assistant one: all of the reply, heard or not). */
+function shownText(el) {
+  if (el.classList.contains('user')) return el.textContent;
+  return [...el.childNodes]
+    .filter((n) => n.nodeType === Node.TEXT_NODE || n.classList?.contains('unheard'))
+    .map((n) => n.textContent)
+    .join('');
+}
+
+/** Whether word list `a` (the server's, perhaps cut) begins word list `b` (the page's). */
+const isPrefix = (a, b) => a.length <= b.length && a.every((w, i) => w === b[i]);
 
 /** The in-progress user turn: the stable words as usual, the rest still tentative. */
 function showPartial(s, text, stable) {
@@ -562,8 +714,13 @@ function finishResponse(s, responseId, timings, similarity) {
  */
 function showTruncated(s, responseId, heard) {
   const entry = s.assistant.get(responseId);
-  if (!entry) return;
-  const { el, text } = entry;
+  if (entry) markCut(entry.el, heard);
+}
+
+/** Strike out the part of an assistant message after `heard`, what the server kept of it. */
+function markCut(el, heard) {
+  const text = el.firstChild; // an assistant message starts with its reply's text node
+  if (!(text instanceof Text)) return;
   const full = text.data + (el.querySelector('.unheard')?.textContent ?? '');
   const heardWords = normWords(heard);
   const fullWords = normWords(full);
@@ -625,9 +782,19 @@ function addMessage(role, text) {
   const el = document.createElement('p');
   el.className = `message ${role}`;
   el.dataset.testid = `${role}-message`;
+  if (conversation) el.dataset.session = conversation.id; // which conversation it is part of
   el.textContent = text;
   updateTranscript(() => ui.transcript.append(el));
   return el;
+}
+
+/** A line in the transcript about the conversation itself (resumed, new, audio lost). */
+function addNote(text) {
+  const el = document.createElement('p');
+  el.className = 'note';
+  el.dataset.testid = 'transcript-note';
+  el.textContent = text;
+  updateTranscript(() => ui.transcript.append(el));
 }
 
 /** Apply a transcript change, following the bottom if the reader was there. */
@@ -638,8 +805,17 @@ function updateTranscript(change) {
   if (atBottom) t.scrollTop = t.scrollHeight;
 }
 
-function addError(code, message) {
+/**
+ * A banner. `outage`: it tells of something that keeps the page from its
+ * session (the connection, the server, a stalled link): one at a time of each
+ * kind (`key`, by default the code), gone once the page has its session again.
+ */
+function addError(code, message, { outage = false, key = code } = {}) {
   const li = document.createElement('li');
+  if (outage) {
+    removeErrors(key);
+    li.dataset.outage = key;
+  }
   const text = document.createElement('span');
   text.textContent = code ? `${code}: ${message}` : message;
   const dismiss = document.createElement('button');
@@ -651,6 +827,13 @@ function addError(code, message) {
   li.append(text, dismiss);
   ui.errors.append(li);
   while (ui.errors.children.length > MAX_ERRORS) ui.errors.firstElementChild.remove();
+}
+
+/** Remove the outage banners of one kind, or all of them. */
+function removeErrors(key) {
+  for (const li of ui.errors.querySelectorAll('li[data-outage]')) {
+    if (key === undefined || li.dataset.outage === key) li.remove();
+  }
 }
 
 function setStatus(state, text) {
@@ -710,6 +893,7 @@ try {
   // storage unavailable: keep the default
 }
 showMode();
+if (conversation) ui.status.textContent = 'Disconnected — Connect to resume the conversation';
 ui.mode.addEventListener('change', () => {
   showMode();
   try {
@@ -764,9 +948,10 @@ ui.stop.addEventListener('click', () => {
   flushPlayback(session); // don't wait for response.cancelled to go quiet
 });
 
-// Leaving the page: end the session cleanly rather than by a dropped socket.
+// Leaving the page: close the socket cleanly rather than let it drop. The
+// session stays on the server (until it expires) for a reload of this tab to resume.
 window.addEventListener('pagehide', () => {
-  if (session) disconnect();
+  if (session) leave();
 });
 
 // The voices the TTS service offers (cloned ones only where an engine can speak them).

@@ -1,0 +1,223 @@
+"""Many FireRedTTS2 streams from one model copy: one batched backbone step and 15 batched decoder passes a frame.
+
+Upstream serves one stream per model copy: torchtune's KV cache keeps a single write position for the
+whole batch, so streams at different points of their speech cannot share a forward pass, and every
+listener needs another ~9 GB copy. Here every attention layer gets a cache with a slot per stream,
+written at each row's own position (`SlotKVCache`), and each forward gets the matching per-row causal
+mask. Streams join at any frame boundary (their prompt is prefilled alone, which also samples their
+first frame) and leave at any other; between those, one `step` makes one frame for every stream that
+asks for one.
+
+The model's own modules do all the maths: torchtune's layers take per-row `input_pos` (rotary
+positions) and a boolean mask as they are; the package's embeddings, projection and heads are used
+as in `Model.generate_frame`. Only the caches, the masks and the sampling are ours. Sampling follows
+upstream's `sample_topk` row by row, drawing from the stream's own `torch.Generator` in the order
+`generate_frame` draws from the global one (codebook 0, then 1..15), so a stream makes exactly the
+frames it makes alone, whoever shares its batch; a stream without a generator draws from the global
+one, which makes a lone stream identical to upstream's `generate_frame` under the same seed.
+
+Not batched yet: the codec's streaming decode (one `decode_one_token` per stream and frame, as
+today), and the engine and servicer still run one stream per copy: this is the generator they will
+drive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from fireredtts2.llm.llm import Model
+    from torchtune.modules import TransformerDecoder
+
+# Upstream samples codebooks 1..15 with these, whatever the request says (`Model.generate_frame`).
+DECODER_TOP_K = 10
+DECODER_TEMPERATURE = 0.75
+
+
+class BatchFull(Exception):
+    """Every slot of the model copy holds a stream."""
+
+
+@dataclass
+class Sampling:
+    """How one stream samples codebook 0 (upstream's `temperature` and `topk`), and from which generator."""
+
+    temperature: float = 0.9
+    top_k: int = 30
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class _Rows:
+    """Which cache slot each row of the running forward is, and at which positions its tokens sit."""
+
+    slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (b,)
+    positions: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))  # (b, s)
+
+
+class SlotKVCache(nn.Module):
+    """One attention layer's keys and values for every slot; a forward writes each row at its own positions.
+
+    It stands in for torchtune's `KVCache` (the attention module calls `update(k, v)` and attends to
+    what it returns): the rows' full caches, of which the mask lets each row see only its own past.
+    """
+
+    k_cache: torch.Tensor  # (slots, kv_heads, max_len, head_dim)
+    v_cache: torch.Tensor
+
+    def __init__(
+        self, rows: _Rows, slots: int, num_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.rows = rows
+        shape = (slots, num_kv_heads, max_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def reset(self) -> None:
+        """Nothing to clear: a slot's stale entries sit beyond its position, where the mask hides them."""
+
+    def update(self, k_val: torch.Tensor, v_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (b, kv_heads, s, head_dim) of the rows' new tokens; returns the rows' caches (b, kv_heads, L, hd)."""
+        slots, positions = self.rows.slots, self.rows.positions
+        index = (slots[:, None], slice(None), positions)  # (b, s) pairs: the written tensor is (b, s, kv, hd)
+        self.k_cache[index] = k_val.transpose(1, 2)
+        self.v_cache[index] = v_val.transpose(1, 2)
+        return self.k_cache[slots], self.v_cache[slots]
+
+
+class _SlotTransformer:
+    """A torchtune `TransformerDecoder` whose attention layers keep a cache slot per stream."""
+
+    def __init__(self, transformer: TransformerDecoder, slots: int, max_len: int, dtype: torch.dtype) -> None:
+        self.transformer = transformer
+        self.max_len = max_len
+        self.rows = _Rows()
+        device = next(transformer.parameters()).device
+        for layer in transformer.layers:
+            attention = layer.attn
+            cache = SlotKVCache(self.rows, slots, attention.num_kv_heads, max_len, attention.head_dim, dtype)
+            attention.kv_cache = cache.to(device)
+            attention.cache_enabled = True
+
+    def __call__(self, h: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """h: (b, s, dim) for rows in `slots` at `positions` (b, s); each row attends to its own slot up to there."""
+        self.rows.slots, self.rows.positions = slots, positions
+        visible = torch.arange(self.max_len, device=h.device)[None, None, :] <= positions[:, :, None]
+        out: torch.Tensor = self.transformer(h, input_pos=positions, mask=visible)
+        return out
+
+
+def _sample(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Upstream's `sample_topk` for one row (1, vocab) -> (1, 1), its noise drawn from `generator`."""
+    logits = logits / temperature
+    kth = torch.topk(logits, top_k)[0][..., -1, None]
+    logits = logits.masked_fill(logits < kth, -float("inf"))
+    probs = torch.softmax(torch.log_softmax(logits, dim=-1), dim=-1)
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / noise, dim=-1, keepdim=True).to(dtype=torch.int)
+
+
+@dataclass
+class _Stream:
+    slot: int
+    position: int  # where its next token goes
+    sampling: Sampling
+
+
+class FrameBatcher:
+    """Frames for up to `max_streams` streams from one FireRedTTS2 `Model`, one batched pass per frame.
+
+    Not thread-safe: one thread drives it (the model copy's own), as every model object here.
+    """
+
+    def __init__(self, model: Model, max_streams: int) -> None:
+        self.model = model
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+        self.codebooks: int = model.config.audio_num_codebooks
+        backbone: TransformerDecoder = model.backbone
+        self.max_seq_len: int = backbone.max_seq_len
+        self.backbone = _SlotTransformer(backbone, max_streams, self.max_seq_len, self.dtype)
+        self.decoder = _SlotTransformer(model.decoder, max_streams, self.codebooks, self.dtype)
+        self.free = list(range(max_streams - 1, -1, -1))
+        self.streams: dict[int, _Stream] = {}
+
+    @property
+    def capacity(self) -> int:
+        return len(self.free)
+
+    @torch.inference_mode()
+    def join(self, tokens: torch.Tensor, mask: torch.Tensor, sampling: Sampling) -> tuple[int, torch.Tensor]:
+        """Admit a stream with its prompt (s, 17) and mask; its id and its first frame (16 codes)."""
+        if not self.free:
+            raise BatchFull(f"all {len(self.streams)} stream slots of this model copy are in use")
+        length = tokens.shape[0]
+        if not 0 < length < self.max_seq_len:
+            raise ValueError(f"a prompt of {length} frames does not fit a context of {self.max_seq_len}")
+        stream = _Stream(self.free.pop(), length, sampling)
+        self.streams[stream.slot] = stream
+        positions = torch.arange(length, device=self.device)[None, :]
+        frames = self._frames([stream], tokens[None].to(self.device), mask[None].to(self.device), positions)
+        return stream.slot, frames[0]
+
+    @torch.inference_mode()
+    def step(self, last_frames: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The next frame of each stream in `last_frames` (stream id -> the frame it made last, fed back)."""
+        streams = [self.streams[stream_id] for stream_id in last_frames]
+        for stream in streams:
+            if stream.position >= self.max_seq_len:
+                raise ValueError(f"stream {stream.slot} has used its context of {self.max_seq_len} frames")
+        frames = torch.stack([last_frames[s.slot].to(self.device).long() for s in streams])  # (b, 16)
+        text = torch.zeros((len(streams), 1), dtype=torch.long, device=self.device)
+        tokens = torch.cat([frames, text], dim=1)[:, None, :]  # (b, 1, 17): the codebooks count, the text not
+        mask = torch.cat([torch.ones_like(frames, dtype=torch.bool), text.bool()], dim=1)[:, None, :]
+        positions = torch.tensor([[s.position] for s in streams], device=self.device)
+        made = self._frames(streams, tokens, mask, positions)
+        return {stream.slot: frame for stream, frame in zip(streams, made, strict=True)}
+
+    def leave(self, stream_id: int) -> None:
+        """The stream ended (EOS, its limit, cancelled): its slot takes the next one."""
+        if self.streams.pop(stream_id, None) is not None:
+            self.free.append(stream_id)
+
+    def _frames(
+        self, streams: list[_Stream], tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """`Model.generate_frame` for a batch of rows, each in its own cache slot: (b, 16) codes."""
+        model = self.model
+        slots = torch.tensor([s.slot for s in streams], device=self.device)
+        embeds = model._embed_tokens(tokens)
+        h = (embeds * mask.unsqueeze(-1)).sum(dim=2)
+        h = self.backbone(h, slots, positions).to(dtype=self.dtype)
+        last_h = h[:, -1, :]
+        c0_logits = model.codebook0_head(last_h)
+        c0 = torch.cat(
+            [
+                _sample(c0_logits[i : i + 1], s.sampling.top_k, s.sampling.temperature, s.sampling.generator)
+                for i, s in enumerate(streams)
+            ]
+        )
+        curr_h = torch.cat([last_h.unsqueeze(1), model._embed_audio(0, c0)], dim=1)
+        codes = [c0]
+        rows = torch.arange(len(streams), device=self.device)  # the decoder's slots: one per row, every frame anew
+        curr_pos = torch.arange(curr_h.size(1), device=self.device)[None, :].repeat(len(streams), 1)
+        for i in range(1, self.codebooks):
+            decoder_h = self.decoder(model.projection(curr_h), rows, curr_pos).to(dtype=self.dtype)
+            ci_logits = torch.mm(decoder_h[:, -1, :], model.audio_head[i - 1])
+            ci = torch.cat(
+                [
+                    _sample(ci_logits[r : r + 1], DECODER_TOP_K, DECODER_TEMPERATURE, s.sampling.generator)
+                    for r, s in enumerate(streams)
+                ]
+            )
+            curr_h = model._embed_audio(i, ci)
+            codes.append(ci)
+            curr_pos = curr_pos[:, -1:] + 1
+        for stream, row_positions in zip(streams, positions, strict=True):
+            stream.position = int(row_positions[-1]) + 1
+        return torch.cat(codes, dim=1)
