@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PACKAGES := libs/parley services/vad services/asr services/llm services/tts services/gateway
 STAMP := $(VENV)/.installed
+# The web page's JavaScript checks (ESLint, TypeScript), pinned by package-lock.json.
+NODE_STAMP := node_modules/.installed
 # How llama.cpp is compiled (deploy/llama-cpp.toml): a portable baseline, never the build CPU's own.
 LLAMA_PROFILE ?= cpu
 WHEEL_CACHE ?= .parley/wheels
@@ -32,10 +34,16 @@ $(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) deploy/l
 	$(PY) -m pip install --quiet --no-deps $(FIREREDTTS2)
 	touch $@
 
-lint: $(STAMP) proto-check
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the JavaScript checks need Node.js 20.19+ and npm (apt-get install nodejs npm)" >&2; exit 1; }
+	npm ci --quiet --no-audit --no-fund
+	touch $@
+
+lint: $(STAMP) $(NODE_STAMP) proto-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	npm run --silent lint
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -70,4 +78,4 @@ loadtest: $(STAMP) ## Locust against LOADTEST_HOST (default: make run's) with LO
 		--csv .parley/loadtest/stats --html .parley/loadtest/report.html $(LOADTEST_CLASSES)
 
 clean:
-	rm -rf .parley .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .parley .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -28,8 +28,9 @@ from parley_tts.config import TtsSettings
 from parley_tts.engines.base import Context, SpeechSynthesizer, Utterance, VoiceInfo
 from parley_tts.engines.fireredtts2 import FireRedTTS2Model, FireRedTTS2Synthesizer
 from parley_tts.engines.piper import PiperSynthesizer
-from parley_tts.servicer import SIMILARITY_METADATA, TextToSpeechServicer
+from parley_tts.servicer import TextToSpeechServicer
 from parley_tts.similarity import SpeakerEmbedder, similarity
+from parley_tts.speech_calls import SIMILARITY_METADATA
 from parley_tts.voices import VoiceProfile, VoiceStore
 from services.tts.tests.tiny_fireredtts2 import write_models_dir
 from tests.speech import speak, wav_bytes
@@ -110,10 +111,10 @@ async def servicer_for(
     servicer = TextToSpeechServicer(TtsSettings(chunk_ms=100), ServiceRuntime("tts", len(synthesizers), 8))
     for synthesizer in synthesizers:
         servicer.engines.add(synthesizer)  # type: ignore[arg-type]
-    servicer.voice_store = await VoiceStore.open(nc, bucket)
+    servicer.voices.store = await VoiceStore.open(nc, bucket)
     pool: ModelPool[SpeakerEmbedder] = ModelPool("tts-embedder")
     pool.add(embedder)
-    servicer.embedder = pool
+    servicer.voices.embedder = pool
     return servicer
 
 
@@ -225,7 +226,7 @@ async def test_bad_uploads_are_refused_clearly_and_nothing_is_stored(
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         listed = await stub.ListVoices(tts_pb2.ListVoicesRequest())
         assert [v.id for v in listed.voices if v.cloned] == []
-    assert await servicer.voice_store.all() == []  # type: ignore[union-attr]
+    assert await servicer.voices.store.all() == []  # type: ignore[union-attr]
     blobs = await nc.jetstream().object_store(f"{bucket}_blobs")
     assert (await blobs.status()).size == 0
 
@@ -281,7 +282,7 @@ async def test_cloning_uses_the_stored_prompt_codes_on_every_instance(
                 assert len(pcm) > 2 * 24000 // 12.5  # frames of 24 kHz audio
                 assert -1 <= float(trailer[SIMILARITY_METADATA]) <= 1
     assert [c.encoded for c in cloners] == [1, 0]  # the first instance encoded it; the second read its codes
-    profile = await instances[1].voice_store.get(voice.id)  # type: ignore[union-attr]
+    profile = await instances[1].voices.store.get(voice.id)  # type: ignore[union-attr]
     assert profile is not None and profile.codes == ["fireredtts2"] and len(profile.embedding) == 256
 
 

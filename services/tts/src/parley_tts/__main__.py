@@ -101,10 +101,10 @@ def build(settings: TtsSettings, runtime: ServiceRuntime) -> ServiceSpec:
     def add_embedder(embedder: SpeakerEmbedder) -> None:
         pool: ModelPool[SpeakerEmbedder] = ModelPool("tts-embedder")
         pool.add(embedder)
-        servicer.embedder = pool
+        servicer.voices.embedder = pool
 
     async def open_voice_store(nc: NatsClient) -> None:
-        servicer.voice_store = await VoiceStore.open(nc, settings.voices_bucket)
+        servicer.voices.store = await VoiceStore.open(nc, settings.voices_bucket)
         log.info("voice store: JetStream bucket %s", settings.voices_bucket)
 
     def add_servicers(server: grpc.aio.Server) -> None:

@@ -14,7 +14,15 @@
 const BUTTERWORTH_ORDER = 8;
 const CUTOFF_FRACTION = 0.45; // of the target rate: 7.2 kHz for 16 kHz
 
-// One RBJ low-pass biquad, run in transposed direct form II.
+/** @typedef {{b0: number, b1: number, b2: number, a1: number, a2: number, z1: number, z2: number}} Biquad */
+
+/**
+ * One RBJ low-pass biquad, run in transposed direct form II.
+ * @param {number} cutoff
+ * @param {number} q
+ * @param {number} rate
+ * @returns {Biquad}
+ */
 function lowpassSection(cutoff, q, rate) {
   const w0 = (2 * Math.PI * cutoff) / rate;
   const cos = Math.cos(w0);
@@ -24,7 +32,12 @@ function lowpassSection(cutoff, q, rate) {
   return { b0: b1 / 2, b1, b2: b1 / 2, a1: (-2 * cos) / a0, a2: (1 - alpha) / a0, z1: 0, z2: 0 };
 }
 
-// A Butterworth low-pass as cascaded biquads (one per conjugate pole pair).
+/**
+ * A Butterworth low-pass as cascaded biquads (one per conjugate pole pair).
+ * @param {number} order
+ * @param {number} cutoff
+ * @param {number} rate
+ */
 function butterworthLowpass(order, cutoff, rate) {
   const sections = [];
   for (let k = 0; k < order / 2; k++) {
@@ -35,6 +48,7 @@ function butterworthLowpass(order, cutoff, rate) {
 }
 
 class CaptureProcessor extends AudioWorkletProcessor {
+  /** @param {AudioWorkletNodeOptions} options */
   constructor(options) {
     super();
     const { targetRate = 16000, frameSize = 1600 } = options.processorOptions ?? {};
@@ -71,6 +85,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.sumSquares = 0;
   }
 
+  /** @param {Float32Array[][]} inputs */
   process(inputs) {
     // Mono: the node is created with channelCount 1 / "explicit", so the
     // browser has already down-mixed the microphone. An input with no
@@ -80,6 +95,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
     return this.running;
   }
 
+  /** @param {Float32Array} input */
   consume(input) {
     const n = input.length;
     if (this.block.length !== n) this.block = new Float32Array(n);
@@ -113,8 +129,11 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.previous = x[n - 1];
   }
 
-  // Int16Array is platform-endian; every platform browsers run on is
-  // little-endian, which is the wire format.
+  /**
+   * Int16Array is platform-endian; every platform browsers run on is
+   * little-endian, which is the wire format.
+   * @param {number} sample
+   */
   emit(sample) {
     const v = Math.max(-1, Math.min(1, sample));
     this.frame[this.filled++] = Math.round(v < 0 ? v * 0x8000 : v * 0x7fff);

@@ -14,16 +14,24 @@
 // again after an underrun, so network jitter does not chop the audio into
 // tiny bursts. process() never allocates and posts only on started/ended/flush.
 
+/**
+ * A chunk of a response's audio, or (samples null) the mark of its end.
+ * @typedef {{id: string, samples: Float32Array | null}} QueueItem
+ */
+
 class PlaybackProcessor extends AudioWorkletProcessor {
+  /** @param {AudioWorkletNodeOptions} options */
   constructor(options) {
     super();
     const { prebufferMs = 60, fadeMs = 5 } = options.processorOptions ?? {};
     this.prebuffer = Math.round((prebufferMs / 1000) * sampleRate);
+    /** @type {QueueItem[]} */
     this.queue = []; // {id, samples: Float32Array} chunks and {id, samples: null} end markers
     this.offset = 0; // read position inside queue[0].samples
     this.queuedSamples = 0;
     this.queuedMarkers = 0;
     this.buffering = true;
+    /** @type {string | null} */
     this.currentId = null; // response whose samples are being played
     this.played = 0; // samples of currentId played so far
     this.fade = new Float32Array(Math.round((fadeMs / 1000) * sampleRate));
@@ -32,6 +40,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.port.onmessage = (event) => this.onMessage(event.data);
   }
 
+  /**
+   * @param {{type: 'push', id: string, samples: Float32Array}
+   *   | {type: 'end', id: string} | {type: 'flush'}} message
+   */
   onMessage(message) {
     switch (message.type) {
       case 'push':
@@ -76,6 +88,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.played = 0;
   }
 
+  /**
+   * @param {Float32Array[][]} _inputs
+   * @param {Float32Array[][]} outputs
+   */
   process(_inputs, outputs) {
     const out = outputs[0][0];
     let i = 0;

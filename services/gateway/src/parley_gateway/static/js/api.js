@@ -2,6 +2,11 @@
 // (relative URLs, so it works behind any proxy path), with its errors made readable.
 
 export class ApiError extends Error {
+  /**
+   * @param {number} status
+   * @param {string} message
+   * @param {string} code
+   */
   constructor(status, message, code) {
     super(message);
     this.status = status;
@@ -9,6 +14,7 @@ export class ApiError extends Error {
   }
 }
 
+/** @param {Response} response */
 async function failure(response) {
   let message = `${response.status} ${response.statusText}`;
   let code = '';
@@ -25,7 +31,9 @@ async function failure(response) {
 // ---- access: the API key (asked once, kept in this browser) and short-lived tokens ----------
 
 const KEY_STORE = 'parley.api_key';
+/** @type {Promise<void> | null} */
 let asking = null; // one key dialog at a time, whichever page asked
+/** @type {{value: string, until: number} | null} */
 let token = null; // {value, until} minted from the key, for URLs that cannot carry a header
 
 function storedKey() {
@@ -36,7 +44,10 @@ function storedKey() {
   }
 }
 
-/** Headers that carry the key, when there is one. */
+/**
+ * Headers that carry the key, when there is one.
+ * @returns {Record<string, string>}
+ */
 export function authHeaders() {
   const key = storedKey();
   return key ? { authorization: `Bearer ${key}` } : {};
@@ -44,9 +55,9 @@ export function authHeaders() {
 
 /** Ask the user for the key (a modal dialog); resolves once one was entered. */
 function askKey() {
-  asking ??= new Promise((resolve) => {
-    const dialog = document.getElementById('key-dialog');
-    const input = document.getElementById('key-input');
+  asking ??= new Promise(/** @param {() => void} resolve */ (resolve) => {
+    const dialog = /** @type {HTMLDialogElement} */ (document.getElementById('key-dialog'));
+    const input = /** @type {HTMLInputElement} */ (document.getElementById('key-input'));
     dialog.addEventListener(
       'close',
       () => {
@@ -66,7 +77,11 @@ function askKey() {
   return asking;
 }
 
-/** `url` with a fresh `?token=` when the server needs a key (for WebSockets, EventSource, media). */
+/**
+ * `url` with a fresh `?token=` when the server needs a key (for WebSockets, EventSource, media).
+ * @param {string} url
+ * @returns {Promise<string>}
+ */
 export async function withToken(url) {
   if (!storedKey()) return url;
   if (!token || token.until < Date.now() + 60_000) {
@@ -76,7 +91,17 @@ export async function withToken(url) {
   return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token.value)}`;
 }
 
-/** Fetch; throws ApiError with the server's message unless the answer is 2xx. Asks for the key on a 401. */
+/**
+ * What request() takes: fetch's options, and `json`, a body to send as JSON.
+ * @typedef {Omit<RequestInit, 'headers'> & {json?: unknown, headers?: Record<string, string>}} RequestOptions
+ */
+
+/**
+ * Fetch; throws ApiError with the server's message unless the answer is 2xx. Asks for the key on a 401.
+ * @param {string} path
+ * @param {RequestOptions} [options]
+ * @returns {Promise<Response>}
+ */
 export async function request(path, options = {}) {
   const init = { ...options };
   if (init.json !== undefined) {
@@ -101,15 +126,31 @@ export async function request(path, options = {}) {
   }
 }
 
+/**
+ * @param {string} path
+ * @returns {Promise<any>} the answer's JSON
+ */
 export async function getJson(path) {
   return (await request(path)).json();
 }
 
+/**
+ * A voice as /v1/voices lists it: built in, or stored (cloned) from a reference recording.
+ * @typedef {{id: string, name: string, language: string, engines: string[]}
+ *   & ({cloned: false, reference_duration_s: null} | {cloned: true, reference_duration_s: number})} Voice
+ */
+
+/** @returns {Promise<{voices: Voice[], cloning_available: boolean}>} */
 export async function listVoices() {
   return getJson('v1/voices');
 }
 
-/** Fill a <select> with every voice a page can use (keeping its first, "default" option). */
+/**
+ * Fill a <select> with every voice a page can use (keeping its first, "default" option).
+ * @param {HTMLSelectElement} select
+ * @param {Voice[]} voices
+ * @param {{clonedUsableOnly?: boolean}} [options]
+ */
 export function fillVoiceSelect(select, voices, { clonedUsableOnly = true } = {}) {
   const keep = select.options[0];
   select.replaceChildren(keep);
@@ -123,7 +164,14 @@ export function fillVoiceSelect(select, voices, { clonedUsableOnly = true } = {}
   }
 }
 
-/** An element with text and attributes, for pages built in code. */
+/**
+ * An element with text and attributes, for pages built in code.
+ * @template {keyof HTMLElementTagNameMap} K
+ * @param {K} tag
+ * @param {Record<string, any>} [attributes]
+ * @param {...(Node | string)} children
+ * @returns {HTMLElementTagNameMap[K]}
+ */
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) {
@@ -136,6 +184,10 @@ export function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+/**
+ * @param {HTMLElement} target
+ * @param {unknown} error
+ */
 export function showError(target, error) {
   target.textContent = error instanceof ApiError || error instanceof Error ? error.message : String(error);
   target.hidden = false;

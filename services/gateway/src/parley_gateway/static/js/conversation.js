@@ -37,49 +37,91 @@ const CONVERSATION_KEY = 'parley.conversation'; // sessionStorage: {id, token} o
 // After a connection drops unexpectedly (Wi-Fi, a proxy, a gateway restart): wait, then reconnect.
 const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
 
+/** @param {string} id */
 const $ = (id) => document.getElementById(id);
+// The page's own elements (index.html): each is there, so none is null.
 const ui = {
-  connect: $('connect'),
-  status: $('status'),
-  meter: $('meter'),
-  meterFill: $('meter-fill'),
-  errors: $('errors'),
-  transcript: $('transcript'),
-  composer: $('composer'),
-  textInput: $('text-input'),
-  send: $('send'),
-  stop: $('stop'),
-  mode: $('mode'),
-  ptt: $('ptt'),
-  pttLabel: $('ptt-label'),
-  voice: $('voice-select'),
-  systemPrompt: $('system-prompt'),
-  page: document.querySelector('[data-page="talk"]'),
+  connect: /** @type {HTMLButtonElement} */ ($('connect')),
+  status: /** @type {HTMLElement} */ ($('status')),
+  meter: /** @type {HTMLElement} */ ($('meter')),
+  meterFill: /** @type {HTMLElement} */ ($('meter-fill')),
+  errors: /** @type {HTMLUListElement} */ ($('errors')),
+  transcript: /** @type {HTMLElement} */ ($('transcript')),
+  composer: /** @type {HTMLFormElement} */ ($('composer')),
+  textInput: /** @type {HTMLInputElement} */ ($('text-input')),
+  send: /** @type {HTMLButtonElement} */ ($('send')),
+  stop: /** @type {HTMLButtonElement} */ ($('stop')),
+  mode: /** @type {HTMLSelectElement} */ ($('mode')),
+  ptt: /** @type {HTMLButtonElement} */ ($('ptt')),
+  pttLabel: /** @type {HTMLElement} */ ($('ptt-label')),
+  voice: /** @type {HTMLSelectElement} */ ($('voice-select')),
+  systemPrompt: /** @type {HTMLTextAreaElement} */ ($('system-prompt')),
+  page: /** @type {HTMLElement} */ (document.querySelector('[data-page="talk"]')),
 };
 
-let audio = null; // {ctx, ready: Promise, playback: AudioWorkletNode | null}
+/**
+ * The page's one AudioContext; `playback` is there once the worklets have loaded (`ready`,
+ * which ensureAudio() sets before it returns).
+ * @typedef {{ctx: AudioContext, ready: Promise<void> | null, playback: AudioWorkletNode | null}} AudioState
+ */
+/**
+ * A conversation on the server: what resumes it.
+ * @typedef {{id: string, token: string}} Conversation
+ */
+/**
+ * An assistant message on screen: its element, the text node its reply's words go into.
+ * @typedef {{el: HTMLParagraphElement, text: Text, done: boolean}} AssistantEntry
+ */
+/**
+ * A flush the playback worklet has yet to answer.
+ * @typedef {{ws: WebSocket | null, ids: Set<string>}} PendingFlush
+ */
+/**
+ * A server event (docs/protocol.md), as parsed from its JSON text frame.
+ * @typedef {{type: string, [field: string]: any}} ServerEvent
+ */
+
+/** @type {AudioState | null} */
+let audio = null;
+/** @type {Session | null} */
 let session = null;
 // The server's session this page talks in, {id, token}: resumed on every
 // (re)connect until Disconnect ends it or the server no longer knows it.
 let conversation = loadConversation();
+/** @type {{attempt: number, timer: number | null}} */
 const reconnect = { attempt: 0, timer: null };
 // Flushes awaiting the worklet's 'flushed' reply, oldest first: the socket to
 // report on and the responses whose played time is settled by that reply.
+/** @type {PendingFlush[]} */
 const pendingFlushes = [];
 // response_id -> milliseconds of its audio received, at the sender's rate.
+/** @type {Map<string, number>} */
 const receivedMs = new Map();
 
 // ---- audio ------------------------------------------------------------------
 
+// Audio runs only after the first Connect, and reply audio only in a session, which starts
+// once the worklets have loaded: from there on `audio` and its playback node are there.
+const liveAudio = () => /** @type {AudioState} */ (audio);
+const playbackPort = () => /** @type {AudioWorkletNode} */ (liveAudio().playback).port;
+
 /** Streaming linear-interpolation resampler; state carries across chunks. */
 class StreamResampler {
+  /**
+   * @param {number} inRate
+   * @param {number} outRate
+   */
   constructor(inRate, outRate) {
     this.step = inRate / outRate;
     this.position = 0; // next output position in the current chunk; -1 = `previous`
     this.previous = 0;
   }
 
-  /** Int16Array in -> Float32Array out at the output rate. */
+  /**
+   * Int16Array in -> Float32Array out at the output rate.
+   * @param {Int16Array} pcm
+   * @returns {Float32Array}
+   */
   process(pcm) {
     const n = pcm.length;
     if (this.step === 1) return Float32Array.from(pcm, (v) => v / 32768);
@@ -99,7 +141,10 @@ class StreamResampler {
   }
 }
 
-/** Create the AudioContext inside the click handler (user-gesture rule). */
+/**
+ * Create the AudioContext inside the click handler (user-gesture rule).
+ * @returns {AudioState}
+ */
 function ensureAudio() {
   if (audio) return audio;
   const ctx = new AudioContext({ latencyHint: 'interactive' });
@@ -107,6 +152,7 @@ function ensureAudio() {
   ctx.addEventListener('statechange', () => {
     document.body.dataset.audio = ctx.state;
   });
+  /** @type {AudioState} */
   const state = { ctx, playback: null, ready: null };
   state.ready = Promise.all([
     ctx.audioWorklet.addModule('static/capture-worklet.js'),
@@ -132,6 +178,11 @@ function ensureAudio() {
   return state;
 }
 
+/**
+ * What the playback worklet says (playback-worklet.js).
+ * @param {MessageEvent<{type: 'started', id: string} | {type: 'ended', id: string, played: number}
+ *   | {type: 'flushed', id: string | null, played: number}>} event
+ */
 function onPlaybackMessage({ data }) {
   if (data.type === 'started') {
     const starting = session?.assistant.get(data.id);
@@ -154,27 +205,34 @@ function onPlaybackMessage({ data }) {
       }
     }
   } else if (data.type === 'flushed') {
-    const flush = pendingFlushes.shift();
+    const flush = /** @type {PendingFlush} */ (pendingFlushes.shift()); // each flush sent is answered once
     for (const id of flush.ids) reportPlayed(flush.ws, id, id === data.id ? data.played : 0);
   }
 }
 
-/** Stop reply audio now; played time is reported when the worklet answers. */
+/**
+ * Stop reply audio now; played time is reported when the worklet answers.
+ * @param {Session} s
+ */
 function flushPlayback(s) {
   for (const id of s.pendingPlayback) s.assistant.get(id)?.el.classList.add('interrupted');
   pendingFlushes.push({ ws: s.ws, ids: new Set(s.pendingPlayback) });
   s.pendingPlayback.clear();
   s.replyAudio = null; // drop the rest of the interrupted reply's frames
-  audio.playback.port.postMessage({ type: 'flush' });
+  playbackPort().postMessage({ type: 'flush' });
 }
 
 /**
  * `complete`: the reply played to its end. Then say so in the sender's own
  * measure (resampling loses a fraction of a sample, and the server takes
  * anything under its audio_ms for a reply cut short).
+ * @param {WebSocket | null} ws
+ * @param {string} responseId
+ * @param {number} samples played, at the context rate
+ * @param {boolean} [complete]
  */
 function reportPlayed(ws, responseId, samples, complete = false) {
-  const played = (samples / audio.ctx.sampleRate) * 1000;
+  const played = (samples / liveAudio().ctx.sampleRate) * 1000;
   const received = receivedMs.get(responseId) ?? 0;
   receivedMs.delete(responseId);
   send(ws, {
@@ -184,6 +242,10 @@ function reportPlayed(ws, responseId, samples, complete = false) {
   });
 }
 
+/**
+ * @param {Session} s
+ * @param {ArrayBuffer} buffer
+ */
 function onReplyAudio(s, buffer) {
   const reply = s.replyAudio;
   if (!reply) return; // no reply playing, or it was interrupted
@@ -193,9 +255,14 @@ function onReplyAudio(s, buffer) {
   receivedMs.set(reply.id, (receivedMs.get(reply.id) ?? 0) + (pcm.length / reply.rate) * 1000);
   const samples = reply.resampler.process(pcm);
   if (samples.length === 0) return;
-  audio.playback.port.postMessage({ type: 'push', id: reply.id, samples }, [samples.buffer]);
+  playbackPort().postMessage({ type: 'push', id: reply.id, samples }, [samples.buffer]);
 }
 
+/**
+ * What the capture worklet posts (capture-worklet.js).
+ * @param {Session} s
+ * @param {{pcm: Int16Array<ArrayBuffer>, level: number, flushed?: boolean}} frame
+ */
 function onMicFrame(s, { pcm, level, flushed }) {
   const ws = s.ws;
   const open = s.started && ws?.readyState === WebSocket.OPEN;
@@ -221,6 +288,8 @@ function onMicFrame(s, { pcm, level, flushed }) {
  * Whether the socket is too backed up to take more microphone audio. The user
  * hears of it at once (what they say now is lost), and of how much was lost
  * once audio gets through again.
+ * @param {Session} s
+ * @param {number} buffered bytes
  */
 function stalled(s, buffered) {
   if (!s.stalled && buffered > MAX_BUFFERED_BYTES) {
@@ -241,6 +310,7 @@ function stalled(s, buffered) {
   return s.stalled;
 }
 
+/** @param {number} rms */
 function showLevel(rms) {
   const db = 20 * Math.log10(Math.max(rms, 1e-6));
   const value = Math.max(0, Math.min(1, 1 - db / METER_FLOOR_DB));
@@ -250,6 +320,33 @@ function showLevel(rms) {
 
 // ---- connection ---------------------------------------------------------------
 
+/**
+ * Everything tied to one connection.
+ * @typedef {object} Session
+ * @property {string} turnDetection `vad` or `push_to_talk`
+ * @property {boolean} pushToTalk
+ * @property {boolean} holding
+ * @property {number} commitsPending
+ * @property {WebSocket | null} ws
+ * @property {MediaStream | null} stream
+ * @property {MediaStreamAudioSourceNode | null} source
+ * @property {AudioWorkletNode | null} capture
+ * @property {boolean} started
+ * @property {Conversation | null} resuming
+ * @property {boolean} renewed
+ * @property {boolean} stalled
+ * @property {number} droppedMs
+ * @property {number} outputRate
+ * @property {{id: string, rate: number, resampler: StreamResampler} | null} replyAudio
+ * @property {Set<string>} pendingPlayback
+ * @property {HTMLParagraphElement | null} partial
+ * @property {Map<string, AssistantEntry>} assistant
+ */
+
+/**
+ * @param {string} turnDetection
+ * @returns {Session}
+ */
 function newSession(turnDetection) {
   return {
     turnDetection,
@@ -313,7 +410,7 @@ function scheduleReconnect() {
 }
 
 async function connect() {
-  clearTimeout(reconnect.timer);
+  clearTimeout(reconnect.timer ?? undefined);
   reconnect.timer = null;
   const s = (session = newSession(ui.mode.value));
   setStatus('connecting', 'Connecting…');
@@ -342,13 +439,18 @@ async function connect() {
     openSocket(s, url);
   } catch (err) {
     if (session !== s) return;
-    addError(err.name === 'NotAllowedError' ? 'microphone' : 'audio', err.message || String(err));
+    const error = /** @type {Error} */ (err); // a DOMException, mostly
+    addError(error.name === 'NotAllowedError' ? 'microphone' : 'audio', error.message || String(error));
     teardown('error', 'Microphone or audio unavailable');
   }
 }
 
+/**
+ * @param {Session} s its `stream` set
+ * @param {AudioContext} ctx
+ */
 function startCapture(s, ctx) {
-  s.source = ctx.createMediaStreamSource(s.stream);
+  s.source = ctx.createMediaStreamSource(/** @type {MediaStream} */ (s.stream));
   s.capture = new AudioWorkletNode(ctx, 'capture-processor', {
     numberOfInputs: 1,
     numberOfOutputs: 0,
@@ -361,6 +463,10 @@ function startCapture(s, ctx) {
   s.source.connect(s.capture);
 }
 
+/**
+ * @param {Session} s
+ * @param {string} url
+ */
 function openSocket(s, url) {
   const ws = (s.ws = new WebSocket(url));
   ws.binaryType = 'arraybuffer';
@@ -392,8 +498,12 @@ function openSocket(s, url) {
   };
 }
 
-/** session.start: resume this page's conversation if it has one, else a new one. */
+/**
+ * session.start: resume this page's conversation if it has one, else a new one.
+ * @param {Session} s
+ */
 function startSession(s) {
+  /** @type {Record<string, string | number>} */
   const start = { type: 'session.start', input_sample_rate: INPUT_RATE, turn_detection: s.turnDetection };
   if (ui.voice.value) start.voice = ui.voice.value;
   if (ui.systemPrompt.value.trim()) start.system_prompt = ui.systemPrompt.value.trim();
@@ -407,7 +517,7 @@ function startSession(s) {
 
 /** User-initiated end of the session: the conversation is over (the server forgets it). */
 function disconnect() {
-  clearTimeout(reconnect.timer);
+  clearTimeout(reconnect.timer ?? undefined);
   reconnect.timer = null;
   reconnect.attempt = 0;
   if (session?.started) send(session.ws, { type: 'session.end' });
@@ -417,11 +527,12 @@ function disconnect() {
 
 /** Leaving or reloading the page: close the socket but keep the session, which a reload resumes. */
 function leave() {
-  clearTimeout(reconnect.timer);
+  clearTimeout(reconnect.timer ?? undefined);
   reconnect.timer = null;
   teardown('idle', 'Disconnected');
 }
 
+/** @returns {Conversation | null} */
 function loadConversation() {
   try {
     const saved = JSON.parse(sessionStorage.getItem(CONVERSATION_KEY) ?? 'null');
@@ -432,6 +543,7 @@ function loadConversation() {
   return null;
 }
 
+/** @param {Conversation | null} value */
 function keepConversation(value) {
   conversation = value;
   try {
@@ -442,6 +554,10 @@ function keepConversation(value) {
   }
 }
 
+/**
+ * @param {string} state the status's `data-state`
+ * @param {string} text
+ */
 function teardown(state, text) {
   const s = session;
   if (!s) return;
@@ -474,12 +590,20 @@ function teardown(state, text) {
   setStatus(state, text);
 }
 
+/**
+ * @param {WebSocket | null} ws
+ * @param {object} message
+ */
 function send(ws, message) {
   if (ws?.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
 }
 
 // ---- server events --------------------------------------------------------------
 
+/**
+ * @param {Session} s
+ * @param {ServerEvent} message
+ */
 function onEvent(s, message) {
   switch (message.type) {
     case 'session.started':
@@ -518,14 +642,15 @@ function onEvent(s, message) {
       // The page's record that this reply's audio is arriving (tests read it too).
       assistantMessage(s, message.response_id).el.dataset.audio = 'receiving';
       const rate = message.sample_rate || s.outputRate;
-      s.replyAudio = { id: message.response_id, rate, resampler: new StreamResampler(rate, audio.ctx.sampleRate) };
+      const resampler = new StreamResampler(rate, liveAudio().ctx.sampleRate);
+      s.replyAudio = { id: message.response_id, rate, resampler };
       s.pendingPlayback.add(message.response_id);
       break;
     }
     case 'response.audio.done':
       if (s.replyAudio?.id === message.response_id) {
         s.replyAudio = null;
-        audio.playback.port.postMessage({ type: 'end', id: message.response_id });
+        playbackPort().postMessage({ type: 'end', id: message.response_id });
       }
       break;
     case 'response.done':
@@ -561,7 +686,11 @@ function onEvent(s, message) {
   }
 }
 
-/** The server's answer to session.start: keep its session; a resumed one brings its history. */
+/**
+ * The server's answer to session.start: keep its session; a resumed one brings its history.
+ * @param {Session} s
+ * @param {ServerEvent} message
+ */
 function onSessionStarted(s, message) {
   const resumed = message.resumed === true;
   keepConversation({ id: message.session_id, token: message.resume_token });
@@ -582,11 +711,14 @@ function onSessionStarted(s, message) {
  * are added: all of them after a reload, else those that ended while the page
  * was away. A reply the server kept only in part (the connection dropped while
  * it played) is marked as cut where the server cut it.
+ * @param {string} sessionId
+ * @param {any[]} history as the server sent it
  */
 function showHistory(sessionId, history) {
+  /** @type {{role: 'user' | 'assistant', content: string}[]} */
   const turns = history.filter((t) => (t?.role === 'user' || t?.role === 'assistant') && typeof t.content === 'string');
   let next = 0; // turns[next:] are not on screen
-  for (const el of ui.transcript.querySelectorAll('.message[data-session]')) {
+  for (const el of /** @type {NodeListOf<HTMLElement>} */ (ui.transcript.querySelectorAll('.message[data-session]'))) {
     if (el.dataset.session !== sessionId || el.classList.contains('partial')) continue;
     const role = el.classList.contains('user') ? 'user' : 'assistant';
     const shown = normWords(shownText(el));
@@ -606,19 +738,32 @@ function showHistory(sessionId, history) {
   }
 }
 
-/** What a message says (for an assistant one: all of the reply, heard or not). */
+/**
+ * What a message says (for an assistant one: all of the reply, heard or not).
+ * @param {HTMLElement} el
+ * @returns {string}
+ */
 function shownText(el) {
   if (el.classList.contains('user')) return el.textContent;
   return [...el.childNodes]
-    .filter((n) => n.nodeType === Node.TEXT_NODE || n.classList?.contains('unheard'))
+    .filter((n) => n.nodeType === Node.TEXT_NODE || /** @type {Element} */ (n).classList?.contains('unheard'))
     .map((n) => n.textContent)
     .join('');
 }
 
-/** Whether word list `a` (the server's, perhaps cut) begins word list `b` (the page's). */
+/**
+ * Whether word list `a` (the server's, perhaps cut) begins word list `b` (the page's).
+ * @param {string[]} a
+ * @param {string[]} b
+ */
 const isPrefix = (a, b) => a.length <= b.length && a.every((w, i) => w === b[i]);
 
-/** The in-progress user turn: the stable words as usual, the rest still tentative. */
+/**
+ * The in-progress user turn: the stable words as usual, the rest still tentative.
+ * @param {Session} s
+ * @param {string} text
+ * @param {string} stable
+ */
 function showPartial(s, text, stable) {
   if (!s.partial) {
     s.partial = addMessage('user', '');
@@ -631,9 +776,15 @@ function showPartial(s, text, stable) {
   const b = document.createElement('span');
   b.className = 'tentative';
   b.textContent = tentative;
-  updateTranscript(() => s.partial.replaceChildren(a, b));
+  const partial = s.partial;
+  updateTranscript(() => partial.replaceChildren(a, b));
 }
 
+/**
+ * @param {Session} s
+ * @param {string} text
+ * @param {string} [language]
+ */
 function finishUserTurn(s, text, language) {
   const el = s.partial;
   s.partial = null;
@@ -653,6 +804,9 @@ function finishUserTurn(s, text, language) {
 /**
  * Cut `text` after as many words as `prefix` has: [head, tail]. `prefix` is
  * the server's word-normalised version of text's start (single spaces).
+ * @param {string} text
+ * @param {string} prefix
+ * @returns {[string, string]}
  */
 function splitWords(text, prefix) {
   const count = prefix.split(/\s+/).filter(Boolean).length;
@@ -667,12 +821,21 @@ function splitWords(text, prefix) {
   return [text.slice(0, end), text.slice(end)];
 }
 
+/**
+ * @param {string} text
+ * @returns {string[]}
+ */
 const normWords = (text) =>
   text
     .split(/\s+/)
     .map((w) => w.toLowerCase().replace(/[^\p{L}\p{N}]/gu, ''))
     .filter(Boolean);
 
+/**
+ * @param {Session} s
+ * @param {string} responseId
+ * @returns {AssistantEntry}
+ */
 function assistantMessage(s, responseId) {
   let entry = s.assistant.get(responseId);
   if (!entry) {
@@ -689,6 +852,12 @@ function assistantMessage(s, responseId) {
   return entry;
 }
 
+/**
+ * @param {Session} s
+ * @param {string} responseId
+ * @param {Record<string, unknown>} [timings] response.done's
+ * @param {unknown} [similarity] response.done's speaker_similarity
+ */
 function finishResponse(s, responseId, timings, similarity) {
   const entry = s.assistant.get(responseId);
   if (!entry || entry.done) return;
@@ -711,13 +880,20 @@ function finishResponse(s, responseId, timings, similarity) {
 /**
  * The server cut this reply in its history to what was heard (`heard`). Keep
  * the full text, but strike out the tail that was never played.
+ * @param {Session} s
+ * @param {string} responseId
+ * @param {string} heard
  */
 function showTruncated(s, responseId, heard) {
   const entry = s.assistant.get(responseId);
   if (entry) markCut(entry.el, heard);
 }
 
-/** Strike out the part of an assistant message after `heard`, what the server kept of it. */
+/**
+ * Strike out the part of an assistant message after `heard`, what the server kept of it.
+ * @param {HTMLElement} el
+ * @param {string} heard
+ */
 function markCut(el, heard) {
   const text = el.firstChild; // an assistant message starts with its reply's text node
   if (!(text instanceof Text)) return;
@@ -752,8 +928,10 @@ function markCut(el, heard) {
 /**
  * {asr_ms: 312, preemptive: true, llm_first_token_ms: 420} ->
  * ["asr 312 ms · ", <tag>preemptive</tag>, " · llm first token 420 ms"] (nodes / strings)
+ * @param {Record<string, unknown>} [timings]
  */
 function formatTimings(timings) {
+  /** @type {(string | HTMLElement)[]} */
   const parts = [];
   for (const [name, value] of Object.entries(timings ?? {})) {
     let part;
@@ -778,6 +956,10 @@ function formatTimings(timings) {
 
 // ---- UI ---------------------------------------------------------------------
 
+/**
+ * @param {'user' | 'assistant'} role
+ * @param {string} text
+ */
 function addMessage(role, text) {
   const el = document.createElement('p');
   el.className = `message ${role}`;
@@ -788,7 +970,10 @@ function addMessage(role, text) {
   return el;
 }
 
-/** A line in the transcript about the conversation itself (resumed, new, audio lost). */
+/**
+ * A line in the transcript about the conversation itself (resumed, new, audio lost).
+ * @param {string} text
+ */
 function addNote(text) {
   const el = document.createElement('p');
   el.className = 'note';
@@ -797,7 +982,10 @@ function addNote(text) {
   updateTranscript(() => ui.transcript.append(el));
 }
 
-/** Apply a transcript change, following the bottom if the reader was there. */
+/**
+ * Apply a transcript change, following the bottom if the reader was there.
+ * @param {() => void} change
+ */
 function updateTranscript(change) {
   const t = ui.transcript;
   const atBottom = t.scrollHeight - t.scrollTop - t.clientHeight < 24;
@@ -809,6 +997,9 @@ function updateTranscript(change) {
  * A banner. `outage`: it tells of something that keeps the page from its
  * session (the connection, the server, a stalled link): one at a time of each
  * kind (`key`, by default the code), gone once the page has its session again.
+ * @param {string} code
+ * @param {string} message
+ * @param {{outage?: boolean, key?: string}} [options]
  */
 function addError(code, message, { outage = false, key = code } = {}) {
   const li = document.createElement('li');
@@ -826,16 +1017,23 @@ function addError(code, message, { outage = false, key = code } = {}) {
   dismiss.addEventListener('click', () => li.remove());
   li.append(text, dismiss);
   ui.errors.append(li);
-  while (ui.errors.children.length > MAX_ERRORS) ui.errors.firstElementChild.remove();
+  while (ui.errors.children.length > MAX_ERRORS) /** @type {Element} */ (ui.errors.firstElementChild).remove();
 }
 
-/** Remove the outage banners of one kind, or all of them. */
+/**
+ * Remove the outage banners of one kind, or all of them.
+ * @param {string} [key]
+ */
 function removeErrors(key) {
-  for (const li of ui.errors.querySelectorAll('li[data-outage]')) {
+  for (const li of /** @type {NodeListOf<HTMLLIElement>} */ (ui.errors.querySelectorAll('li[data-outage]'))) {
     if (key === undefined || li.dataset.outage === key) li.remove();
   }
 }
 
+/**
+ * @param {string} state the status's `data-state`: idle, connecting, connected, closed or error
+ * @param {string} text
+ */
 function setStatus(state, text) {
   ui.status.dataset.state = state;
   ui.status.textContent = text;
@@ -856,6 +1054,7 @@ function showMode() {
   ui.ptt.hidden = (session?.turnDetection ?? ui.mode.value) !== 'push_to_talk';
 }
 
+/** @param {boolean} holding */
 function showHolding(holding) {
   ui.ptt.classList.toggle('holding', holding);
   ui.ptt.setAttribute('aria-pressed', String(holding));
@@ -881,7 +1080,7 @@ function stopTalking() {
   // Send the partial frame the capture worklet still holds, then commit
   // (both from onMicFrame, when the worklet answers).
   s.commitsPending++;
-  s.capture.port.postMessage('flush');
+  /** @type {AudioWorkletNode} */ (s.capture).port.postMessage('flush'); // there while the session is
 }
 
 ui.connect.addEventListener('click', () => (session ? disconnect() : connect()));
@@ -916,6 +1115,7 @@ ui.ptt.addEventListener('contextmenu', (event) => event.preventDefault()); // lo
 
 // Space anywhere but in a text field holds the talk button. It must not also
 // press whatever button has focus (Connect would disconnect).
+/** @param {EventTarget | null} target */
 const typingInto = (target) =>
   target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement;
 document.addEventListener('keydown', (event) => {

@@ -1,7 +1,7 @@
 // Dialogue studio: a [S1]-[S4] script, a voice per speaker, generated as a job on the
 // gateway (/v1/dialogues) with a progress bar, played while it streams, downloaded as WAV.
 
-import { el, fillVoiceSelect, listVoices, request, showError, withToken } from './api.js';
+import { ApiError, el, fillVoiceSelect, listVoices, request, showError, withToken } from './api.js';
 
 const EXAMPLE = `[S1] Welcome back to the show! Today we talk about gardens.
 [S2] Thanks for having me. I have been gardening for twenty years.
@@ -9,6 +9,22 @@ const EXAMPLE = `[S1] Welcome back to the show! Today we talk about gardens.
 [S2] Ferns, mostly. And moss, if you let it.`;
 const POLL_MS = 1000; // a poll a second: well within the API's per-client rate
 
+/**
+ * A dialogue job as /v1/dialogues answers (the parts used here).
+ * @typedef {object} DialogueJob
+ * @property {string} id
+ * @property {'running' | 'done' | 'failed' | 'cancelled'} status
+ * @property {number} progress 0-1
+ * @property {number} turns_done
+ * @property {number} turns_total
+ * @property {number} audio_s
+ * @property {{speaker: number, start_s: number, end_s: number, speaker_similarity?: number | null}[]} turns
+ * @property {string} audio_url
+ * @property {string} download_url
+ * @property {string} [error]
+ */
+
+/** @param {HTMLElement} root */
 export async function mount(root) {
   const script = el('textarea', { id: 'dialogue-script', rows: '8', 'data-testid': 'dialogue-script' }, EXAMPLE);
   const voices = [1, 2, 3, 4].map((speaker) =>
@@ -39,6 +55,7 @@ export async function mount(root) {
     showError(error, err);
   }
 
+  /** @type {DialogueJob | null} */
   let job = null;
 
   form.addEventListener('submit', async (event) => {
@@ -46,6 +63,7 @@ export async function mount(root) {
     error.hidden = true;
     download.hidden = true;
     turns.replaceChildren();
+    /** @type {Record<number, string>} */
     const chosen = {};
     voices.forEach((select, i) => {
       if (select.value) chosen[i + 1] = select.value;
@@ -53,7 +71,7 @@ export async function mount(root) {
     generate.disabled = true;
     try {
       const response = await request('v1/dialogues', { method: 'POST', json: { script: script.value, voices: chosen } });
-      job = await response.json();
+      job = /** @type {DialogueJob} */ (await response.json());
       root.dataset.state = 'running';
       cancel.disabled = false;
       player.src = await withToken(job.audio_url.replace(/^\//, '')); // WAV streamed as the turns are spoken
@@ -72,13 +90,15 @@ export async function mount(root) {
     if (job) await request(`v1/dialogues/${job.id}`, { method: 'DELETE' }).catch(() => {});
   });
 
+  /** @param {string} id */
   async function follow(id) {
     for (;;) {
+      /** @type {DialogueJob} */
       let state;
       try {
         state = await request(`v1/dialogues/${id}`).then((r) => r.json());
       } catch (err) {
-        if (err.status === 404) {
+        if (err instanceof ApiError && err.status === 404) {
           status.textContent = 'Stopped';
           root.dataset.state = 'cancelled';
           return;

@@ -1,6 +1,7 @@
 // Shows one page at a time (from the URL's #hash) and loads each page's module once, when
 // it is first shown. Pages share nothing but the small client in api.js.
 
+/** @type {Record<string, () => Promise<{mount?: (root: HTMLElement) => Promise<void>}>>} */
 const PAGES = {
   talk: () => import('./conversation.js'),
   voices: () => import('./voices.js'),
@@ -8,11 +9,12 @@ const PAGES = {
   speech: () => import('./playground.js'),
   monitor: () => import('./monitor.js'),
 };
+/** @type {Map<string, Promise<void>>} */
 const loaded = new Map(); // page name -> Promise of its module
 
 function show() {
   const name = location.hash.slice(1) in PAGES ? location.hash.slice(1) : 'talk';
-  for (const section of document.querySelectorAll('[data-page]')) {
+  for (const section of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('[data-page]'))) {
     section.hidden = section.dataset.page !== name;
   }
   for (const link of document.querySelectorAll('nav.tabs a')) {
@@ -20,13 +22,13 @@ function show() {
     else link.removeAttribute('aria-current');
   }
   if (!loaded.has(name)) {
-    const section = document.querySelector(`[data-page="${name}"]`);
+    const section = /** @type {HTMLElement} */ (document.querySelector(`[data-page="${name}"]`));
     loaded.set(
       name,
       PAGES[name]().then((page) => (page.mount ? page.mount(section) : undefined)),
     );
   }
-  const page = loaded.get(name);
+  const page = /** @type {Promise<void>} */ (loaded.get(name));
   page.then(() => document.body.setAttribute('data-ready', name));
 }
 

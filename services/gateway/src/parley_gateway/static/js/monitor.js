@@ -6,6 +6,21 @@ import { el, withToken } from './api.js';
 const STAGES = ['vad_silence_ms', 'asr_ms', 'llm_first_token_ms', 'tts_first_audio_ms', 'voice_to_voice_ms'];
 const KINDS = ['vad', 'asr', 'llm', 'tts'];
 
+/**
+ * What each server-sent event carries (the parts shown here).
+ * @typedef {object} MonitorState
+ * @property {Record<string, {address: string, engine?: string | null, ready: boolean, active: number,
+ *   capacity: number}[]>} [services] instances by kind
+ * @property {number} sessions
+ * @property {{timings: Record<string, number | boolean>}[]} turns recent turns, oldest first
+ * @property {Record<string, {p50: number, p95: number, n: number}>} stages
+ * @property {{cpu_percent: number, cpus: number, memory_used_bytes: number, memory_total_bytes: number}} system
+ * @property {{index: number, name: string, utilization_percent: number, memory_used_bytes: number,
+ *   memory_total_bytes: number}[]} gpus
+ * @property {{at: number, code: string, message: string}[]} errors
+ */
+
+/** @param {HTMLElement} root */
 export async function mount(root) {
   const services = el('tbody', { 'data-testid': 'monitor-services' });
   const stages = el('tbody', { 'data-testid': 'monitor-stages' });
@@ -37,6 +52,7 @@ export async function mount(root) {
   };
   source.onmessage = (event) => render(JSON.parse(event.data));
 
+  /** @param {MonitorState} state */
   function render(state) {
     const rows = [];
     for (const kind of KINDS) {
@@ -61,7 +77,7 @@ export async function mount(root) {
       bar.style.height = `${(100 * v) / top}%`; // set through the CSSOM: the page's CSP allows no style attributes
       return bar;
     }));
-    const gib = (bytes) => (bytes / 2 ** 30).toFixed(1);
+    const gib = (/** @type {number} */ bytes) => (bytes / 2 ** 30).toFixed(1);
     const s = state.system;
     system.textContent = `${state.sessions} session(s) · CPU ${s.cpu_percent.toFixed(0)} % of ${s.cpus} cores · ` +
       `memory ${gib(s.memory_used_bytes)} of ${gib(s.memory_total_bytes)} GiB`;

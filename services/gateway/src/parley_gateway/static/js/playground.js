@@ -3,6 +3,7 @@
 
 import { el, fillVoiceSelect, listVoices, request, showError } from './api.js';
 
+/** @param {HTMLElement} root */
 export async function mount(root) {
   const text = el('textarea', { id: 'speech-text', rows: '4', 'data-testid': 'speech-text' },
     'Hello! This is Parley speaking. Every word you hear was made just now.');
@@ -57,7 +58,13 @@ export async function mount(root) {
   });
 }
 
-/** Play the response as it arrives (MP3 through Media Source), or once it is whole; returns it as a Blob. */
+/**
+ * Play the response as it arrives (MP3 through Media Source), or once it is whole; returns it as a Blob.
+ * @param {Response} response
+ * @param {string} format
+ * @param {HTMLAudioElement} player
+ * @returns {Promise<Blob>}
+ */
 async function play(response, format, player) {
   const type = response.headers.get('content-type') || 'audio/mpeg';
   if (format !== 'mp3' || !window.MediaSource?.isTypeSupported('audio/mpeg')) {
@@ -70,7 +77,8 @@ async function play(response, format, player) {
   player.src = URL.createObjectURL(source);
   await new Promise((resolve) => source.addEventListener('sourceopen', resolve, { once: true }));
   const buffer = source.addSourceBuffer('audio/mpeg');
-  const reader = response.body.getReader();
+  // A 200 always has a body, of bytes in plain ArrayBuffers.
+  const reader = /** @type {ReadableStream<Uint8Array<ArrayBuffer>>} */ (response.body).getReader();
   const pieces = [];
   let started = false;
   for (;;) {

@@ -4,12 +4,16 @@
 // browser) so the user sees what is wrong before saving; the server checks it again.
 
 import { el, request, showError } from './api.js';
+/** @import { Voice } from './api.js' */
 
 const MIN_S = 3;
 const MAX_S = 30;
 const CLIP_SHARE = 0.001;
 const QUIET_DBFS = -45;
 
+/** @typedef {Blob & {name?: string}} NamedBlob a File, or a recording given a name */
+
+/** @param {HTMLElement} root */
 export async function mount(root) {
   const banner = el('p', { class: 'notice', 'data-testid': 'cloning-notice', hidden: true },
     'No running engine can clone voices here (Piper only). Voices you save are stored for every ' +
@@ -39,9 +43,11 @@ export async function mount(root) {
     save, error);
   root.append(el('h2', {}, 'Voices'), banner, list, preview, form);
 
+  /** @type {NamedBlob | null} */
   let audio = null; // the Blob to upload, once it passed the checks
 
   async function refresh() {
+    /** @type {{voices: Voice[], cloning_available: boolean}} */
     const { voices, cloning_available: cloning } = await request('v1/voices').then((r) => r.json());
     banner.hidden = cloning;
     const rows = voices.map((voice) => {
@@ -62,6 +68,7 @@ export async function mount(root) {
     root.dataset.voices = String(voices.length);
   }
 
+  /** @param {Voice} voice */
   async function playPreview(voice) {
     error.hidden = true;
     try {
@@ -73,6 +80,7 @@ export async function mount(root) {
     }
   }
 
+  /** @param {Voice} voice */
   async function removeVoice(voice) {
     error.hidden = true;
     try {
@@ -83,6 +91,7 @@ export async function mount(root) {
     }
   }
 
+  /** @param {NamedBlob} blob */
   async function checkAudio(blob) {
     audio = null;
     save.disabled = true;
@@ -97,7 +106,8 @@ export async function mount(root) {
   }
 
   file.addEventListener('change', () => {
-    if (file.files[0]) checkAudio(file.files[0]);
+    const files = /** @type {FileList} */ (file.files); // never null on a file input
+    if (files[0]) checkAudio(files[0]);
   });
   record.addEventListener('click', () => recordVoice(record, checkAudio, error));
 
@@ -131,7 +141,11 @@ export async function mount(root) {
   }
 }
 
-/** What the browser can tell of a recording: length, level, clipping (decoded by the browser itself). */
+/**
+ * What the browser can tell of a recording: length, level, clipping (decoded by the browser itself).
+ * @param {Blob} blob
+ * @returns {Promise<{ok: boolean, text: string}>}
+ */
 async function inspect(blob) {
   let decoded;
   try {
@@ -160,7 +174,12 @@ async function inspect(blob) {
   return { ok: true, text: `Looks good: ${facts}.` };
 }
 
-/** Record up to 30 s from the microphone with MediaRecorder; the button stops it early. */
+/**
+ * Record up to 30 s from the microphone with MediaRecorder; the button stops it early.
+ * @param {HTMLButtonElement & {recorder?: MediaRecorder | null}} button
+ * @param {(blob: NamedBlob) => void} done
+ * @param {HTMLElement} error
+ */
 async function recordVoice(button, done, error) {
   if (button.recorder) {
     button.recorder.stop();
@@ -170,17 +189,18 @@ async function recordVoice(button, done, error) {
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: true });
   } catch (err) {
-    showError(error, `The microphone is not available: ${err.message}`);
+    showError(error, `The microphone is not available: ${/** @type {Error} */ (err).message}`);
     return;
   }
   const recorder = new MediaRecorder(stream);
+  /** @type {Blob[]} */
   const pieces = [];
   recorder.addEventListener('dataavailable', (event) => pieces.push(event.data));
   recorder.addEventListener('stop', () => {
     stream.getTracks().forEach((track) => track.stop());
     button.recorder = null;
     button.textContent = 'Record';
-    const blob = new Blob(pieces, { type: recorder.mimeType });
+    const blob = /** @type {NamedBlob} */ (new Blob(pieces, { type: recorder.mimeType }));
     blob.name = 'recording.webm';
     done(blob);
   });
