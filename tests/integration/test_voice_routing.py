@@ -131,6 +131,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
             PARLEY_TTS_FIREREDTTS2_DEVICE="cpu",
             PARLEY_TTS_FIREREDTTS2_FRAME_LIMIT="400",
             PARLEY_TTS_FIREREDTTS2_MAX_FRAMES="10",  # random weights never stop by themselves
+            # One copy speaks three streams at once (batched steps): the cloned requests below share it.
+            PARLEY_TTS_FIREREDTTS2_STREAMS_PER_COPY="3",
             PARLEY_TTS_GRACE_S="5",
         )
         yield running
@@ -169,6 +171,9 @@ async def test_a_cloned_voice_is_spoken_only_where_fireredtts2_runs_and_refused_
             )
 
         await c.ready(up)
+        services = (await http.get("/v1/services")).json()
+        firered = next(i for i in services["tts"] if "fireredtts2" in i["engines"])
+        assert firered["capacity"] == 1 + 3, firered  # one Piper copy, and one FireRedTTS2 copy of three streams
         made = await http.post(
             "/v1/voices",
             data={"name": "Fox Reader", "transcript": REFERENCE_TEXT},
@@ -182,9 +187,14 @@ async def test_a_cloned_voice_is_spoken_only_where_fireredtts2_runs_and_refused_
         # The built-in voice spreads over both instances, as least-loaded routing does: the Piper-only
         # instance takes streams whenever the voice lets it.
         piper_before = await c.streams("piper")
-        burst = [{"model": "tts-1", "voice": "joe", "input": "Hello there.", "response_format": "pcm"}] * 4
+        # More at once than the other instance's capacity (4 streams), which it reports larger than its Piper part.
+        burst = [{"model": "tts-1", "voice": "joe", "input": "Hello there.", "response_format": "pcm"}] * 8
         for answer in await asyncio.gather(*(http.post("/v1/audio/speech", json=b) for b in burst)):
             assert answer.status_code == 200, answer.text
+        for _ in range(50):  # an instance counts a stream once it has ended: the last may still be closing
+            if (await c.streams("piper")).get("Synthesize", 0) > piper_before.get("Synthesize", 0):
+                break
+            await asyncio.sleep(0.1)
         assert (await c.streams("piper")).get("Synthesize", 0) > piper_before.get("Synthesize", 0)
 
         # The cloned voice: speech, dialogue and conversation replies, some at once, all on FireRedTTS2.

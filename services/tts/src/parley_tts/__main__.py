@@ -65,7 +65,12 @@ def load_fireredtts2(settings: TtsSettings) -> list[SpeechSynthesizer]:
         if device.type == "cuda":
             used = torch.cuda.memory_allocated(device) - before
             log.info("FireRedTTS2 copy %d holds %.2f GiB of GPU memory", index + 1, used / 2**30)
-        copies.append(FireRedTTS2Synthesizer(model, recipe=FireRedTTS2Recipe.from_settings(settings)))
+        recipe = FireRedTTS2Recipe.from_settings(settings)
+        # One synthesizer per stream: a pool worker thread each, sharing the copy's batched steps.
+        copies += [
+            FireRedTTS2Synthesizer(handle, recipe=recipe)
+            for handle in model.share(settings.fireredtts2_streams_per_copy)
+        ]
     return copies
 
 
@@ -123,9 +128,10 @@ def build(settings: TtsSettings, runtime: ServiceRuntime) -> ServiceSpec:
 
 
 def capacity(settings: TtsSettings) -> int:
-    """Streams served at once: one per model copy of every engine."""
+    """Streams served at once: one per Piper copy; FireRedTTS2's copies times the streams each speaks at once."""
     engines = settings.engine_names
-    return settings.instances * ("piper" in engines) + settings.fireredtts2_copies * ("fireredtts2" in engines)
+    firered = settings.fireredtts2_copies * settings.fireredtts2_streams_per_copy
+    return settings.instances * ("piper" in engines) + firered * ("fireredtts2" in engines)
 
 
 def main() -> None:

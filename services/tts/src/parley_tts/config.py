@@ -79,7 +79,14 @@ class TtsSettings(ServiceSettings):
     fireredtts2_copies: int = Field(
         default=1,
         ge=1,
-        description="FireRedTTS2 model copies (each holds a batch-1 KV cache and speaks one stream at a time).",
+        description="FireRedTTS2 model copies (each holds its own weights and KV caches).",
+    )
+    fireredtts2_streams_per_copy: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Streams one FireRedTTS2 copy speaks at once, one batched step a frame for all of them (a KV "
+        "cache slot each); 1 runs upstream's own one-stream loop. Capacity is copies x this.",
     )
     fireredtts2_bf16: bool = Field(
         default=True, description="Run the FireRedTTS2 LLM in bfloat16 on GPUs that have it."

@@ -64,6 +64,8 @@ One `FireRedTTS2Model` is one model copy with its own KV caches: only one thread
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import functools
 import importlib.util
@@ -86,6 +88,7 @@ import torch
 
 from parley.pcm import Float32Array
 from parley_tts.engines.base import Context, StoredVoice, UnknownVoice, UnspeakableText, Utterance, VoiceInfo
+from parley_tts.engines.fireredtts2_batch import Sampling, SharedCopy
 from parley_tts.engines.fireredtts2_text import (
     MONOLOGUE_PIECE_BYTES,
     clean_text,
@@ -243,6 +246,8 @@ class _Stream:
     positions: torch.Tensor  # (1, s)
     codec_cache: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: torch.Tensor | None = None  # (1, 16) generated, not yet decoded (decoding runs one behind)
+    shared_id: int | None = None  # its stream in the copy's `SharedCopy`, once it joined
+    last: torch.Tensor | None = None  # (16,) the frame it made last (a shared copy feeds it back)
 
 
 class FireRedTTS2Model:
@@ -285,8 +290,33 @@ class FireRedTTS2Model:
         self._codec_max = int(codec.rvq.codebook_size) - 1
         self.last_codes: Codes | None = None
         self.last_complete = False
+        # Set on the handles `share` makes: the copy they share, and this handle's own sampling noise.
+        self.shared: SharedCopy | None = None
+        self.generator: torch.Generator | None = None
         with torch.inference_mode():
             llm.setup_caches(1)
+
+    def share(self, streams: int) -> list[FireRedTTS2Model]:
+        """`streams` handles on this one copy, each for one stream's thread, generating in one batched step a
+        frame (`SharedCopy`); this object itself must not speak any more. One stream: itself, as it is.
+
+        A handle draws its samples from a generator of its own (seeded from torch's global one here), so
+        a stream's speech does not depend on who shares its steps.
+        """
+        if streams <= 1:
+            return [self]
+        shared = SharedCopy(self.llm, streams)
+        handles = []
+        for _ in range(streams):
+            handle = copy.copy(self)  # the same llm, codec and tokenizer; its own results
+            handle.shared = shared
+            handle.generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, (1,))))
+            handles.append(handle)
+        return handles
+
+    def _exclusive(self) -> contextlib.AbstractContextManager[object]:
+        """Held while this handle uses the model outside a shared step (a copy of its own needs nothing)."""
+        return self.shared.model_lock if self.shared is not None else contextlib.nullcontext()
 
     @classmethod
     def load(
@@ -338,7 +368,8 @@ class FireRedTTS2Model:
 
     @torch.inference_mode()
     def _encode(self, samples: torch.Tensor) -> Codes:
-        tokens, _ = self.codec.encode(samples.unsqueeze(0).to(self.device))  # (1, 16, frames)
+        with self._exclusive():
+            tokens, _ = self.codec.encode(samples.unsqueeze(0).to(self.device))  # (1, 16, frames)
         return np.ascontiguousarray(tokens[0].T.cpu().numpy(), dtype=np.int64)
 
     # --- speaking ------------------------------------------------------------------------------------
@@ -427,6 +458,7 @@ class FireRedTTS2Model:
         drop: int,
     ) -> Generator[Float32Array]:
         spoken: list[Codes] = []
+        stream: _Stream | None = None
         try:
             stream = self._start(tokens, mask)
             for generated in range(max_frames):
@@ -456,6 +488,8 @@ class FireRedTTS2Model:
                 yield audio
         finally:
             self.last_codes = np.stack(spoken) if spoken else np.zeros((0, self.codebooks), dtype=np.int64)
+            if self.shared is not None and stream is not None and stream.shared_id is not None:
+                self.shared.leave(stream.shared_id)  # its slot takes the next stream
 
     def _dialogue_prompt(self, text: str, speaker: str, context: Sequence[Segment], max_frames: int) -> Frames:
         """The frames to prefill: the context that fits (oldest non-prompt segments dropped first) + the text."""
@@ -532,7 +566,8 @@ class FireRedTTS2Model:
 
     @torch.inference_mode()
     def _start(self, tokens: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> _Stream:
-        self.llm.reset_caches()
+        if self.shared is None:
+            self.llm.reset_caches()
         return _Stream(
             tokens=torch.from_numpy(tokens).unsqueeze(0).to(self.device),
             mask=torch.from_numpy(mask).unsqueeze(0).to(self.device),
@@ -542,6 +577,8 @@ class FireRedTTS2Model:
     @torch.inference_mode()
     def _next_frame(self, stream: _Stream, temperature: float, top_k: int) -> torch.Tensor | None:
         """One frame (1, 16) from the backbone + decoder, the stream advanced past it; None at EOS."""
+        if self.shared is not None:
+            return self._next_shared_frame(stream, temperature, top_k)
         frame: torch.Tensor = self.llm.generate_frame(
             stream.tokens, stream.mask, stream.positions, temperature, top_k
         ).long()
@@ -554,12 +591,26 @@ class FireRedTTS2Model:
         stream.positions = stream.positions[:, -1:] + 1
         return frame
 
+    def _next_shared_frame(self, stream: _Stream, temperature: float, top_k: int) -> torch.Tensor | None:
+        """The same from a shared copy: the prompt prefilled on joining, then one batched step a frame."""
+        assert self.shared is not None
+        if stream.shared_id is None:
+            sampling = Sampling(temperature, top_k, self.generator)
+            stream.shared_id, made = self.shared.join(stream.tokens[0], stream.mask[0], sampling)
+        else:
+            assert stream.last is not None
+            made = self.shared.next_frame(stream.shared_id, stream.last)
+        stream.last = made
+        frame = made.long().unsqueeze(0)
+        return frame if bool(frame.any()) else None
+
     @torch.inference_mode()
     def _decode(self, stream: _Stream, last: bool) -> tuple[Float32Array, Codes]:
         """The pending frame's audio (the codec's streaming decoder, exactly one frame per call) and codes."""
         assert stream.pending is not None
         frame = stream.pending.clamp(max=self._codec_max).unsqueeze(-1)  # (1, 16, 1)
-        audio, stream.codec_cache = self.codec.decode_one_token(frame, stream.codec_cache, last_token=last)
+        with self._exclusive():
+            audio, stream.codec_cache = self.codec.decode_one_token(frame, stream.codec_cache, last_token=last)
         stream.pending = None
         samples = np.ascontiguousarray(audio[0].float().cpu().numpy(), dtype=np.float32)
         return samples, frame[0, :, 0].cpu().numpy().astype(np.int64)

@@ -16,13 +16,14 @@ upstream's `sample_topk` row by row, drawing from the stream's own `torch.Genera
 frames it makes alone, whoever shares its batch; a stream without a generator draws from the global
 one, which makes a lone stream identical to upstream's `generate_frame` under the same seed.
 
-Not batched yet: the codec's streaming decode (one `decode_one_token` per stream and frame, as
-today), and the engine and servicer still run one stream per copy: this is the generator they will
-drive.
+`SharedCopy` lets the threads of several streams (the TTS service runs one per stream) share one copy:
+the engine drives it when `PARLEY_TTS_FIREREDTTS2_STREAMS_PER_COPY` is above 1. Not batched yet: the
+codec's streaming decode (one `decode_one_token` per stream and frame).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -221,3 +222,56 @@ class FrameBatcher:
         for stream, row_positions in zip(streams, positions, strict=True):
             stream.position = int(row_positions[-1]) + 1
         return torch.cat(codes, dim=1)
+
+
+class SharedCopy:
+    """One model copy shared by the threads of up to `max_streams` streams, one `FrameBatcher` step a frame.
+
+    Each stream's thread asks for its next frame (`next_frame`); whichever asks while no step runs makes
+    one step for every frame asked for by then, and hands each thread its own: no scheduler thread,
+    and a step waits for nobody (a stream that is late joins the next one). Everything else a stream
+    does with the copy (its prefill, the codec's encode and decode) holds `model_lock`, so the model is
+    never used by two threads at once.
+    """
+
+    def __init__(self, model: Model, max_streams: int) -> None:
+        self.batcher = FrameBatcher(model, max_streams)
+        self.model_lock = threading.Lock()
+        self._queue = threading.Condition()
+        self._waiting: dict[int, torch.Tensor] = {}  # stream -> its last frame, for the next step
+        self._done: dict[int, torch.Tensor | BaseException] = {}
+        self._stepping = False
+        self.largest_step = 0  # the most streams one step has served (a measure of the batching)
+
+    def join(self, tokens: torch.Tensor, mask: torch.Tensor, sampling: Sampling) -> tuple[int, torch.Tensor]:
+        with self.model_lock:
+            return self.batcher.join(tokens, mask, sampling)
+
+    def leave(self, stream: int) -> None:
+        with self.model_lock:
+            self.batcher.leave(stream)
+
+    def next_frame(self, stream: int, last: torch.Tensor) -> torch.Tensor:
+        with self._queue:
+            self._waiting[stream] = last
+            while stream not in self._done:
+                if self._stepping:
+                    self._queue.wait()
+                    continue
+                batch, self._waiting, self._stepping = self._waiting, {}, True
+                self._queue.release()  # others queue their frames while this step runs
+                try:
+                    with self.model_lock:
+                        made: dict[int, torch.Tensor | BaseException] = dict(self.batcher.step(batch))
+                except BaseException as error:  # every stream of the step hears of it
+                    made = dict.fromkeys(batch, error)
+                finally:
+                    self._queue.acquire()
+                self._stepping = False
+                self.largest_step = max(self.largest_step, len(batch))
+                self._done.update(made)
+                self._queue.notify_all()
+            result = self._done.pop(stream)
+        if isinstance(result, BaseException):
+            raise result
+        return result
