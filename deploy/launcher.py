@@ -6,8 +6,10 @@ stops a stack for being slow: a model loading from a network volume can take man
 so past `PARLEY_LAUNCHER_READY_TIMEOUT_S` it only says the stack is late and what is still
 missing, every `PARLEY_LAUNCHER_PROGRESS_EVERY_S`. It asks for a stop only when a program
 cannot start at all (supervisord gave up on it, or it keeps exiting) before the stack was
-ever ready; a stack that has served keeps running whatever crashes later (supervisord
-restarts the program and the gateway routes around it), and the watch says so.
+ever ready and before that program ever ran a whole crash window (a stack without a gateway
+is judged by the latter alone); a stack that has served keeps running whatever crashes
+later (supervisord restarts the program and the gateway routes around it), and the watch
+says so, once per episode.
 """
 
 from __future__ import annotations
@@ -106,11 +108,13 @@ def describe(body: Mapping[str, Any]) -> str:
 
 @dataclass
 class _Exits:
-    """When a program's processes were replaced, within the crash window."""
+    """When a program's processes were replaced, within the crash window; whether it has served."""
 
     started: float = 0.0
     times: deque[float] = field(default_factory=deque)
     reported: bool = False
+    running_since: float | None = None  # (the watch's clock) since when its current process runs
+    served: bool = False  # it ran a whole crash window without exiting: it can start
 
 
 class StackWatch:
@@ -143,26 +147,25 @@ class StackWatch:
             if program.started != exits.started:
                 if exits.started:  # a process before this one ended: supervisord started it again
                     exits.times.append(now)
-                exits.started = program.started
+                exits.started, exits.running_since = program.started, None
+            if program.state == "RUNNING":
+                exits.running_since = now if exits.running_since is None else exits.running_since
+                exits.served = exits.served or now - exits.running_since >= window
             while exits.times and now - exits.times[0] > window:
                 exits.times.popleft()
+            fatal = program.state == "FATAL"
             looping = len(exits.times) >= limit
-            if not looping:
+            if not (looping or fatal):
                 exits.reported = False
-            if program.state == "FATAL" and not self.ever_ready:
-                yield Notice(Kind.CANNOT_START, f"{program.name} cannot start: {self._why(program)}")
-            elif looping and not self.ever_ready:
-                yield Notice(
-                    Kind.CANNOT_START,
-                    f"{program.name} cannot start: it exited {len(exits.times)} times in {window:.0f} s "
-                    f"({self._why(program)})",
-                )
-            elif (looping or program.state == "FATAL") and not exits.reported:
+            elif not (self.ever_ready or exits.served):
+                times = "" if fatal else f": it exited {len(exits.times)} times in {window:.0f} s"
+                yield Notice(Kind.CANNOT_START, f"{program.name} cannot start{times} ({self._why(program)})")
+            elif not exits.reported:
                 exits.reported = True
+                what = "supervisord gave up on it" if fatal else "supervisord keeps restarting it"
                 yield Notice(
                     Kind.CRASHING,
-                    f"{program.name} keeps crashing ({self._why(program)}); the rest of the stack goes on "
-                    "and supervisord keeps restarting it",
+                    f"{program.name} keeps crashing ({self._why(program)}); {what}, and the rest of the stack goes on",
                 )
 
     def _why(self, program: Program) -> str:

@@ -120,7 +120,7 @@ def readiness(url: str, headers: dict[str, str]) -> Readiness:
             return Readiness(False, json.load(error))
         except ValueError:
             return Readiness(False, {"status": f"/readyz answered {error.code}"})
-    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+    except (OSError, http.client.HTTPException, ValueError):  # URLError and a cut connection included
         return Readiness(False, {"status": "gateway not answering yet"})
 
 
@@ -216,9 +216,12 @@ def main() -> int:
     log_hint = f"its log: {state_dir / 'stack.log'}" if args.quiet else "its log is above"
     watcher = StackWatch(settings)
     probed = url if "gateway" in args.only else None
-    started = watch(supervisord, stopping, watcher, Supervisor(state_dir / "supervisor.sock"), probed, log_hint)
-    if not started:
-        stop()
+    started = False
+    try:
+        started = watch(supervisord, stopping, watcher, Supervisor(state_dir / "supervisor.sock"), probed, log_hint)
+    finally:
+        if not started:  # a program could not start, or the watch itself failed: no stack left unwatched
+            stop()
     while True:
         try:
             code = supervisord.wait()

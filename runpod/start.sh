@@ -74,6 +74,15 @@ else
     log "no runpod/fetch-models in this image: the services use their embedded models"
 fi
 
+# Keep the container up (its web terminal is how the operator fixes what stopped the start)
+# until it is told to stop: as the container's first process, a bare `sleep` would ignore SIGTERM.
+stay_up() {
+    sleep infinity &
+    local sleeper=$!
+    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM INT
+    wait "$sleeper"
+}
+
 # --- what runs ---------------------------------------------------------------------------
 runs() {  # whether program $1 is part of this pod
     [[ "$pod_services" == all || ",$pod_services," == *",$1,"* ]]
@@ -101,7 +110,7 @@ if runs gateway && [[ -z "${PARLEY_GATEWAY_API_KEYS:-}" && "${PARLEY_ALLOW_OPEN:
     log "PARLEY_ALLOW_OPEN=1 to run an open gateway on purpose."
     if [[ -n "${RUNPOD_POD_ID:-}" ]]; then
         # Stay up, so the pod's web terminal still works (fetch models, read this).
-        exec sleep infinity
+        stay_up
     fi
     exit 78
 fi
@@ -137,10 +146,13 @@ fi
 # a service cannot start at all (naming it and its last error). On RunPod the container then
 # stays up, as for a refused start: its web terminal is where the operator fixes the cause.
 launch() {
+    local child="" status=0 stopping=0
+    # This shell is the container's first process: it passes `docker stop`'s SIGTERM on (set before
+    # the launcher starts, so a signal in between is not lost).
+    trap 'stopping=1; [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null || true' TERM INT
     "${as_parley[@]}" python deploy/run_stack.py "$@" &
-    local child=$! status=0 stopping=0
-    # This shell is the container's first process: it passes `docker stop`'s SIGTERM on.
-    trap 'stopping=1; kill -TERM "$child" 2>/dev/null || true' TERM INT
+    child=$!
+    if [[ "$stopping" == 1 ]]; then kill -TERM "$child" 2>/dev/null || true; fi
     while :; do
         status=0
         wait "$child" || status=$?
@@ -150,7 +162,7 @@ launch() {
     if [[ "$status" != 0 && "$stopping" == 0 && -n "${RUNPOD_POD_ID:-}" ]]; then
         log "the stack stopped (exit status $status; the reason is above). The container stays up for the"
         log "web terminal: fix the cause (runpod/fetch-models --list, the settings), then restart the pod."
-        exec sleep infinity
+        stay_up
     fi
     exit "$status"
 }

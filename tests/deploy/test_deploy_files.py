@@ -710,6 +710,8 @@ class Pod:
                     time.sleep(0.05)
                 time.sleep(0.2)
                 assert process.poll() is None, "the container would stop (and restart): no web terminal to fix it from"
+                process.send_signal(signal.SIGTERM)  # `docker stop`: a container that stays up still stops at once
+                assert process.wait(5) == 0
                 return log.read_text()
             finally:
                 process.kill()

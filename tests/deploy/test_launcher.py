@@ -114,12 +114,24 @@ def test_a_stack_that_served_is_never_stopped_by_a_crash(clock: Clock) -> None:
     assert Kind.BACK in kinds(stack.observe([running("tts", started=11)], READY))
     clock.now += 500  # the crashes left the window: a new episode would be said again
     assert stack.observe([running("tts", started=11)], READY) == []
-    assert stack.observe([Program("tts", "FATAL", 11, "")], READY)[0].kind is Kind.CRASHING
+    gave_up = stack.observe([Program("tts", "FATAL", 11, "")], READY)
+    assert [n.kind for n in gave_up] == [Kind.CRASHING] and "gave up" in gave_up[0].text
+    for _ in range(5):  # supervisord gave up for good: said once, not at every look
+        clock.now += 2
+        assert stack.observe([Program("tts", "FATAL", 11, "")], READY) == []
 
 
-def test_without_a_gateway_only_crash_loops_are_judged(clock: Clock) -> None:
+def test_without_a_gateway_a_program_that_ran_a_whole_window_is_never_stopped(clock: Clock) -> None:
     stack = watch(clock)
-    for _ in range(1000):
+    for _ in range(1000):  # days, in effect: no gateway, so never "ready"
         clock.now += 1
         assert stack.observe([running("tts")], None) == []
+    crashed = stack.observe([Program("tts", "FATAL", 1, "spawn error")], None)
+    assert [n.kind for n in crashed] == [Kind.CRASHING]
+
+
+def test_without_a_gateway_a_program_that_never_ran_a_window_stops_the_stack(clock: Clock) -> None:
+    stack = watch(clock)
+    clock.now += 5
+    assert stack.observe([running("tts")], None) == []
     assert stack.observe([Program("tts", "FATAL", 1, "spawn error")], None)[0].stops

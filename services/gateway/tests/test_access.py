@@ -123,20 +123,24 @@ def test_the_configured_names_and_only_those_are_served() -> None:
     assert anything.get("/healthz", headers={"host": "whatever.example"}).status_code == 200
 
 
-def test_the_gateways_own_origins_come_from_its_names_never_from_the_request() -> None:
+def test_a_websocket_comes_only_from_the_gateways_own_page_on_one_of_its_names() -> None:
     http = client(allowed_hosts="parley.example")
     own = {
-        "127.0.0.1:7860": "http://127.0.0.1:7860",  # a page loaded from this IP address and port
-        "parley.example:7860": "https://parley.example",  # a named host: any port (a proxy in front)
-        "localhost:7860": "http://localhost:8080",  # a published port that differs from the bound one
+        "127.0.0.1:7860": "http://127.0.0.1:7860",  # the page loaded from this address and port
+        "parley.example": "https://parley.example",  # a named host behind a proxy (port 443)
+        "localhost:8080": "http://localhost:8080",  # a published port: the browser's own view of it
     }
     for host, origin in own.items():
         assert not websocket_refused(http, {"host": host, "origin": origin}), origin
-    foreign = {
-        "127.0.0.1:7860": "http://203.0.113.9",  # a page served from some other IP address
-        "10.0.0.5:7860": "http://10.0.0.5:9999",  # the same address, another port: another site
-        "localhost:7860": "http://evil.example",
-        "parley.example": "http://parley.example.evil.example",
-    }
-    for host, origin in foreign.items():
+    foreign = [
+        ("127.0.0.1:7860", "http://203.0.113.9"),  # a page served from some other IP address
+        ("10.0.0.5:7860", "http://10.0.0.5:9999"),  # the same address, another port: another site
+        ("localhost:7860", "http://localhost:3000"),  # another local app's page
+        ("localhost:7860", "http://evil.example"),
+        ("parley.example", "http://parley.example.evil.example"),
+    ]
+    for host, origin in foreign:
         assert websocket_refused(http, {"host": host, "origin": origin}), origin
+    anything = client(allowed_hosts="*")  # any Host (a proxy checks it), yet only the page's own origin
+    assert websocket_refused(anything, {"host": "whatever.example", "origin": "http://evil.example"})
+    assert not websocket_refused(anything, {"host": "whatever.example", "origin": "http://whatever.example"})

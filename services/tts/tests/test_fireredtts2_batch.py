@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from parley_tts.engines.fireredtts2 import Model, ModelArgs
-from parley_tts.engines.fireredtts2_batch import BatchFull, FrameBatcher, Sampling
+from parley_tts.engines.fireredtts2_batch import BatchFull, FrameBatcher, Sampling, SharedCopy
 from services.tts.tests.tiny_fireredtts2 import AUDIO_VOCAB, CODEBOOKS, register_flavours
 
 CONTEXT = 64  # the tiny backbone's max_seq_len
@@ -166,3 +166,16 @@ def test_a_stream_is_refused_past_the_context(model: Model) -> None:
         frame = batcher.step({stream: frame})[stream]
     with pytest.raises(ValueError, match="used its context"):
         batcher.step({stream: frame})
+
+
+def test_a_shared_copy_fails_only_the_stream_that_ran_out_of_context(model: Model) -> None:
+    shared = SharedCopy(copy.deepcopy(model), max_streams=2)
+    full, frame_full = shared.join(*prompt(7, CONTEXT - 1), seeded(0))  # one place left
+    other, frame_other = shared.join(*prompt(8, 10), seeded(1))
+    frame_full = shared.next_frame(full, frame_full)  # the last place
+    with pytest.raises(ValueError, match="used its context"):
+        shared.next_frame(full, frame_full)
+    assert shared.next_frame(other, frame_other).shape == (CODEBOOKS,)  # the other goes on
+    shared.leave(full)
+    shared.leave(other)
+    assert shared.batcher.capacity == 2

@@ -23,8 +23,8 @@ any other name is refused even when its DNS points at the gateway: that is DNS r
 where a page the visitor opened re-resolves its own domain to 127.0.0.1 and so becomes
 "same-origin" with a keyless local gateway. An IP address in `Host` is safe, as a browser
 sends one only when the page's own URL holds it. The gateway's own origins come from the
-same list, never from the request: an origin whose host is a named allowed host, or (an IP
-address cannot be rebound) exactly the IP address and port the request was sent to.
+same list: an origin is the gateway's own when its host is one of those names and it is
+exactly the name and port the request was sent to (`*` in the list opens `Host`, never this).
 
 Every response carries the security headers (CSP, nosniff, frame and referrer policy).
 """
@@ -206,10 +206,9 @@ class Access:
         return bool(token) and self.valid_token(token)
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
-        """A browser's WebSocket from one of this gateway's own origins, or an allowed one; non-browsers send none.
+        """A browser's WebSocket from this gateway's own page, or from an allowed origin; non-browsers send none.
 
-        `host` is the request's `Host`, already checked by `hosts.allows`: only an IP-address origin is
-        compared with it (a named origin must be an allowed name itself, whatever the request says).
+        `host` is the request's `Host`, already checked against the gateway's names (`hosts.allows`).
         """
         if not origin:
             return True
@@ -219,9 +218,9 @@ class Access:
         parsed = _split(origin)
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
             return False
-        if _is_ip(parsed.hostname):
-            return parsed.netloc == (host or "").lower()
-        return self.hosts.named(parsed.hostname)
+        # The page's own origin: the very name and port the request was sent to, itself one of the
+        # gateway's names (checked before this). Another port on the same host is another site.
+        return self.hosts.allows(parsed.netloc) and parsed.netloc == (host or "").lower()
 
 
 class AccessMiddleware:

@@ -11,7 +11,7 @@ call's status, and a client that went away mid-reply gets no answer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -58,10 +58,10 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         except Refused as refused:
             await context.abort(refused.code, refused.message)
 
-    async def _answered(self, answer: Awaitable[Answer], context: grpc.aio.ServicerContext) -> Answer:
+    async def _answered(self, answer: Callable[[], Awaitable[Answer]], context: grpc.aio.ServicerContext) -> Answer:
         await self._check_loaded(context)
         try:
-            return await answer
+            return await answer()
         except Refused as refused:
             await context.abort(refused.code, refused.message)
             raise  # not reached: abort raises
@@ -91,20 +91,20 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def CreateVoice(  # noqa: N802 (gRPC method name)
         self, request: tts_pb2.CreateVoiceRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.Voice:
-        return await self._answered(self.voices.create(request), context)
+        return await self._answered(lambda: self.voices.create(request), context)
 
     async def GetVoice(  # noqa: N802 (gRPC method name)
         self, request: tts_pb2.GetVoiceRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.Voice:
-        return await self._answered(self.voices.get(request.id), context)
+        return await self._answered(lambda: self.voices.get(request.id), context)
 
     async def DeleteVoice(  # noqa: N802 (gRPC method name)
         self, request: tts_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.DeleteVoiceResponse:
-        await self._answered(self.voices.delete(request.id), context)
+        await self._answered(lambda: self.voices.delete(request.id), context)
         return tts_pb2.DeleteVoiceResponse()
 
     async def ListVoices(  # noqa: N802 (gRPC method name)
         self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.ListVoicesResponse:
-        return await self._answered(self.voices.list_voices(request.engine), context)
+        return await self._answered(lambda: self.voices.list_voices(request.engine), context)

@@ -314,9 +314,9 @@ class FireRedTTS2Model:
             handles.append(handle)
         return handles
 
-    def _exclusive(self) -> contextlib.AbstractContextManager[object]:
-        """Held while this handle uses the model outside a shared step (a copy of its own needs nothing)."""
-        return self.shared.model_lock if self.shared is not None else contextlib.nullcontext()
+    def _codec_held(self) -> contextlib.AbstractContextManager[object]:
+        """Held while this handle uses the codec of a shared copy (a copy of its own needs nothing)."""
+        return self.shared.codec_lock if self.shared is not None else contextlib.nullcontext()
 
     @classmethod
     def load(
@@ -368,7 +368,7 @@ class FireRedTTS2Model:
 
     @torch.inference_mode()
     def _encode(self, samples: torch.Tensor) -> Codes:
-        with self._exclusive():
+        with self._codec_held():
             tokens, _ = self.codec.encode(samples.unsqueeze(0).to(self.device))  # (1, 16, frames)
         return np.ascontiguousarray(tokens[0].T.cpu().numpy(), dtype=np.int64)
 
@@ -609,7 +609,7 @@ class FireRedTTS2Model:
         """The pending frame's audio (the codec's streaming decoder, exactly one frame per call) and codes."""
         assert stream.pending is not None
         frame = stream.pending.clamp(max=self._codec_max).unsqueeze(-1)  # (1, 16, 1)
-        with self._exclusive():
+        with self._codec_held():
             audio, stream.codec_cache = self.codec.decode_one_token(frame, stream.codec_cache, last_token=last)
         stream.pending = None
         samples = np.ascontiguousarray(audio[0].float().cpu().numpy(), dtype=np.float32)

@@ -181,6 +181,10 @@ class FrameBatcher:
         made = self._frames(streams, tokens, mask, positions)
         return {stream.slot: frame for stream, frame in zip(streams, made, strict=True)}
 
+    def has_room(self, stream_id: int) -> bool:
+        """Whether the stream's context has a place for one more frame."""
+        return self.streams[stream_id].position < self.max_seq_len
+
     def leave(self, stream_id: int) -> None:
         """The stream ended (EOS, its limit, cancelled): its slot takes the next one."""
         if self.streams.pop(stream_id, None) is not None:
@@ -229,14 +233,15 @@ class SharedCopy:
 
     Each stream's thread asks for its next frame (`next_frame`); whichever asks while no step runs makes
     one step for every frame asked for by then, and hands each thread its own: no scheduler thread,
-    and a step waits for nobody (a stream that is late joins the next one). Everything else a stream
-    does with the copy (its prefill, the codec's encode and decode) holds `model_lock`, so the model is
-    never used by two threads at once.
+    and a step waits for nobody (a stream that is late joins the next one). A stream's prefill holds
+    `model_lock` (the LLM's), and the codec's encode and decode hold `codec_lock`, so neither model
+    is ever used by two threads at once, and encoding a spoken turn never holds up the others' frames.
     """
 
     def __init__(self, model: Model, max_streams: int) -> None:
         self.batcher = FrameBatcher(model, max_streams)
         self.model_lock = threading.Lock()
+        self.codec_lock = threading.Lock()
         self._queue = threading.Condition()
         self._waiting: dict[int, torch.Tensor] = {}  # stream -> its last frame, for the next step
         self._done: dict[int, torch.Tensor | BaseException] = {}
@@ -260,11 +265,15 @@ class SharedCopy:
                     continue
                 batch, self._waiting, self._stepping = self._waiting, {}, True
                 self._queue.release()  # others queue their frames while this step runs
+                made: dict[int, torch.Tensor | BaseException] = {}
                 try:
+                    for full in [s for s in batch if not self.batcher.has_room(s)]:  # only it fails
+                        made[full] = ValueError(f"stream {full} has used its context of {self.batcher.max_seq_len}")
+                        del batch[full]
                     with self.model_lock:
-                        made: dict[int, torch.Tensor | BaseException] = dict(self.batcher.step(batch))
-                except BaseException as error:  # every stream of the step hears of it
-                    made = dict.fromkeys(batch, error)
+                        made.update(self.batcher.step(batch) if batch else {})
+                except Exception as error:  # each stream of the step hears of it, with an error of its own
+                    made.update({s: RuntimeError(f"the shared frame step failed: {error!r}") for s in batch})
                 finally:
                     self._queue.acquire()
                 self._stepping = False
