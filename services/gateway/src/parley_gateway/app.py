@@ -61,6 +61,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 # "Service restart": the client should reconnect (elsewhere, behind a load balancer).
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_WAIT_S = 5.0  # longest wait to get the close frame out
+RESUME_STORE_WAIT_S = 5.0  # longest wait for the session store before a resume is answered (within the start deadline)
 
 
 class Outbox:
@@ -434,6 +435,9 @@ class Gateway:
             stored.retire()  # the old copy writes no more
             self.stored.pop(live, None)
             return stored.record, stored.revision, live.history
+        # A client that reconnects to a gateway just restarted may come before its store is bound: it
+        # waits for it rather than being told its conversation is gone.
+        await self.store.wait_bound(RESUME_STORE_WAIT_S)
         found = await self.store.load(start.session_id)
         if found is None or not found[0].token_matches(token):
             raise refused

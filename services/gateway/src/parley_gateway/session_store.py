@@ -14,6 +14,7 @@ token's SHA-256 is stored. A wrong token and an unknown id get the same answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -70,6 +71,7 @@ class SessionStore:
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self._kv: KeyValue | None = None
+        self._bound = asyncio.Event()
 
     @property
     def bound(self) -> bool:
@@ -83,7 +85,16 @@ class SessionStore:
             self._kv = await js.create_key_value(
                 bucket=BUCKET, history=1, ttl=self.ttl_s, description="Parley conversation sessions"
             )
+        self._bound.set()
         log.info("sessions are kept in JetStream KV %s (expire after %.0f s idle)", BUCKET, self.ttl_s)
+
+    async def wait_bound(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the bucket (a gateway that just started binds it within moments of
+        joining NATS); whether it is bound. Without JetStream it never is: sessions live in memory only."""
+        if self._kv is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bound.wait(), timeout_s)
+        return self._kv is not None
 
     async def load(self, session_id: str) -> tuple[SessionRecord, int] | None:
         if self._kv is None:
