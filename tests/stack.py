@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -29,10 +30,21 @@ LOOPBACK_USERS = {
 }
 
 
+# Every port this process has handed out. The kernel may give a just-closed port to the next
+# bind(0), and gRPC servers bind with SO_REUSEPORT: two services handed the same port would
+# both listen on it and share its connections (or the gateway's HTTP port would answer in HTTP/2).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port never handed out before in this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def listening_process(port: int) -> int:
@@ -133,7 +145,7 @@ def start_stack(state_dir: Path, extra_env: dict[str, str] | None = None, timeou
                 if response.status == 200:
                     stack.ready_s = time.perf_counter() - started
                     return stack
-        except OSError:
+        except (OSError, http.client.HTTPException):
             pass
         time.sleep(0.1)
     log = stack.log()

@@ -58,6 +58,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC binds with SO_REUSEPORT by default: two services given the same port would both listen
+    # on it and share its connections (a TTS call landing on the ASR). One port, one server.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -175,7 +178,10 @@ async def serve(settings: ServiceSettings, runtime: ServiceRuntime, spec: Servic
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     credentials = settings.grpc_server_credentials()
     bind = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(bind) if credentials is None else server.add_secure_port(bind, credentials)
+    try:
+        port = server.add_insecure_port(bind) if credentials is None else server.add_secure_port(bind, credentials)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on {bind}: the port is in use or the address is not this host's") from exc
     await server.start()
     address = settings.advertised_address(port)
     log.info(
