@@ -21,9 +21,19 @@ decoder qwen-200m, 16 codebooks, audio vocabulary 2051, text vocabulary 151,936,
   first frame of a stream that joins a batch already running N-1, per-stream RTF (step time / 80 ms),
   aggregate frames per second, and peak GPU memory.
 
-Not included: the codec's decode of each frame (per stream, the same work either way; it runs one
-frame behind) and the GPU fast path (bf16 static shapes captured as CUDA graphs), which is not built
-yet. Targets on one H100: first audio <= 50 ms, RTF <= 0.1 for one stream, >= 32 real-time streams.
+- graphed (engines/fireredtts2_graphs.py, `PARLEY_TTS_FIREREDTTS2_CUDA_GRAPHS`): the same, with each
+  step replayed as a CUDA graph (one per batch size, captured first: `capture_s`). With `--device
+  cpu` the same fixed-shape step runs eagerly, which checks the path but measures nothing.
+
+- codec (with `--codec-config`): the codec's streaming decode of one frame for N streams, upstream's
+  `decode_one_token` for each stream in turn against one batched pass (`CodecSlots`,
+  engines/fireredtts2_codec_batch.py), float32 as upstream runs the codec, random weights. The
+  package ships no codec config (upstream's config_codec.json comes with the weights), so this
+  part runs only when given one, e.g. a models directory's `config_codec.json`; without it the
+  codec is left out (`--tiny` times a tiny codec instead, which checks the path). Only the decoding
+  half is built: the encoders (a Whisper-large encoder among them) never run when decoding.
+
+Targets on one H100: first audio <= 50 ms, RTF <= 0.1 for one stream, >= 32 real-time streams.
 """
 
 from __future__ import annotations
@@ -185,15 +195,25 @@ def upstream(model: Any, prompt_frames: int, frames: int, device: Any) -> dict[s
             "rtf": round(per_frame / FRAME_S, 3)}  # fmt: skip
 
 
-def batched(model: Any, streams: int, prompt_frames: int, frames: int, device: Any) -> dict[str, float]:
-    """N streams on one copy: a late joiner's first frame, then `frames` steps of all N."""
+def batched(
+    model: Any, streams: int, prompt_frames: int, frames: int, device: Any, graphs: bool = False
+) -> dict[str, float]:
+    """N streams on one copy: a late joiner's first frame, then `frames` steps of all N (as CUDA graphs)."""
     import torch
 
     from parley_tts.engines.fireredtts2_batch import FrameBatcher, Sampling
+    from parley_tts.engines.fireredtts2_graphs import BucketedFrameStep, GraphedFrameStep, batch_buckets
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    batcher = FrameBatcher(model, max_streams=streams)
+    batcher = FrameBatcher(model, max_streams=streams, scratch_slot=graphs)
+    capture_s = 0.0
+    if graphs:
+        began = time.perf_counter()
+        step_class = GraphedFrameStep if device.type == "cuda" else BucketedFrameStep
+        batcher.fast_step = step_class(batcher, batch_buckets(streams))
+        synchronize(device)
+        capture_s = time.perf_counter() - began
     last = {}
     for seed in range(streams - 1):
         stream, frame = batcher.join(*prompt(prompt_frames, seed, device), Sampling(0.9, 30))
@@ -222,6 +242,75 @@ def batched(model: Any, streams: int, prompt_frames: int, frames: int, device: A
         "frames_per_s": round(streams / step, 1),
         "real_time_streams": streams if step <= FRAME_S else 0,
         "peak_gib": round(peak, 2),
+        **({"capture_s": round(capture_s, 1)} if graphs else {}),
+    }
+
+
+TINY_CODEC = {
+    "rvq": {"input_dim": 64, "rvq_dim": 32, "output_dim": 32, "num_quantizers": CODEBOOKS, "codebook_size": 2048,
+            "codebook_dim": 8},
+    "upsample": {"embed_dim": 32, "stride": 4},
+    "acoustic_decoder": {"embed_dim": 32, "num_layers": 1, "num_heads": 2, "hop_length": 240, "causal": True},
+}  # fmt: skip
+
+
+def decoding_codec(sections: dict[str, Any], device: Any) -> Any:
+    """The codec's decoding half (RVQ, `UpConv`, the causal acoustic decoder) from config_codec.json's
+    sections, random weights, as a `RedCodecInfer` whose encoders are absent."""
+    import torch
+
+    fireredtts2_llm()  # the package's namespace without its __init__
+    from fireredtts2.codec.decoder import AcousticDecoder
+    from fireredtts2.codec.model import RedCodec, RedCodecInfer, UpConv
+    from fireredtts2.codec.rvq import ResidualVQ
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        rvq = ResidualVQ(**sections["rvq"])
+        codec = RedCodec(
+            None, None, None, None, rvq, UpConv(**sections["upsample"]), None,  # type: ignore[arg-type]
+            AcousticDecoder(**sections["acoustic_decoder"]),
+        )  # fmt: skip
+        for quantizer in rvq.quantizers:
+            quantizer.codebook.normal_()
+    return RedCodecInfer(codec).eval()
+
+
+def codec_decode(codec: Any, streams: int, frames: int, device: Any) -> dict[str, float]:
+    """One frame's decode for N streams: upstream's `decode_one_token` per stream in turn, then batched."""
+    import torch
+
+    from parley_tts.engines.fireredtts2_codec_batch import CodecSlots
+
+    generator = torch.Generator().manual_seed(streams)
+    codes = torch.randint(0, int(codec.rvq.codebook_size), (frames, streams, CODEBOOKS), generator=generator)
+    codes = codes.to(device)
+    caches: list[dict[str, Any]] = [{} for _ in range(streams)]
+    per_stream, together = [], []
+    with torch.inference_mode():
+        for frame in codes:
+            began = time.perf_counter()
+            for index in range(streams):
+                _, caches[index] = codec.decode_one_token(frame[index][None, :, None], caches[index], False)
+            synchronize(device)
+            per_stream.append(time.perf_counter() - began)
+        slots = CodecSlots(codec, streams)
+        for index in range(streams):
+            slots.start(index)
+        for frame in codes:
+            began = time.perf_counter()
+            slots.decode({index: (frame[index], False) for index in range(streams)})
+            synchronize(device)
+            together.append(time.perf_counter() - began)
+
+    def median_ms(times: list[float]) -> float:
+        return sorted(times[1:])[len(times[1:]) // 2] * 1000
+
+    return {
+        "streams": streams,
+        "per_stream_ms": round(median_ms(per_stream), 2),
+        "batched_ms": round(median_ms(together), 2),
+        "batched_rtf_share": round(median_ms(together) / 1000 / FRAME_S, 3),
     }
 
 
@@ -241,6 +330,8 @@ def main() -> None:
     parser.add_argument("--prompt-frames", type=int, default=200, help="a voice's prompt and the text")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a tiny model (checks the script, measures nothing)")
+    parser.add_argument("--no-graphs", action="store_true", help="leave out the CUDA-graph step")
+    parser.add_argument("--codec-config", type=Path, help="a config_codec.json: time the codec's decode too")
     args = parser.parse_args()
     if args.fetch_wheels:
         fetch_wheels(args.fetch_wheels)
@@ -269,6 +360,20 @@ def main() -> None:
         row = batched(model, streams, args.prompt_frames, args.frames, device)
         result["batched"].append(row)
         print("batched:", row, flush=True)
+    if not args.no_graphs:
+        result["graphed"] = []
+        for streams in args.streams:
+            row = batched(model, streams, args.prompt_frames, args.frames, device, graphs=True)
+            result["graphed"].append(row)
+            print("graphed:", row, flush=True)
+    if args.codec_config or args.tiny:
+        sections = json.loads(args.codec_config.read_text())["codec"] if args.codec_config else TINY_CODEC
+        codec = decoding_codec(sections, device)
+        result["codec"] = []
+        for streams in args.streams:
+            row = codec_decode(codec, streams, args.frames, device)
+            result["codec"].append(row)
+            print("codec:", row, flush=True)
     print(json.dumps(result))
     print(f"done in {time.perf_counter() - started:.0f} s")
 

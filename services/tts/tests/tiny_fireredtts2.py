@@ -65,6 +65,25 @@ CODEC_SECTIONS = {
 }
 
 
+def decode_codes_in_float64(self: torch.nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    """The package's `ResidualVQ.decode_codes`, summed in float64 instead of its fixed float32 (tests patch it in
+    to decode with a float64 decoder while the encoding side stays float32): the same codebook rows, looked
+    up as upstream does, through the same projections."""
+
+    def project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(module, torch.nn.Identity):
+            return x
+        weight, bias = module.weight.double(), module.bias
+        return torch.nn.functional.conv1d(x, weight, None if bias is None else bias.double())
+
+    embedding = None
+    for i, quantizer in enumerate(self.quantizers[: codes.shape[0]]):
+        term = project(quantizer.out_project, quantizer.decode_code(codes[i]).double())
+        embedding = term if embedding is None else embedding + term
+    assert embedding is not None
+    return project(self.output_proj, embedding)
+
+
 def register_flavours(max_seq_len: int = FRAME_LIMIT) -> tuple[str, str]:
     """Tiny backbone and decoder flavours in the package's registry; their names."""
     from fireredtts2.llm.modules import FLAVORS

@@ -51,6 +51,9 @@ def load_fireredtts2(settings: TtsSettings) -> list[SpeechSynthesizer]:
         device = torch.device("cpu")
     if device.type == "cpu" and not settings.fireredtts2_allow_cpu:
         raise RuntimeError("PARLEY_TTS_FIREREDTTS2_DEVICE=cpu needs PARLEY_TTS_FIREREDTTS2_ALLOW_CPU=true")
+    if settings.fireredtts2_cuda_graphs and device.type != "cuda":
+        log.warning("PARLEY_TTS_FIREREDTTS2_CUDA_GRAPHS is for CUDA devices: the %s runs the eager step", device)
+    graphs = settings.fireredtts2_cuda_graphs and device.type == "cuda"
     copies: list[SpeechSynthesizer] = []
     for index in range(settings.fireredtts2_copies):
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -62,15 +65,22 @@ def load_fireredtts2(settings: TtsSettings) -> list[SpeechSynthesizer]:
             bf16=settings.fireredtts2_bf16,
             frame_limit=settings.fireredtts2_frame_limit,
         )
-        if device.type == "cuda":
-            used = torch.cuda.memory_allocated(device) - before
-            log.info("FireRedTTS2 copy %d holds %.2f GiB of GPU memory", index + 1, used / 2**30)
+        loaded = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         recipe = FireRedTTS2Recipe.from_settings(settings)
         # One synthesizer per stream: a pool worker thread each, sharing the copy's batched steps.
-        copies += [
-            FireRedTTS2Synthesizer(handle, recipe=recipe)
-            for handle in model.share(settings.fireredtts2_streams_per_copy)
-        ]
+        handles = model.share(settings.fireredtts2_streams_per_copy, cuda_graphs=graphs)
+        copies += [FireRedTTS2Synthesizer(handle, recipe=recipe) for handle in handles]
+        if device.type == "cuda":
+            # Measured after `share`, which allocates a shared copy's per-stream caches (the LLM's in full; the
+            # codec's attention caches start small and double as a stream's speech grows).
+            now = torch.cuda.memory_allocated(device)
+            log.info(
+                "FireRedTTS2 copy %d holds %.2f GiB of GPU memory (%.2f GiB of it for %d streams' caches)",
+                index + 1,
+                (now - before) / 2**30,
+                (now - loaded) / 2**30,
+                len(handles),
+            )
     return copies
 
 

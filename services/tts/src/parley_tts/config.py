@@ -88,6 +88,11 @@ class TtsSettings(ServiceSettings):
         description="Streams one FireRedTTS2 copy speaks at once, one batched step a frame for all of them (a KV "
         "cache slot each); 1 runs upstream's own one-stream loop. Capacity is copies x this.",
     )
+    fireredtts2_cuda_graphs: bool = Field(
+        default=False,
+        description="Replay each frame step of a FireRedTTS2 copy as a CUDA graph (one per batch size up to "
+        "STREAMS_PER_COPY, captured at start-up); CUDA only. Off until measured on a GPU (docs/benchmarks.md).",
+    )
     fireredtts2_bf16: bool = Field(
         default=True, description="Run the FireRedTTS2 LLM in bfloat16 on GPUs that have it."
     )

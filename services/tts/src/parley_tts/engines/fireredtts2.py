@@ -89,6 +89,7 @@ import torch
 from parley.pcm import Float32Array
 from parley_tts.engines.base import Context, StoredVoice, UnknownVoice, UnspeakableText, Utterance, VoiceInfo
 from parley_tts.engines.fireredtts2_batch import Sampling, SharedCopy
+from parley_tts.engines.fireredtts2_graphs import GraphedFrameStep, batch_buckets
 from parley_tts.engines.fireredtts2_text import (
     MONOLOGUE_PIECE_BYTES,
     clean_text,
@@ -248,6 +249,7 @@ class _Stream:
     pending: torch.Tensor | None = None  # (1, 16) generated, not yet decoded (decoding runs one behind)
     shared_id: int | None = None  # its stream in the copy's `SharedCopy`, once it joined
     last: torch.Tensor | None = None  # (16,) the frame it made last (a shared copy feeds it back)
+    audio: torch.Tensor | None = None  # the pending frame's audio, when a shared step decoded it already
 
 
 class FireRedTTS2Model:
@@ -296,16 +298,19 @@ class FireRedTTS2Model:
         with torch.inference_mode():
             llm.setup_caches(1)
 
-    def share(self, streams: int) -> list[FireRedTTS2Model]:
+    def share(self, streams: int, cuda_graphs: bool = False) -> list[FireRedTTS2Model]:
         """`streams` handles on this one copy, each for one stream's thread, generating in one batched step a
-        frame (`SharedCopy`); this object itself must not speak any more. One stream: itself, as it is.
+        frame (`SharedCopy`); this object itself must not speak any more. One stream: itself, as it is,
+        unless `cuda_graphs` asks for the frame step replayed as CUDA graphs (`GraphedFrameStep`).
 
         A handle draws its samples from a generator of its own (seeded from torch's global one here), so
         a stream's speech does not depend on who shares its steps.
         """
-        if streams <= 1:
+        if streams <= 1 and not cuda_graphs:
             return [self]
-        shared = SharedCopy(self.llm, streams)
+        shared = SharedCopy(self.llm, streams, self.codec, scratch_slot=cuda_graphs)
+        if cuda_graphs:
+            shared.batcher.fast_step = GraphedFrameStep(shared.batcher, batch_buckets(streams))
         handles = []
         for _ in range(streams):
             handle = copy.copy(self)  # the same llm, codec and tokenizer; its own results
@@ -599,7 +604,9 @@ class FireRedTTS2Model:
             stream.shared_id, made = self.shared.join(stream.tokens[0], stream.mask[0], sampling)
         else:
             assert stream.last is not None
-            made = self.shared.next_frame(stream.shared_id, stream.last)
+            # The step also decodes the pending frame: its audio is what `_decode` hands out next.
+            pending = None if stream.pending is None else stream.pending[0].clamp(max=self._codec_max)
+            made, stream.audio = self.shared.next_frame_and_audio(stream.shared_id, stream.last, pending)
         stream.last = made
         frame = made.long().unsqueeze(0)
         return frame if bool(frame.any()) else None
@@ -609,10 +616,16 @@ class FireRedTTS2Model:
         """The pending frame's audio (the codec's streaming decoder, exactly one frame per call) and codes."""
         assert stream.pending is not None
         frame = stream.pending.clamp(max=self._codec_max).unsqueeze(-1)  # (1, 16, 1)
-        with self._codec_held():
+        if self.shared is None:
             audio, stream.codec_cache = self.codec.decode_one_token(frame, stream.codec_cache, last_token=last)
-        stream.pending = None
-        samples = np.ascontiguousarray(audio[0].float().cpu().numpy(), dtype=np.float32)
+            decoded = audio[0]
+        elif stream.audio is not None:  # decoded by the step that made the next frame, with this `last`
+            decoded = stream.audio
+        else:  # the last frame at the bound: no step comes after it
+            assert stream.shared_id is not None
+            decoded = self.shared.decode(stream.shared_id, frame[0, :, 0], last)
+        stream.pending = stream.audio = None
+        samples = np.ascontiguousarray(decoded.float().cpu().numpy(), dtype=np.float32)
         return samples, frame[0, :, 0].cpu().numpy().astype(np.int64)
 
 

@@ -17,20 +17,25 @@ frames it makes alone, whoever shares its batch; a stream without a generator dr
 one, which makes a lone stream identical to upstream's `generate_frame` under the same seed.
 
 `SharedCopy` lets the threads of several streams (the TTS service runs one per stream) share one copy:
-the engine drives it when `PARLEY_TTS_FIREREDTTS2_STREAMS_PER_COPY` is above 1. Not batched yet: the
-codec's streaming decode (one `decode_one_token` per stream and frame).
+the engine drives it when `PARLEY_TTS_FIREREDTTS2_STREAMS_PER_COPY` is above 1. Given the codec, the same
+step also decodes the audio of each stream's previous frame in one batched codec pass
+(`fireredtts2_codec_batch.CodecSlots`, a slot per stream, the same slot number as here).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from parley_tts.engines.fireredtts2_codec_batch import CodecSlots
+
 if TYPE_CHECKING:
+    from fireredtts2.codec.model import RedCodecInfer
     from fireredtts2.llm.llm import Model
     from torchtune.modules import TransformerDecoder
 
@@ -136,17 +141,22 @@ class FrameBatcher:
     Not thread-safe: one thread drives it (the model copy's own), as every model object here.
     """
 
-    def __init__(self, model: Model, max_streams: int) -> None:
+    def __init__(self, model: Model, max_streams: int, scratch_slot: bool = False) -> None:
+        """`scratch_slot`: one more cache slot, never a stream's, for the padding rows of a fixed-shape step."""
         self.model = model
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         self.codebooks: int = model.config.audio_num_codebooks
         backbone: TransformerDecoder = model.backbone
         self.max_seq_len: int = backbone.max_seq_len
-        self.backbone = _SlotTransformer(backbone, max_streams, self.max_seq_len, self.dtype)
-        self.decoder = _SlotTransformer(model.decoder, max_streams, self.codebooks, self.dtype)
+        slots = max_streams + 1 if scratch_slot else max_streams
+        self.scratch_slot: int | None = max_streams if scratch_slot else None
+        self.backbone = _SlotTransformer(backbone, slots, self.max_seq_len, self.dtype)
+        self.decoder = _SlotTransformer(model.decoder, slots, self.codebooks, self.dtype)
         self.free = list(range(max_streams - 1, -1, -1))
         self.streams: dict[int, _Stream] = {}
+        # The frame step of fixed shapes (fireredtts2_graphs.GraphedFrameStep) when one is set; else `_frames`.
+        self.fast_step: Callable[[list[_Stream], dict[int, torch.Tensor]], torch.Tensor] | None = None
 
     @property
     def capacity(self) -> int:
@@ -173,6 +183,11 @@ class FrameBatcher:
         for stream in streams:
             if stream.position >= self.max_seq_len:
                 raise ValueError(f"stream {stream.slot} has used its context of {self.max_seq_len} frames")
+        if self.fast_step is not None:
+            made = self.fast_step(streams, last_frames)
+            for stream in streams:
+                stream.position += 1
+            return {stream.slot: frame for stream, frame in zip(streams, made, strict=True)}
         frames = torch.stack([last_frames[s.slot].to(self.device).long() for s in streams])  # (b, 16)
         text = torch.zeros((len(streams), 1), dtype=torch.long, device=self.device)
         tokens = torch.cat([frames, text], dim=1)[:, None, :]  # (b, 1, 17): the codebooks count, the text not
@@ -228,52 +243,77 @@ class FrameBatcher:
         return torch.cat(codes, dim=1)
 
 
+# What a stream's thread gets from a shared step: its next frame, and its previous frame's audio if it
+# asked for it (1-D samples, decoded as the last of its speech when the next frame is the end of speech).
+FrameAndAudio = tuple[torch.Tensor, torch.Tensor | None]
+
+
 class SharedCopy:
     """One model copy shared by the threads of up to `max_streams` streams, one `FrameBatcher` step a frame.
 
-    Each stream's thread asks for its next frame (`next_frame`); whichever asks while no step runs makes
-    one step for every frame asked for by then, and hands each thread its own: no scheduler thread,
-    and a step waits for nobody (a stream that is late joins the next one). A stream's prefill holds
-    `model_lock` (the LLM's), and the codec's encode and decode hold `codec_lock`, so neither model
-    is ever used by two threads at once, and encoding a spoken turn never holds up the others' frames.
+    Each stream's thread asks for its next frame (`next_frame`, or `next_frame_and_audio` to have its
+    previous frame decoded in the same step); whichever asks while no step runs makes one step for every
+    frame asked for by then, and hands each thread its own: no scheduler thread, and a step waits for
+    nobody (a stream that is late joins the next one). Given the codec, a step decodes every frame handed
+    in for decoding in one batched pass (`CodecSlots`) after the LLM's, as the LLM's step tells whether
+    each is a stream's last. A stream's prefill holds `model_lock` (the LLM's), and the codec's encode
+    and decode hold `codec_lock`, so neither model is ever used by two threads at once, and encoding a
+    spoken turn never holds up the others' frames.
     """
 
-    def __init__(self, model: Model, max_streams: int) -> None:
-        self.batcher = FrameBatcher(model, max_streams)
+    def __init__(
+        self, model: Model, max_streams: int, codec: RedCodecInfer | None = None, scratch_slot: bool = False
+    ) -> None:
+        self.batcher = FrameBatcher(model, max_streams, scratch_slot=scratch_slot)
+        self.codec = CodecSlots(codec, max_streams) if codec is not None else None
         self.model_lock = threading.Lock()
         self.codec_lock = threading.Lock()
         self._queue = threading.Condition()
-        self._waiting: dict[int, torch.Tensor] = {}  # stream -> its last frame, for the next step
-        self._done: dict[int, torch.Tensor | BaseException] = {}
+        self._waiting: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # stream -> last frame, to decode
+        self._done: dict[int, FrameAndAudio | BaseException] = {}
         self._stepping = False
         self.largest_step = 0  # the most streams one step has served (a measure of the batching)
+        self.largest_decode = 0  # the most frames one codec pass has decoded
 
     def join(self, tokens: torch.Tensor, mask: torch.Tensor, sampling: Sampling) -> tuple[int, torch.Tensor]:
         with self.model_lock:
-            return self.batcher.join(tokens, mask, sampling)
+            stream, frame = self.batcher.join(tokens, mask, sampling)
+        if self.codec is not None:
+            with self.codec_lock:
+                self.codec.start(stream)
+        return stream, frame
 
     def leave(self, stream: int) -> None:
+        if self.codec is not None:  # first: once the batcher frees the slot, a newcomer may start it
+            with self.codec_lock:
+                self.codec.finish(stream)
         with self.model_lock:
             self.batcher.leave(stream)
 
+    def decode(self, stream: int, frame: torch.Tensor, last: bool) -> torch.Tensor:
+        """One frame's audio (16 codes) for the stream outside a step: its speech's last, once at its bound."""
+        if self.codec is None:
+            raise RuntimeError("this shared copy was made without its codec")
+        with self.codec_lock:
+            return self.codec.decode({stream: (frame, last)})[stream]
+
     def next_frame(self, stream: int, last: torch.Tensor) -> torch.Tensor:
+        """The stream's next frame (16 codes), `last` being the frame it made last."""
+        return self.next_frame_and_audio(stream, last, None)[0]
+
+    def next_frame_and_audio(self, stream: int, last: torch.Tensor, to_decode: torch.Tensor | None) -> FrameAndAudio:
+        """The stream's next frame, and the audio of `to_decode` (16 codes, typically the frame before `last`)
+        decoded in the same step, as its speech's last if the next frame is the end of speech (all zero)."""
         with self._queue:
-            self._waiting[stream] = last
+            self._waiting[stream] = (last, to_decode)
             while stream not in self._done:
                 if self._stepping:
                     self._queue.wait()
                     continue
                 batch, self._waiting, self._stepping = self._waiting, {}, True
                 self._queue.release()  # others queue their frames while this step runs
-                made: dict[int, torch.Tensor | BaseException] = {}
                 try:
-                    for full in [s for s in batch if not self.batcher.has_room(s)]:  # only it fails
-                        made[full] = ValueError(f"stream {full} has used its context of {self.batcher.max_seq_len}")
-                        del batch[full]
-                    with self.model_lock:
-                        made.update(self.batcher.step(batch) if batch else {})
-                except Exception as error:  # each stream of the step hears of it, with an error of its own
-                    made.update({s: RuntimeError(f"the shared frame step failed: {error!r}") for s in batch})
+                    made = self._step(batch)
                 finally:
                     self._queue.acquire()
                 self._stepping = False
@@ -284,3 +324,35 @@ class SharedCopy:
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def _step(
+        self, batch: dict[int, tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> dict[int, FrameAndAudio | BaseException]:
+        """One LLM step for every stream of `batch`, then one codec pass for those with a frame to decode."""
+        done: dict[int, FrameAndAudio | BaseException] = {}
+        for full in [s for s in batch if not self.batcher.has_room(s)]:  # only it fails
+            done[full] = ValueError(f"stream {full} has used its context of {self.batcher.max_seq_len}")
+        ready = {s: last for s, (last, _) in batch.items() if s not in done}
+        try:
+            with self.model_lock:
+                frames = self.batcher.step(ready) if ready else {}
+        except Exception as error:  # each stream of the step hears of it, with an error of its own
+            done.update({s: RuntimeError(f"the shared frame step failed: {error!r}") for s in ready})
+            return done
+        decodes = {
+            s: (frame, not bool(frames[s].any()))
+            for s, (_, frame) in batch.items()
+            if frame is not None and s in frames and self.codec is not None
+        }
+        audio: dict[int, torch.Tensor] = {}
+        try:
+            if decodes:
+                assert self.codec is not None
+                with self.codec_lock:
+                    audio = self.codec.decode(decodes)
+                self.largest_decode = max(self.largest_decode, len(decodes))
+        except Exception as error:
+            done.update({s: RuntimeError(f"the shared codec pass failed: {error!r}") for s in decodes})
+        for s, frame in frames.items():
+            done.setdefault(s, (frame, audio.get(s)))
+        return done
