@@ -11,6 +11,9 @@ LLAMA_PROFILE ?= cpu
 WHEEL_CACHE ?= .parley/wheels
 # FireRedTTS2's model code; --no-deps, as it declares gradio (services/tts/pyproject.toml).
 FIREREDTTS2 := tts-webui-fireredtts2==0.1.0
+# The VAD's end-of-turn model (Smart Turn v3.2) ships inside pipecat-ai; --no-deps, as its pins
+# clash with ours and the VAD reads only the model file (services/vad/src/parley_vad/engines/smart_turn.py).
+PIPECAT_AI := pipecat-ai==1.14.0
 
 .PHONY: run test install lint proto proto-check docs fmt bench loadtest clean
 
@@ -26,12 +29,14 @@ install: $(STAMP)
 # package still declares its own dependencies for its own container.
 # llama-cpp-python compiles from source once per flag set (~5-10 min) into
 # $(WHEEL_CACHE), by tools/llama_wheel.py, before anything else can pull it in.
-$(STAMP): requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) deploy/llama-cpp.toml tools/llama_wheel.py
+# The Makefile is an input too: it pins the packages installed --no-deps.
+$(STAMP): Makefile requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) deploy/llama-cpp.toml \
+		tools/llama_wheel.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) tools/llama_wheel.py install --profile $(LLAMA_PROFILE) --cache $(WHEEL_CACHE)
 	$(PY) -m pip install --quiet -r requirements-dev.txt $(addprefix -e ,$(PACKAGES)) -e 'services/tts[fireredtts2]'
-	$(PY) -m pip install --quiet --no-deps $(FIREREDTTS2)
+	$(PY) -m pip install --quiet --no-deps $(FIREREDTTS2) $(PIPECAT_AI)
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.conversation_latency import percentile  # noqa: E402
-from parley_gateway.client import FRAME_MS, ConversationClient  # noqa: E402
+from tests.conversation_client import FRAME_MS, ConversationClient  # noqa: E402
 from tests.speech import (  # noqa: E402
     QUESTIONS,
     silence,

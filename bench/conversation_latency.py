@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from parley_gateway.client import ConversationClient  # noqa: E402
+from tests.conversation_client import ConversationClient  # noqa: E402
 from tests.speech import QUESTIONS, silence, speak  # noqa: E402
 from tests.stack import start_stack  # noqa: E402
 

@@ -24,7 +24,7 @@ import gevent.event  # type: ignore[import-untyped]
 import websocket
 
 SAMPLE_RATE = 16000
-FRAME_MS = 100  # what parley_gateway.client and the browser send
+FRAME_MS = 100  # what tests/conversation_client.py and the browser send
 FRAME_BYTES = SAMPLE_RATE * 2 * FRAME_MS // 1000
 SILENT_FRAME = bytes(FRAME_BYTES)
 ERROR_GRACE_S = 5.0  # after an `error` with no reply under way, how long a reply may still start

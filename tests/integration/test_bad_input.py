@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
-from parley_gateway.client import ConversationClient
+from tests.conversation_client import ConversationClient
 from tests.speech import speak, wav_bytes
 from tests.stack import Stack
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,15 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-from playwright.async_api import Browser, ConsoleMessage, Page, WebSocket, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    WebSocket,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 
 from tests.speech import silence, speak, wav_bytes
 from tests.stack import ROOT, Stack, free_port, listening_process
@@ -236,6 +245,124 @@ async def test_the_page_reconnects_after_the_gateway_restarts(browser: Browser, 
     assert unexpected == [], unexpected
 
 
+def frames_of(page: Page, event_type: str, sent: bool) -> list[dict[str, Any]]:
+    """Every JSON frame of one type the page sends (`sent`) or receives, as they come (a list that fills itself)."""
+    frames: list[dict[str, Any]] = []
+
+    def watch(socket: WebSocket) -> None:
+        def seen(payload: str | bytes) -> None:
+            if isinstance(payload, str) and f'"{event_type}"' in payload:
+                frames.append(json.loads(payload))
+
+        socket.on("framesent" if sent else "framereceived", seen)
+
+    page.on("websocket", watch)
+    return frames
+
+
+async def test_the_server_speaks_at_the_rate_the_page_plays(page: Page) -> None:
+    """The page asks for its AudioContext's rate, so the server resamples once and the page not at all."""
+    starts = frames_of(page, "session.start", sent=True)
+    started = frames_of(page, "session.started", sent=False)
+    audio_started = frames_of(page, "response.audio.started", sent=False)
+    await open_page(page, "talk")
+    await connect_push_to_talk(page)
+    rate = await page.evaluate("() => Number(document.querySelector('[data-page=talk]').dataset.outputRate)")
+    assert rate in (44100, 48000), rate  # what Chromium plays at
+    assert starts[-1]["output_sample_rate"] == rate, starts
+    assert started[-1]["output_sample_rate"] == rate, started
+    await page.get_by_test_id("text-input").fill("Hello!")
+    await page.get_by_test_id("send").click()
+    await expect(page.get_by_test_id("assistant-message").first).to_have_attribute(
+        "data-played", "true", timeout=90_000
+    )
+    assert audio_started and all(event["sample_rate"] == rate for event in audio_started), audio_started
+    await page.get_by_role("button", name="Disconnect").click()
+
+
+# When the first reply started to be heard and when it had been heard to its end (performance.now()).
+REPLY_TIMES = """
+window.replyTimes = {};
+new MutationObserver((changes) => {
+  for (const change of changes) window.replyTimes[change.attributeName] ??= performance.now();
+}).observe(document, { subtree: true, attributeFilter: ['data-playing', 'data-played'] });
+"""
+
+
+async def test_a_server_that_speaks_at_another_rate_is_played_at_its_rate(page: Page) -> None:
+    """A server that ignores `output_sample_rate` (an older one) speaks at its own rate: the page plays
+    that audio for as long as it lasts (the browser resamples it), not sped up to the page's rate."""
+    answered: list[dict[str, Any]] = []
+    received_bytes = [0]
+
+    def route(page_side: WebSocketRoute) -> None:
+        server = page_side.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            if isinstance(message, str) and '"session.start"' in message:
+                start = json.loads(message)
+                start.pop("output_sample_rate", None)
+                message = json.dumps(start)
+            server.send(message)
+
+        def to_page(message: str | bytes) -> None:
+            if isinstance(message, bytes):
+                received_bytes[0] += len(message)
+            elif '"session.started"' in message:
+                answered.append(json.loads(message))
+            page_side.send(message)
+
+        page_side.on_message(to_server)
+        server.on_message(to_page)
+
+    await page.route_web_socket(re.compile(r"/v1/conversation"), route)
+    await page.add_init_script(REPLY_TIMES)
+    await open_page(page, "talk")
+    await connect_push_to_talk(page)
+    page_rate = await page.evaluate("() => Number(document.querySelector('[data-page=talk]').dataset.outputRate)")
+    server_rate = answered[-1]["output_sample_rate"]
+    assert server_rate != page_rate, (server_rate, page_rate)
+    await page.get_by_test_id("text-input").fill("Tell me about the weather in spring, in two sentences.")
+    await page.get_by_test_id("send").click()
+    reply = page.get_by_test_id("assistant-message").first
+    await expect(reply).to_have_attribute("data-played", "true", timeout=90_000)
+    times = await page.evaluate("() => window.replyTimes")
+    heard_s = (times["data-played"] - times["data-playing"]) / 1000
+    audio_s = received_bytes[0] / 2 / server_rate
+    assert audio_s > 1 and heard_s > 0.9 * audio_s, (heard_s, audio_s)
+    await page.get_by_role("button", name="Disconnect").click()
+
+
+async def test_a_refused_session_start_says_why_and_can_be_tried_again(page: Page) -> None:
+    """`session.start` refused (a voice the server does not have): the error shows, and Connect works again."""
+    status = page.get_by_test_id("status")
+    await open_page(page, "talk")
+    await expect(page.get_by_test_id("voice-select").locator("option[value=joe]")).to_have_count(1, timeout=20_000)
+    await page.evaluate(
+        """() => { const select = document.querySelector('[data-testid=voice-select]');
+            select.append(new Option('Gone', 'no-such-voice')); select.value = 'no-such-voice'; }"""
+    )
+    await page.get_by_label("Turn taking").select_option("push_to_talk")
+    await page.get_by_role("button", name="Connect").click()
+    await expect(page.get_by_test_id("errors")).to_contain_text("unknown_voice", timeout=30_000)
+    await expect(status).to_have_attribute("data-state", "error")
+    await expect(page.get_by_role("button", name="Connect")).to_be_enabled()
+    await page.get_by_text("Voice and personality").click()
+    await page.get_by_test_id("voice-select").select_option("joe")
+    await page.get_by_role("button", name="Connect").click()
+    await expect(status).to_have_attribute("data-state", "connected", timeout=30_000)
+    await page.get_by_role("button", name="Disconnect").click()
+
+
+async def test_a_page_name_that_is_not_a_page_shows_the_talk_page(page: Page) -> None:
+    """`#toString` and the like (names every object has) are no pages: the talk page shows."""
+    for name in ("toString", "constructor", "__proto__", "nowhere"):
+        await page.goto(f"/#{name}")
+        await expect(page.locator("body")).to_have_attribute("data-ready", "talk", timeout=20_000)
+        await expect(page.locator('[data-page="talk"]')).to_be_visible()
+        await page.goto("about:blank")
+
+
 def session_starts(page: Page) -> list[dict[str, Any]]:
     """Every session.started the server sends the page, as they come (a list that fills itself)."""
     started: list[dict[str, Any]] = []
@@ -436,6 +563,7 @@ async def test_a_public_pod_asks_for_the_key_once_then_everything_works(browser:
         await page.get_by_test_id("key-save").click()
         await expect(page.locator("body")).to_have_attribute("data-ready", "talk", timeout=20_000)
         await expect(page.get_by_test_id("voice-select").locator("option[value=joe]")).to_have_count(1)
+        assert await stored_anywhere(page, API_KEY) == [], "the key itself is kept in the browser"
 
         await connect_push_to_talk(page)  # the WebSocket carries a token
         await page.get_by_test_id("text-input").fill("Hello!")
@@ -448,9 +576,49 @@ async def test_a_public_pod_asks_for_the_key_once_then_everything_works(browser:
         await expect(page.locator('[data-page="monitor"]')).to_have_attribute(
             "data-services", "vad,asr,llm,tts", timeout=30_000
         )
-        await page.reload()  # the key is remembered: no second question
+        await page.reload()  # the tab keeps its token: no second question
         await expect(page.locator("body")).to_have_attribute("data-ready", "monitor", timeout=20_000)
         await expect(dialog).to_be_hidden()
+        assert await stored_anywhere(page, API_KEY) == [], "the key itself is kept in the browser"
+
+        # A key an older page left in localStorage goes at the next load.
+        await page.evaluate("key => localStorage.setItem('parley.api_key', key)", API_KEY)
+        await page.reload()
+        await expect(page.locator("body")).to_have_attribute("data-ready", "monitor", timeout=20_000)
+        assert await stored_anywhere(page, API_KEY) == [], "an old stored key stays"
+
+        # The token refused (expired, or the keys changed) after a reload: the key is not in memory any
+        # more, so the page asks for it again, and goes on with a fresh token.
+        await page.evaluate(FORGE_TOKEN)
+        await page.goto("/#talk")
+        await page.reload()
+        await expect(dialog).to_be_visible(timeout=20_000)
+        await page.get_by_label("Key", exact=True).fill(API_KEY)
+        await page.get_by_test_id("key-save").click()
+        await expect(page.get_by_test_id("voice-select").locator("option[value=joe]")).to_have_count(1)
+        await connect_push_to_talk(page)
+        assert await stored_anywhere(page, API_KEY) == [], "the key itself is kept in the browser"
+
+        # Refused again, but this page load still holds the key: a new token, without asking.
+        await page.get_by_role("button", name="Disconnect").click()
+        await page.evaluate(FORGE_TOKEN)
+        await page.get_by_role("link", name="Voices").click()
+        await expect(page.locator('[data-page="voices"] tr[data-voice="joe"]')).to_be_visible(timeout=20_000)
+        await page.get_by_role("link", name="Talk").click()
+        await connect_push_to_talk(page)
+        await expect(dialog).to_be_hidden()
+
+        # Another tab has no token: even a page whose first call is its EventSource asks for the key.
+        other = await context.new_page()
+        other_errors = PageErrors(other)
+        await other.goto("/#monitor")
+        await expect(other.get_by_test_id("key-dialog")).to_be_visible(timeout=20_000)
+        await other.get_by_label("Key", exact=True).fill(API_KEY)
+        await other.get_by_test_id("key-save").click()
+        await expect(other.locator('[data-page="monitor"]')).to_have_attribute(
+            "data-services", "vad,asr,llm,tts", timeout=30_000
+        )
+        errors.messages += other_errors.messages
     finally:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SCREENSHOTS / "public_pod_with_key.png"), full_page=True)
@@ -458,6 +626,22 @@ async def test_a_public_pod_asks_for_the_key_once_then_everything_works(browser:
     # The first, keyless calls were refused (401) before the key was given: the browser logs those.
     unexpected = [m for m in errors.messages if "401" not in m]
     assert unexpected == [], unexpected
+
+
+# The page's token replaced by one the server never gave (as after its keys changed).
+FORGE_TOKEN = """() => { for (const store of [localStorage, sessionStorage])
+    for (const name of Object.keys(store)) if (name.startsWith('parley.token')) store.setItem(name,
+        JSON.stringify({value: '1.0123456789ab.forged', until: Date.now() + 3600_000})); }"""
+
+
+async def stored_anywhere(page: Page, secret: str) -> list[str]:
+    """The names of the page's localStorage and sessionStorage entries that hold `secret`."""
+    names: list[str] = await page.evaluate(
+        """secret => [localStorage, sessionStorage].flatMap((store) =>
+            Object.keys(store).filter((name) => (store.getItem(name) ?? '').includes(secret)))""",
+        secret,
+    )
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -495,6 +679,34 @@ async def test_the_page_works_from_each_of_the_gateways_names(microphone: Path, 
                 await context.close()
             assert errors.messages == [], (base, errors.messages)
         await browser.close()
+
+
+async def test_typed_turns_work_where_the_browser_gives_no_microphone(microphone: Path, named_gateway: str) -> None:
+    """Plain HTTP under a name (no secure context): no microphone for the page, yet typed turns work."""
+    port = named_gateway.rsplit(":", 1)[1]
+    args = chromium_args(microphone, f"--host-resolver-rules=MAP {OWN_NAME} 127.0.0.1")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        context = await browser.new_context(base_url=f"http://{OWN_NAME}:{port}")
+        page = await context.new_page()
+        errors = PageErrors(page)
+        try:
+            await open_page(page, "talk")
+            assert await page.evaluate("() => window.isSecureContext") is False
+            await connect_push_to_talk(page)
+            await expect(page.locator('[data-page="talk"]')).to_have_attribute("data-mic", "unavailable")
+            await expect(page.get_by_test_id("mic-note")).to_contain_text("secure")
+            await page.get_by_test_id("text-input").fill("Hello!")
+            await page.get_by_test_id("send").click()
+            reply = page.get_by_test_id("assistant-message").first
+            await expect(reply).to_have_attribute("data-played", "true", timeout=90_000)
+            assert (await reply.inner_text()).strip()
+        finally:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOTS / "no_secure_context.png"), full_page=True)
+            await context.close()
+            await browser.close()
+    assert errors.messages == [], errors.messages
 
 
 class RebindingSite:

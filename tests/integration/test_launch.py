@@ -30,7 +30,7 @@ import psutil
 import pytest
 import websockets
 
-from parley_gateway.client import ConversationClient
+from tests.conversation_client import ConversationClient
 from tests.speech import silence, speak
 from tests.stack import ROOT, stack_environment, stack_ports
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import websockets
 
-from parley_gateway.client import ConversationClient
+from tests.conversation_client import ConversationClient
 from tests.speech import silence, speak, wav_bytes
 from tests.stack import Stack, free_port
 

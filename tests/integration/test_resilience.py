@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
 
-from parley_gateway.client import ConversationClient
+from tests.conversation_client import ConversationClient
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import websockets
 
-from parley_gateway.client import ConversationClient
+from tests.conversation_client import ConversationClient
 from tests.speech import silence, speak
 from tests.stack import Stack, free_port, listening_process
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from parley_gateway.client import ConversationClient
+from tests.conversation_client import ConversationClient
 from tests.stack import Stack, listening_process
 
 pytestmark = pytest.mark.integration

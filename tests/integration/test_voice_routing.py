@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from parley_gateway.client import ConversationClient
+from tests.conversation_client import ConversationClient
 from tests.speech import speak, wav_bytes
 from tests.stack import LOOPBACK_USERS, ROOT, free_port, start_nats
 

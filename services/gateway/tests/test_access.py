@@ -6,9 +6,9 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from parley_gateway.access import Access
 from parley_gateway.app import create_app
 from parley_gateway.config import GatewaySettings
+from parley_gateway.edge.access import Access
 
 KEY = "k" * 24
 

@@ -14,9 +14,9 @@ import pytest
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.tts.v1 import tts_pb2
 from parley.vad.v1 import vad_pb2
+from parley_gateway.api.dialogue_jobs import DialogueJobs, TooManyJobs
 from parley_gateway.api.encoding import encoder_for
 from parley_gateway.api.transcriptions import Segment, speech_stretches, subtitles
-from parley_gateway.dialogues import DialogueJobs, TooManyJobs
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav"])

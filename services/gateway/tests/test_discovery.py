@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from parley.registry import InstanceRecord, ServiceEvent
-from parley_gateway.discovery import Instance, NoInstance, ServiceDirectory
+from parley_gateway.config import DiscoverySettings
+from parley_gateway.routing.discovery import Instance, NoInstance, ServiceDirectory
 
 
 def record(instance_id: str, active: int, capacity: int, ready: bool = True) -> InstanceRecord:
@@ -19,7 +20,7 @@ def record(instance_id: str, active: int, capacity: int, ready: bool = True) -> 
 
 
 def directory(*records: InstanceRecord) -> ServiceDirectory:
-    d = ServiceDirectory(nc=None, interval_s=1, window_s=0.1, ttl_s=3)  # type: ignore[arg-type]
+    d = ServiceDirectory(nc=None, settings=DiscoverySettings(1, 0.1, 3, 300))  # type: ignore[arg-type]
     d.instances["tts"] = {r.id: Instance(r, last_seen=0.0, serving=True) for r in records}
     return d
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
-from parley_gateway.history import History
-from parley_gateway.session_store import SessionLost, SessionRecord, SessionStore, StoredSession
+from parley_gateway.conversation.history import History
+from parley_gateway.web.session_store import SessionLost, SessionRecord, SessionStore, StoredSession
 
 
 def test_history_is_bounded_by_count_and_by_size() -> None:

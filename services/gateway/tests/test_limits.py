@@ -13,18 +13,14 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from parley_gateway.access import Access, key_id
-from parley_gateway.app import Outbox, create_app
+from parley_gateway.app import create_app
 from parley_gateway.config import GatewaySettings
-from parley_gateway.limits import (
-    ClientIds,
-    ErrorThrottle,
-    RequestLimits,
-    SessionSlots,
-    SessionTimers,
-    TokenBucket,
-)
+from parley_gateway.edge.access import Access, key_id
+from parley_gateway.edge.client_identity import ClientIdentity
+from parley_gateway.edge.limits import RequestLimits, SessionSlots, SessionTimers
 from parley_gateway.protocol import ErrorCode, ProtocolError, parse_client_event
+from parley_gateway.rate_limits import ErrorThrottle, TokenBucket
+from parley_gateway.web.outbox import Outbox
 
 KEY, OTHER_KEY = "k" * 24, "o" * 24
 TEST_CLIENT_HOST = "testserver"  # the name Starlette's test client sends as Host
@@ -133,7 +129,7 @@ def scope(peer: str, headers: dict[str, str] | None = None, query: str = "") -> 
 
 
 def test_a_client_is_its_ip_address_and_an_ipv6_client_its_64() -> None:
-    ids = ClientIds(Access([], [], 60))
+    ids = ClientIdentity(Access([], [], 60))
     assert ids.of(scope("203.0.113.7")) == "ip:203.0.113.7"
     assert ids.of(scope("2001:db8:1:2:aaaa::1")) == ids.of(scope("2001:db8:1:2:bbbb::9")) == "ip:2001:db8:1:2::/64"
     assert ids.of(scope("::ffff:198.51.100.4")) == "ip:198.51.100.4"
@@ -143,7 +139,7 @@ def test_a_client_is_its_ip_address_and_an_ipv6_client_its_64() -> None:
 
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
     proxies = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.1/32")]
-    ids = ClientIds(Access([], [], 60), proxies)
+    ids = ClientIdentity(Access([], [], 60), proxies)
     forged = {"x-forwarded-for": "198.51.100.1"}
     assert ids.of(scope("203.0.113.7", forged)) == "ip:203.0.113.7"  # not a proxy: the header is ignored
     assert ids.of(scope("10.1.2.3", forged)) == "ip:198.51.100.1"
@@ -156,7 +152,7 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
 
 def test_with_keys_a_client_is_its_key_by_a_hash_also_through_a_token() -> None:
     access = Access([KEY, OTHER_KEY], [], 60)
-    ids = ClientIds(access)
+    ids = ClientIdentity(access)
     by_key = ids.of(scope("203.0.113.7", {"authorization": f"Bearer {KEY}"}))
     assert by_key == f"key:{key_id(KEY)}" and KEY not in by_key and len(by_key) == 16
     token, _ = access.mint(KEY)

@@ -29,3 +29,22 @@ def test_bad_events_name_what_is_wrong(raw: str, code: ErrorCode) -> None:
         parse_client_event(raw)
     assert error.value.code is code
     assert error.value.message
+
+
+def test_output_sample_rate_is_optional_and_bounded() -> None:
+    start = parse_client_event('{"type": "session.start", "output_sample_rate": 16000}')
+    assert isinstance(start, SessionStart) and start.output_sample_rate == 16000
+    default = parse_client_event('{"type": "session.start"}')
+    assert isinstance(default, SessionStart) and default.output_sample_rate is None
+    for rate in (7999, 48001):
+        with pytest.raises(ProtocolError) as error:
+            parse_client_event(f'{{"type": "session.start", "output_sample_rate": {rate}}}')
+        assert error.value.code is ErrorCode.INVALID_EVENT
+
+
+def test_a_resume_keeps_the_stored_output_sample_rate_unless_it_sets_one() -> None:
+    stored = SessionStart.model_validate({"type": "session.start", "output_sample_rate": 16000}).conversation_options()
+    resumed = SessionStart.model_validate({"type": "session.start", "session_id": "sess_" + "0" * 16})
+    assert resumed.over(stored).output_sample_rate == 16000
+    changed = SessionStart.model_validate({"type": "session.start", "output_sample_rate": 8000})
+    assert changed.over(stored).output_sample_rate == 8000

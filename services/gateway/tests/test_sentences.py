@@ -5,7 +5,7 @@ import random
 import pytest
 
 from parley.testing import chunked
-from parley_gateway.sentences import SentenceChunker
+from parley_gateway.conversation.sentences import SentenceChunker
 
 
 def feed(chunker: SentenceChunker, text: str) -> list[str]:

@@ -14,10 +14,12 @@ from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2
 from parley.tts.v1 import tts_pb2
 from parley.vad.v1.vad_pb2 import VadEvent
-from parley_gateway.clients import AudioRequests, Metadata, ServiceError, TextRequests
 from parley_gateway.config import GatewaySettings
+from parley_gateway.conversation.session import ConversationSession
+from parley_gateway.conversation.transcription import ASR_CHUNK_SAMPLES
 from parley_gateway.protocol import ErrorCode, SessionStart
-from parley_gateway.session import ASR_CHUNK_SAMPLES, ConversationSession
+from parley_gateway.routing.model_services import AudioRequests, Metadata, ServiceError, TextRequests
+from parley_gateway.routing.retry import RetryPolicy
 
 ASR_MAX_CHUNK_BYTES = 96000  # the ASR service's default limit: 1 s at 48 kHz
 
@@ -32,6 +34,8 @@ class VirtualClock:
 
 class FakeServices:
     """Scripted model services. Replies are "Answer to <text>." unless a test blocks them."""
+
+    policy = RetryPolicy()
 
     def __init__(self) -> None:
         self.vad_events: asyncio.Queue[VadEvent] = asyncio.Queue()  # a test puts them once the audio was read
@@ -135,7 +139,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
 def open_session(services: FakeServices, **options: Any) -> tuple[ConversationSession, Client]:
     client = Client()
     start = SessionStart.model_validate({"type": "session.start", **options})
-    session = ConversationSession(GatewaySettings(), services, client, start, clock=VirtualClock())
+    session = ConversationSession(GatewaySettings().conversation(), services, client, start, clock=VirtualClock())
     return session, client
 
 
@@ -243,6 +247,27 @@ async def test_a_preemptive_reply_stays_hidden_until_the_turn_ends() -> None:
     types = client.types()
     assert types.index("transcript.final") < types.index("response.created") < types.index("response.done")
     assert client.of("response.done")[0]["timings"]["preemptive"] is True
+    await session.close()
+
+
+async def test_a_pause_judged_complete_by_the_vad_is_answered_without_waiting_for_the_stop() -> None:
+    """The VAD's end-of-turn verdict follows its SPEECH_PAUSED (PAUSE_JUDGED); the session ends the turn there."""
+    services = FakeServices()
+    services.transcript = lambda seconds: "What time is it?"
+    session, client = open_session(services)
+    for _ in range(20):
+        session.on_audio(bytes(3200))
+    await until(lambda: services.vad_chunks_read == 20)
+    await services.vad_events.put(vad(VadEvent.SPEECH_STARTED, 0.0, 0.2))
+    await services.vad_events.put(vad(VadEvent.SPEECH_PAUSED, 1.8, 2.0))
+    judged = vad(VadEvent.PAUSE_JUDGED, 1.8, 2.0)
+    judged.end_of_turn, judged.end_of_turn_ms = 0.92, 65.0
+    await services.vad_events.put(judged)
+    await until(lambda: "response.done" in client.types())  # no SPEECH_STOPPED ever came
+    assert client.of("vad.speech_stopped") == [{"type": "vad.speech_stopped", "audio_end_ms": 1800}]
+    timings = client.of("response.done")[0]["timings"]
+    assert timings["turn_end"] == "end_of_turn" and timings["vad_silence_ms"] == 200
+    assert timings["end_of_turn"] == 0.92 and timings["end_of_turn_ms"] == 65.0
     await session.close()
 
 
@@ -356,4 +381,37 @@ async def test_a_reply_whose_llm_dies_mid_stream_fails_clearly_and_is_not_reissu
     assert [e["code"] for e in client.of("error")] == ["service_crashed"]
     assert len(services.generated) == 1  # not re-issued: a second generation would not continue the first
     assert session.history.turns()[0].content == "Tell me something"
+    await session.close()
+
+
+async def test_reply_audio_comes_at_the_rate_the_client_asked_for() -> None:
+    """`output_sample_rate` from session.start: the TTS is asked for it, and audio time is counted at it."""
+    services = FakeServices()
+    asked: list[int] = []
+    speak = services.speak
+
+    def speak_at(
+        start: tts_pb2.SpeakStart, pieces: TextRequests, owed_since: Callable[[], float | None]
+    ) -> AsyncIterator[tts_pb2.SpeakResponse]:
+        asked.append(start.sample_rate)
+        return speak(start, pieces, owed_since)
+
+    services.speak = speak_at  # type: ignore[method-assign]
+    session, client = open_session(services, output_sample_rate=8000)
+    session.on_text("Hello")
+    await until(lambda: "response.done" in client.types())
+    assert asked == [8000]
+    assert client.of("response.audio.started")[0]["sample_rate"] == 8000
+    # Two 100 ms chunks at 8 kHz: 200 ms (counted at the gateway's 24 kHz it would be 67 ms).
+    assert client.of("response.audio.done")[0]["audio_ms"] == 200
+    await session.close()
+
+
+async def test_without_output_sample_rate_replies_come_at_the_gateway_rate() -> None:
+    services = FakeServices()
+    session, client = open_session(services)
+    session.on_text("Hello")
+    await until(lambda: "response.done" in client.types())
+    assert client.of("response.audio.started")[0]["sample_rate"] == GatewaySettings().output_sample_rate
+    assert client.of("response.audio.done")[0]["audio_ms"] == 200
     await session.close()

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from parley_gateway.audio_ring import AudioRing
-from parley_gateway.replies import Reply, ReplyOutput, SpokenPiece
+from parley_gateway.conversation.audio_ring import AudioRing
+from parley_gateway.conversation.heard import SpokenAudio, SpokenPiece
+from parley_gateway.conversation.reply_output import ReplyOutput
 
 
 def test_ring_keeps_recent_audio_by_position() -> None:
@@ -17,9 +18,7 @@ def test_ring_keeps_recent_audio_by_position() -> None:
 
 
 def test_heard_text_cuts_at_the_played_position() -> None:
-    reply = Reply(id="r", user_text="", output=ReplyOutput(lambda _: None, held=False))
-    reply.pieces = [SpokenPiece("One two three four.", 0, 1000), SpokenPiece("Five six.", 1000, 1500)]
-    reply.audio_ms = 1500
+    reply = SpokenAudio([SpokenPiece("One two three four.", 0, 1000), SpokenPiece("Five six.", 1000, 1500)], 1500)
     assert reply.heard_text(2000) == "One two three four. Five six."
     assert reply.heard_text(1000) == "One two three four."
     assert reply.heard_text(500) == "One two"

@@ -10,7 +10,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from parley_gateway.session_store import SessionRecord, SessionStore, new_session_id
+from parley_gateway.conversation.session import new_session_id
+from parley_gateway.web.session_store import SessionRecord, SessionStore
 from tests.stack import free_port, start_nats
 
 

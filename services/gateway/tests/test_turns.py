@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from parley_gateway.turns import TurnSettings, TurnTaker
+from parley_gateway.conversation.turns import TurnSettings, TurnTaker
+
+
+class VirtualTimer:
+    def __init__(self, due: float, callback: Callable[[], None]) -> None:
+        self.due, self.callback, self.cancelled = due, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class VirtualClock:
+    """Time moves only when a test says so; timers fire as it passes them, in order."""
+
     def __init__(self) -> None:
         self.t = 1000.0
+        self.timers: list[VirtualTimer] = []
 
     def now(self) -> float:
         return self.t
 
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> VirtualTimer:
+        timer = VirtualTimer(self.t + delay_s, callback)
+        self.timers.append(timer)
+        return timer
+
+    def pending(self) -> list[VirtualTimer]:
+        return [t for t in self.timers if not t.cancelled]
+
     def advance(self, seconds: float) -> None:
-        self.t += seconds
+        end = self.t + seconds
+        while due := sorted((t for t in self.pending() if t.due <= end), key=lambda t: t.due):
+            timer = due[0]
+            self.timers.remove(timer)
+            self.t = timer.due
+            timer.callback()
+        self.t = end
 
 
 class RecordedPorts:
@@ -293,3 +319,255 @@ def test_a_held_reply_that_finished_early_is_not_running_once_released(
     clock.advance(1.0)
     turns.speech_started(20000, 1300)  # after it played out: no barge-in
     assert ports.of("cancel") == []
+
+
+# ---- semantic end of turn: the VAD's verdict on a pause -----------------------------------
+# The VAD reports a pause after 200 ms of silence and a stop after 500 ms; positions are at 16 kHz.
+
+
+def test_a_pause_judged_complete_ends_the_turn_there(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.93, end_of_turn_ms=71.0)
+    clock.advance(0.15)
+    turns.transcribed(1, "What time is it?", "en")
+    # The turn ended at the pause: no wait for the VAD's stop (300 ms of silence later).
+    assert ports.calls == [
+        ("send", "vad.speech_started"),
+        ("open", 1, 0),
+        ("end", 1),
+        ("send", "vad.speech_stopped"),
+        ("send", "transcript.final"),
+        ("start", "r1", "What time is it?", "live"),
+    ]
+    assert ports.events[1] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}
+    clock.advance(0.15)
+    turns.speech_stopped(2000, 500)  # the VAD closes that speech: nothing new for the client
+    assert ports.calls[-1] == ("start", "r1", "What time is it?", "live")
+    assert [e["type"] for e in ports.events].count("vad.speech_stopped") == 1
+
+
+def test_the_verdict_and_the_reason_reach_the_replys_timings(clock: VirtualClock) -> None:
+    seen: list[dict[str, object]] = []
+
+    class Timings(RecordedPorts):
+        def start_reply(self, user_text: str, held: bool, turn_end: float | None, timings: dict[str, object]) -> str:
+            seen.append(timings)
+            return super().start_reply(user_text, held, turn_end, timings)
+
+    turns = machine(Timings(), clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.9312, end_of_turn_ms=70.44)
+    turns.transcribed(1, "What time is it?", "en")
+    assert seen == [
+        {
+            "vad_silence_ms": 200,
+            "end_of_turn": 0.931,
+            "end_of_turn_ms": 70.4,
+            "turn_end": "end_of_turn",
+            "asr_ms": 0.0,
+        }
+    ]
+
+
+def test_a_complete_verdict_on_a_dangling_word_is_overruled(ports: RecordedPorts, clock: VirtualClock) -> None:
+    """The intonation sounds final, but no English sentence ends on "in": the turn waits, as if incomplete."""
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.95, end_of_turn_ms=70.0)
+    turns.transcribed(1, "I would like to know the weather in", "en")
+    assert ports.of("start") == [("start", "r1", "I would like to know the weather in", "held")]
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    assert "vad.speech_stopped" not in [e["type"] for e in ports.events]
+    assert ports.of("release") == []
+
+
+def test_a_pause_judged_incomplete_waits_past_the_vads_stop_until_the_cap(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, incomplete_turn_max_silence_s=1.2)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Can you tell me how to get to the", "en")
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)  # 500 ms of silence: today's end of turn
+    assert ports.of("release") == [] and "vad.speech_stopped" not in [e["type"] for e in ports.events]
+    clock.advance(0.69)  # 1.19 s of silence
+    assert ports.of("release") == []
+    clock.advance(0.02)  # 1.21 s: the cap
+    assert ports.events[-2] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}
+    assert ports.of("release") == [("release", "r1", True)]
+    assert ports.final()["text"] == "Can you tell me how to get to the"
+
+
+def test_speech_while_an_incomplete_turn_waits_continues_that_turn(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "I would like to know the weather in", "en")
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.2)
+    turns.speech_started(40000, 2500)  # "Paris tomorrow", 700 ms after the end of speech
+    # The same turn goes on: its guess is dropped, the whole utterance is transcribed again,
+    # and the client hears of neither a stop nor a new start.
+    assert ports.of("drop") == [("drop", "r1")]
+    assert ports.of("open") == [("open", 1, 0), ("open", 2, 0)]
+    assert [e["type"] for e in ports.events] == ["vad.speech_started"]
+    clock.advance(5.0)  # the cap's timer was cancelled
+    assert "vad.speech_stopped" not in [e["type"] for e in ports.events]
+    turns.speech_paused(64000, 4000, 200, end_of_turn=0.9, end_of_turn_ms=70.0)
+    turns.transcribed(2, "I would like to know the weather in Paris tomorrow", "en")
+    assert ports.calls[-1] == ("start", "r2", "I would like to know the weather in Paris tomorrow", "live")
+    assert len(ports.of("start")) == 2  # answered once, after the second half
+
+
+def test_speech_after_a_pause_judged_incomplete_resumes_as_before(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "I would like", "en")
+    turns.speech_resumed(36000, 2250)
+    turns.speech_paused(64000, 4000, 200)  # no verdict this time (the model was busy)
+    turns.transcribed(2, "I would like a coffee", "en")
+    turns.speech_stopped(4000, 500)  # the earlier "incomplete" does not linger: the silence rule
+    assert ports.of("release") == [("release", "r2", True)]
+
+
+def test_speech_after_a_turn_ended_at_its_pause_is_a_new_turn(ports: RecordedPorts, clock: VirtualClock) -> None:
+    """Judged complete, but the user goes on: the VAD says "resumed"; that is a new turn (and a barge-in)."""
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.9, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Tell me about boats", "en")
+    turns.reply_text("r1", "Boats float.")
+    clock.advance(0.2)
+    turns.reply_audio_sent("r1", 1.0)
+    clock.advance(0.4)  # past the echo guard
+    turns.speech_resumed(38400, 2400)
+    assert ports.of("cancel") == [("cancel", "r1")]
+    assert ports.of("open") == [("open", 1, 0), ("open", 2, 32000)]  # from where the first turn's speech ended
+    assert ports.events[-1] == {"type": "vad.speech_started", "audio_start_ms": 2400}
+    turns.speech_stopped(3000, 500)
+    turns.transcribed(2, "and trains", "en")
+    assert ports.calls[-1] == ("start", "r2", "and trains", "live")
+
+
+def test_without_a_verdict_a_pause_changes_nothing(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(4800, 300)
+    turns.speech_paused(32000, 2000, 200)
+    turns.transcribed(1, "What time is it?", "en")
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    assert ports.calls == [
+        ("send", "vad.speech_started"),
+        ("open", 1, 4800),
+        ("end", 1),
+        ("start", "r1", "What time is it?", "held"),
+        ("send", "vad.speech_stopped"),
+        ("send", "transcript.final"),
+        ("release", "r1", True),
+    ]
+    assert clock.pending() == []
+
+
+def test_a_complete_verdict_without_preemption_still_ends_the_turn_at_the_pause(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, preemptive=False)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.9, end_of_turn_ms=70.0)
+    assert ports.of("end") == [("end", 1)]  # its words are needed to check the verdict
+    turns.transcribed(1, "What time is it?", "en")
+    assert ports.calls[-1] == ("start", "r1", "What time is it?", "live")
+
+
+def test_a_verdict_under_the_incomplete_threshold_waits(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock, end_of_turn_threshold=0.95, incomplete_threshold=0.92)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.9, end_of_turn_ms=70.0)
+    turns.transcribed(1, "What time is it?", "en")
+    assert ports.of("start") == [("start", "r1", "What time is it?", "held")]
+    turns.speech_stopped(2000, 500)
+    assert ports.of("release") == []
+    clock.advance(0.7)
+    assert ports.of("release") == [("release", "r1", True)]
+
+
+def test_an_unsure_verdict_leaves_the_turn_to_the_silence_rule(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.4, end_of_turn_ms=70.0)
+    turns.transcribed(1, "What is your favourite colour?", "en")
+    assert ports.of("release") == []  # not complete enough to end at the pause
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)  # nor incomplete enough to wait past the silence rule
+    assert ports.of("release") == [("release", "r1", True)]
+    assert clock.pending() == []
+
+
+def test_an_unsure_verdict_on_a_dangling_word_waits(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.4, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Which language do people speak in", "en")
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    assert ports.of("release") == []
+    clock.advance(0.71)  # the 1.2 s cap
+    assert ports.of("release") == [("release", "r1", True)]
+
+
+def test_commit_while_an_incomplete_turn_waits_ends_it(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Hello there", "en")
+    turns.speech_stopped(2000, 500)
+    assert turns.commit()
+    assert ports.of("release") == [("release", "r1", True)]
+    assert clock.pending() == []
+
+
+def test_without_preemption_speech_during_the_wait_continues_the_same_stream(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, preemptive=False)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.2)
+    turns.speech_started(40000, 2500)
+    clock.advance(2.0)  # the cap's timer is gone with the wait
+    assert ports.of("end") == [] and ports.of("open") == [("open", 1, 0)]  # one ASR stream, still open
+    turns.speech_paused(64000, 4000, 200)  # no verdict: the earlier "incomplete" is forgotten
+    turns.speech_stopped(4000, 500)
+    assert ports.events[-1] == {"type": "vad.speech_stopped", "audio_end_ms": 4000}
+    turns.transcribed(1, "I would like to know the weather in Paris", "en")
+    assert ports.calls[-1] == ("start", "r1", "I would like to know the weather in Paris", "live")
+
+
+def test_a_closed_session_has_no_timer_left(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.speech_stopped(2000, 500)
+    turns.close()
+    clock.advance(2.0)
+    assert clock.pending() == [] and "vad.speech_stopped" not in [e["type"] for e in ports.events]
+
+
+def test_a_verdict_that_comes_after_the_pauses_transcript_still_ends_the_turn(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    """The VAD sends the pause at once and its verdict when the model is done: the transcript may come first."""
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200)
+    turns.transcribed(1, "What time is it?", "en")
+    assert ports.of("start") == [("start", "r1", "What time is it?", "held")] and ports.of("release") == []
+    turns.pause_judged(0.93, 71.0)
+    assert ports.of("release") == [("release", "r1", True)]
+    assert ports.events[-2] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}

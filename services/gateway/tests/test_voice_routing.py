@@ -13,9 +13,10 @@ from parley.registry import InstanceRecord
 from parley.testing import grpc_server
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley_gateway.api.errors import from_service
-from parley_gateway.clients import GrpcServices, ServiceError
-from parley_gateway.discovery import Instance, ServiceDirectory
+from parley_gateway.config import DiscoverySettings, ModelServiceSettings
 from parley_gateway.protocol import ErrorCode
+from parley_gateway.routing.discovery import Instance, ServiceDirectory
+from parley_gateway.routing.model_services import GrpcServices, ServiceError
 
 CLONED = "ana-000001"
 
@@ -69,7 +70,7 @@ class ScriptedTts(tts_pb2_grpc.TextToSpeechServicer):
 
 def directory_of(*instances: tuple[str, str, str, int]) -> ServiceDirectory:
     """(id, address, engines, active) per instance, all ready and SERVING."""
-    directory = ServiceDirectory(nc=None, interval_s=1, window_s=0.1, ttl_s=3)  # type: ignore[arg-type]
+    directory = ServiceDirectory(nc=None, settings=DiscoverySettings(1, 0.1, 3, 300))  # type: ignore[arg-type]
     for instance_id, address, engines, active in instances:
         record = InstanceRecord(
             id=instance_id, kind="tts", address=address, version="0", engine=engines, ready=True, active=active,
@@ -91,7 +92,7 @@ async def test_a_cloned_voice_goes_only_to_an_instance_that_clones_and_none_left
     ):
         # The Piper-only instance is idle, the other busy: least-loaded routing alone would pick Piper.
         directory = directory_of(("p", piper_address, "piper", 0), ("b", both_address, "piper,fireredtts2", 3))
-        services = GrpcServices(directory, first_answer_timeout_s=5, idle_timeout_s=5)
+        services = GrpcServices(directory, ModelServiceSettings(first_answer_timeout_s=5, idle_timeout_s=5))
         try:
             # Every instance's list, merged: the cloned voice is spoken by fireredtts2 (somewhere).
             assert await services.voices() == {"joe": ["piper"], CLONED: ["fireredtts2"]}
@@ -142,7 +143,7 @@ async def test_voices_of_different_engines_in_one_dialogue_are_left_to_the_insta
     both = ScriptedTts(["piper", "fireredtts2"])
     async with grpc_server(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(both, s)) as address:
         directory = directory_of(("b", address, "piper,fireredtts2", 0))
-        services = GrpcServices(directory, first_answer_timeout_s=5, idle_timeout_s=5)
+        services = GrpcServices(directory, ModelServiceSettings(first_answer_timeout_s=5, idle_timeout_s=5))
         try:
             assert await services.tts_engines(["joe", CLONED]) == frozenset()
             assert await services.tts_engines(["nobody-knows"]) == frozenset()  # the instance says NOT_FOUND

@@ -1,4 +1,4 @@
-"""The real embedded Gemma model through the servicer over real gRPC."""
+"""The real embedded model (the default unless PARLEY_LLM_MODEL says) through the servicer over real gRPC."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.server import ServiceRuntime
 from parley.testing import OverlapProbe, serving
+from parley_llm.catalogue import choose_model
 from parley_llm.config import LlmSettings
 from parley_llm.engines.base import ChatMessage, Delta
 from parley_llm.engines.llama_cpp import LlamaCppGenerator
@@ -30,7 +31,9 @@ class Probed:
 
 @pytest.fixture(scope="module")
 def generator() -> LlamaCppGenerator:
-    return LlamaCppGenerator(None, "auto", 2048, 0, 0)
+    settings = LlmSettings()  # the default model, or the one PARLEY_LLM_MODEL(_PATH) names
+    choice = choose_model(settings.model, settings.model_path, "auto")
+    return LlamaCppGenerator(choice.path, choice.prompt_format, 2048, 0, 0)
 
 
 def ask(text: str, max_tokens: int = 0) -> llm_pb2.GenerateRequest:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from parley_llm.catalogue import CATALOGUE, DEFAULT_MODEL, model_file
 from parley_llm.engines.base import ChatMessage
-from parley_llm.engines.llama_cpp import embedded_model_path
 from parley_llm.engines.openai_compat import OpenAICompatibleGenerator
 
 
@@ -27,7 +27,7 @@ def server_url() -> Iterator[str]:
             "-m",
             "llama_cpp.server",
             "--model",
-            str(embedded_model_path()),
+            str(model_file(CATALOGUE[DEFAULT_MODEL])),
             "--host",
             "127.0.0.1",
             "--port",
@@ -35,7 +35,7 @@ def server_url() -> Iterator[str]:
             "--n_ctx",
             "1024",
             "--model_alias",
-            "gemma",
+            "parley",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -61,7 +61,7 @@ QUESTION = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "What 
 
 @pytest.mark.parametrize("prompt_format", ["transcript", "chat"])
 def test_replies_stream_from_the_server(server_url: str, prompt_format: str) -> None:
-    generator = OpenAICompatibleGenerator(server_url, "", "gemma", prompt_format, 30)
+    generator = OpenAICompatibleGenerator(server_url, "", "parley", prompt_format, 30)
     deltas = list(generator.stream(QUESTION, max_tokens=24, temperature=0.0))
     assert deltas, "no deltas"
     assert deltas[-1].finish_reason in {"stop", "length"}
@@ -69,7 +69,7 @@ def test_replies_stream_from_the_server(server_url: str, prompt_format: str) -> 
 
 
 def test_closing_the_stream_early_leaves_the_server_usable(server_url: str) -> None:
-    generator = OpenAICompatibleGenerator(server_url, "", "gemma", "transcript", 30)
+    generator = OpenAICompatibleGenerator(server_url, "", "parley", "transcript", 30)
     stream = generator.stream(QUESTION, max_tokens=200, temperature=0.7)
     next(stream)
     stream.close()  # what a barge-in does

@@ -64,7 +64,8 @@ class ThreadProbe:
 
 
 async def test_detect_over_grpc_at_another_sample_rate(detector: SileroDetector) -> None:
-    servicer = VoiceActivityServicer(VadSettings(), ServiceRuntime("vad", 4))
+    # The end-of-turn model has tests of its own (test_end_of_turn.py).
+    servicer = VoiceActivityServicer(VadSettings(turn_model="none"), ServiceRuntime("vad", 4))
     probe = ThreadProbe(detector)
     servicer.add(probe)  # type: ignore[arg-type]
     audio = silence(0.5, 24000) + speak("Hello there, how are you?", sample_rate=24000) + silence(1.0, 24000)

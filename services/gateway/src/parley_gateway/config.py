@@ -1,8 +1,18 @@
+"""The gateway's settings: flat environment variables (PARLEY_GATEWAY_*), handed out in sections.
+
+Operators and docs/configuration.md know the variables by their flat names, so the settings
+class stays flat; each part of the gateway receives only its own section (a small frozen
+view built here), never the whole object: `conversation()`, `model_services()`,
+`discovery()`, `connection()`, `client_limits()`, `access()`, `api()`.
+"""
+
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
+from typing import Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from parley.settings import CommonSettings
@@ -68,6 +78,32 @@ class GatewaySettings(CommonSettings):
         default=250, ge=0, description="Slack added to the estimate of when the client finishes playing a reply."
     )
     llm_max_tokens: int = Field(default=0, ge=0, description="Reply length limit; 0 means the LLM service's default.")
+    # Semantic end of turn: the VAD's verdict on each pause (PARLEY_VAD_TURN_MODEL)
+    end_of_turn_threshold: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="A pause whose end-of-turn verdict (P(turn complete) from the VAD's turn model) reaches this "
+        "ends the turn at once, unless its transcript stops on a word that cannot end an English sentence "
+        "(`in`, `the`, `and`, ...). Pauses without a verdict end on the VAD's silence rule.",
+    )
+    end_of_turn_incomplete_threshold: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="A pause whose end-of-turn verdict is under this (or whose transcript stops on such a word) "
+        "makes the turn wait for more silence (PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS); between this and "
+        "END_OF_TURN_THRESHOLD the silence rule decides. Low, because the model scores some complete questions "
+        "low (docs/benchmarks.md).",
+    )
+    incomplete_turn_max_silence_ms: int = Field(
+        default=1200,
+        ge=0,
+        le=10_000,
+        description="Silence (from the end of speech) after which a turn judged incomplete at its pause ends "
+        "anyway; renewed speech before it continues the turn. At or under the VAD's min_silence_ms it changes "
+        "nothing.",
+    )
     # Service discovery over NATS
     discovery_interval_s: float = Field(default=1.0, gt=0, description="How often instances are polled.")
     discovery_window_s: float = Field(default=0.25, gt=0, description="How long replies to one poll are collected.")
@@ -81,6 +117,13 @@ class GatewaySettings(CommonSettings):
     )
     idle_timeout_s: float = Field(
         default=15.0, gt=0, description="Longest wait for each next message of a model service's answer."
+    )
+    reply_stall_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A reply that makes no progress this long (no text, no audio, whatever it waits for) fails "
+        "with `service_timeout`; a backstop above the per-call deadlines, so keep it over "
+        "PARLEY_GATEWAY_FIRST_ANSWER_TIMEOUT_S.",
     )
     service_health_window_s: float = Field(
         default=300.0, gt=0, description="How long a service's crash or failed start counts against it in /readyz."
@@ -196,6 +239,14 @@ class GatewaySettings(CommonSettings):
         description="Also put what users said and typed, and the replies' text, in the audit log (never audio).",
     )
 
+    @model_validator(mode="after")
+    def _stall_over_first_answer(self) -> Self:
+        if self.reply_stall_timeout_s <= self.first_answer_timeout_s:
+            raise ValueError(
+                "reply_stall_timeout_s must be over first_answer_timeout_s (a queued first answer is not a stall)"
+            )
+        return self
+
     @field_validator("api_keys")
     @classmethod
     def _strong_keys(cls, value: str) -> str:
@@ -223,3 +274,189 @@ class GatewaySettings(CommonSettings):
     def proxy_list(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         items = [item.strip() for item in self.trusted_proxies.split(",") if item.strip()]
         return [ipaddress.ip_network(item, strict=False) for item in items]
+
+    # ---- the sections each part receives ----------------------------------------
+
+    def conversation(self) -> ConversationSettings:
+        return ConversationSettings(
+            input=InputLimits(
+                max_frame_ms=self.max_frame_ms,
+                max_text_chars=self.max_text_chars,
+                text_inputs_per_minute=self.text_inputs_per_minute,
+                text_inputs_burst=self.text_inputs_burst,
+                push_to_talk_max_s=self.push_to_talk_max_s,
+            ),
+            reply=ReplySettings(
+                output_sample_rate=self.output_sample_rate,
+                voice=self.voice,
+                first_clause_min_chars=self.first_clause_min_chars,
+                llm_max_tokens=self.llm_max_tokens,
+                history_turns=self.history_turns,
+                stall_timeout_s=self.reply_stall_timeout_s,
+            ),
+            history=HistorySettings(max_turns=self.history_max_turns, max_tokens=self.history_max_tokens),
+            audio_buffer_s=self.audio_buffer_s,
+            echo_guard_s=self.echo_guard_ms / 1000,
+            playback_margin_s=self.playback_margin_ms / 1000,
+            end_of_turn_threshold=self.end_of_turn_threshold,
+            incomplete_threshold=self.end_of_turn_incomplete_threshold,
+            incomplete_turn_max_silence_s=self.incomplete_turn_max_silence_ms / 1000,
+        )
+
+    def model_services(self) -> ModelServiceSettings:
+        return ModelServiceSettings(self.first_answer_timeout_s, self.idle_timeout_s)
+
+    def discovery(self) -> DiscoverySettings:
+        return DiscoverySettings(
+            self.discovery_interval_s, self.discovery_window_s, self.instance_ttl_s, self.service_health_window_s
+        )
+
+    def connection(self) -> ConnectionSettings:
+        return ConnectionSettings(
+            start_timeout_s=self.session_start_timeout_s,
+            idle_s=self.session_idle_s,
+            max_errors_per_second=self.max_errors_per_second,
+            audio_rate_factor=self.audio_rate_factor,
+            audio_rate_burst_s=self.audio_rate_burst_s,
+            max_outbound_bytes=self.max_outbound_bytes,
+            max_event_bytes=self.max_event_bytes,
+            max_event_depth=self.max_event_depth,
+            ping_interval_s=self.ping_interval_s,
+            input=self.conversation().input,
+        )
+
+    def client_limits(self) -> ClientLimits:
+        return ClientLimits(
+            max_sessions=self.max_sessions,
+            max_sessions_per_client=self.max_sessions_per_client,
+            api_requests_per_minute=self.api_requests_per_minute,
+            api_uploads_per_minute=self.api_uploads_per_minute,
+            trusted_proxies=tuple(self.proxy_list()),
+        )
+
+    def access(self) -> AccessSettings:
+        return AccessSettings(
+            keys=tuple(self.key_list()),
+            origins=tuple(self.origin_list()),
+            hosts=tuple(self.host_list()),
+            token_ttl_s=self.token_ttl_s,
+        )
+
+    def api(self) -> ApiSettings:
+        return ApiSettings(
+            max_speech_chars=self.api_max_speech_chars,
+            max_upload_bytes=self.api_max_upload_bytes,
+            max_transcription_s=self.api_max_transcription_s,
+            transcription_segment_s=self.api_transcription_segment_s,
+            parallel_segments=self.api_parallel_segments,
+            voices_timeout_s=self.api_voices_timeout_s,
+            max_dialogues=self.api_max_dialogues,
+            dialogue_keep_s=self.api_dialogue_keep_s,
+            voice=self.voice,
+        )
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What a client may send within a session (the connection guard holds the audio speed)."""
+
+    max_frame_ms: int
+    max_text_chars: int
+    text_inputs_per_minute: int
+    text_inputs_burst: int
+    push_to_talk_max_s: float
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    output_sample_rate: int  # the gateway's; a session may ask for another
+    voice: str
+    first_clause_min_chars: int
+    llm_max_tokens: int
+    history_turns: int  # past turns the LLM sees
+    stall_timeout_s: float
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    max_turns: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """What one conversation session needs."""
+
+    input: InputLimits
+    reply: ReplySettings
+    history: HistorySettings
+    audio_buffer_s: float
+    echo_guard_s: float
+    playback_margin_s: float
+    end_of_turn_threshold: float
+    incomplete_threshold: float
+    incomplete_turn_max_silence_s: float
+
+
+@dataclass(frozen=True)
+class ModelServiceSettings:
+    first_answer_timeout_s: float
+    idle_timeout_s: float
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    interval_s: float
+    window_s: float
+    instance_ttl_s: float
+    health_window_s: float
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """One conversation socket's limits."""
+
+    start_timeout_s: float
+    idle_s: float
+    max_errors_per_second: int
+    audio_rate_factor: float
+    audio_rate_burst_s: float
+    max_outbound_bytes: int
+    max_event_bytes: int
+    max_event_depth: int
+    ping_interval_s: float
+    input: InputLimits
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Per client and per gateway."""
+
+    max_sessions: int
+    max_sessions_per_client: int
+    api_requests_per_minute: int
+    api_uploads_per_minute: int
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    keys: tuple[str, ...]
+    origins: tuple[str, ...]
+    hosts: tuple[str, ...]
+    token_ttl_s: float
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The HTTP API's limits (/v1/audio/*, /v1/voices, /v1/dialogues)."""
+
+    max_speech_chars: int
+    max_upload_bytes: int
+    max_transcription_s: float
+    transcription_segment_s: float
+    parallel_segments: int
+    voices_timeout_s: float
+    max_dialogues: int
+    dialogue_keep_s: float
+    voice: str

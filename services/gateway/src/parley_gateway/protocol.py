@@ -70,6 +70,9 @@ class VadOptions(_Event):
 class SessionStart(_Event):
     type: Literal["session.start"]
     input_sample_rate: int = Field(default=16000, ge=8000, le=48000)
+    # The rate the client wants reply audio at (the TTS service resamples to it); None: the
+    # gateway's PARLEY_GATEWAY_OUTPUT_SAMPLE_RATE, fixed at session start and kept on resume.
+    output_sample_rate: int | None = Field(default=None, ge=8000, le=48000)
     # A voice id as the TTS service lists it (checked against it at session start).
     voice: str | None = Field(default=None, pattern=VOICE_ID)
     system_prompt: str | None = Field(default=None, max_length=4000)

@@ -8,6 +8,8 @@ import grpc
 
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.server import ServiceRuntime, ServiceSpec, run_service
+from parley_llm.assembly import log_progress
+from parley_llm.catalogue import choose_model
 from parley_llm.config import LlmSettings
 from parley_llm.engines.base import ChatMessage, TextGenerator
 from parley_llm.engines.llama_cpp import LlamaCppGenerator
@@ -15,18 +17,28 @@ from parley_llm.engines.openai_compat import OpenAICompatibleGenerator
 from parley_llm.servicer import ConversationServicer
 
 
-def make_generator(settings: LlmSettings) -> TextGenerator:
+def make_generators(settings: LlmSettings) -> list[TextGenerator]:
+    """settings.instances copies of the model; an embedded model's file is found and checked once."""
     if settings.engine == "openai":
-        return OpenAICompatibleGenerator(
-            settings.openai_base_url,
-            settings.openai_api_key.get_secret_value(),
-            settings.openai_model,
-            settings.prompt_format,
-            settings.request_timeout_s,
-        )
-    return LlamaCppGenerator(
-        settings.model_path, settings.prompt_format, settings.context_tokens, settings.threads, settings.gpu_layers
+        return [
+            OpenAICompatibleGenerator(
+                settings.openai_base_url,
+                settings.openai_api_key.get_secret_value(),
+                settings.openai_model,
+                settings.prompt_format,
+                settings.request_timeout_s,
+            )
+            for _ in range(settings.instances)
+        ]
+    choice = choose_model(
+        settings.model, settings.model_path, settings.prompt_format, settings.model_cache_dir, log_progress
     )
+    return [
+        LlamaCppGenerator(
+            choice.path, choice.prompt_format, settings.context_tokens, settings.threads, settings.gpu_layers
+        )
+        for _ in range(settings.instances)
+    ]
 
 
 def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
@@ -36,7 +48,7 @@ def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
     loaded: list[TextGenerator] = []
 
     def load_model() -> None:
-        loaded.extend(make_generator(settings) for _ in range(settings.instances))
+        loaded.extend(make_generators(settings))
 
     def self_test() -> str:
         # One real token from every copy: a build that cannot run on this CPU
@@ -59,7 +71,9 @@ def build(settings: LlmSettings, runtime: ServiceRuntime) -> ServiceSpec:
         self_test=self_test,
         metadata={
             "engine": settings.engine,
-            "model": settings.openai_model if settings.engine == "openai" else str(settings.model_path or "embedded"),
+            "model": settings.openai_model
+            if settings.engine == "openai"
+            else str(settings.model_path or settings.model),
         },
     )
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from parley.settings import ServiceSettings
+from parley_llm.catalogue import CATALOGUE, DEFAULT_MODEL
 
 DEFAULT_SYSTEM_PROMPT = (
     "The following is a spoken conversation between a User and Parley, a friendly voice Assistant. "
@@ -29,14 +31,27 @@ class LlmSettings(ServiceSettings):
         default=True, description="Drop markdown, bullets and emoji from replies so they read and speak well."
     )
     metrics_port: int = 9152
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        pattern=f"^({'|'.join(map(re.escape, CATALOGUE))})$",
+        description="The embedded model (engine=llama_cpp): "
+        + "; ".join(f"{name}: {model.description}" for name, model in CATALOGUE.items())
+        + ". Each but the default needs its packages installed (docs/models.md).",
+    )
     model_path: Path | None = Field(
-        default=None, description="GGUF file; empty means the embedded Gemma 3 270M base model."
+        default=None, description="Any GGUF file; overrides PARLEY_LLM_MODEL. Empty means the embedded model."
+    )
+    model_cache_dir: Path | None = Field(
+        default=None,
+        description="Where embedded models split into part packages are joined, once; empty means "
+        "$XDG_CACHE_HOME/parley/llm (else ~/.cache/parley/llm).",
     )
     prompt_format: str = Field(
         default="auto",
         pattern="^(auto|chat|transcript)$",
         description="chat: the GGUF's own chat template; transcript: a 'User:/Assistant:' dialogue "
-        "for base models; auto: chat when the GGUF has a template.",
+        "for base models; auto: the embedded model's own format, or for PARLEY_LLM_MODEL_PATH chat when "
+        "the GGUF has a template.",
     )
     context_tokens: int = Field(default=2048, ge=256, description="llama.cpp context size (n_ctx).")
     threads: int = Field(

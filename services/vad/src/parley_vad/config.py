@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -26,4 +27,25 @@ class VadSettings(ServiceSettings):
     speech_pad_ms: int = Field(default=300, ge=0, description="Audio kept before the detected speech start.")
     pause_ms: int = Field(
         default=200, ge=0, description="Silence reported as a pause (preemptive work starts); 0 turns it off."
+    )
+    # Semantic end of turn: a verdict on every SPEECH_PAUSED (see parley.vad.v1 proto).
+    turn_model: Literal["smart-turn-v3.2", "none"] = Field(
+        default="smart-turn-v3.2",
+        description="End-of-turn model judging each pause: `smart-turn-v3.2` (inside the pipecat-ai package) or "
+        "`none` (pauses carry no verdict).",
+    )
+    turn_model_path: Path | None = Field(
+        default=None,
+        description="Smart Turn v3.2 ONNX file (e.g. in a models directory); empty means the one inside pipecat-ai. "
+        "Either way its sha256 must be the pinned one.",
+    )
+    turn_threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads per turn model copy.")
+    turn_copies: int = Field(
+        default=1, ge=1, description="Turn model copies; each judges one pause at a time (~70 ms on one CPU core)."
+    )
+    turn_queue_timeout_ms: int = Field(
+        default=300,
+        ge=0,
+        description="Longest a pause waits for a free turn model copy; past that it is reported without a verdict "
+        "(a late verdict is worth less than the silence rule it would overtake).",
     )

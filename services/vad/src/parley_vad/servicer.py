@@ -14,8 +14,10 @@ from parley.server import ServiceRuntime
 from parley.streams import StreamAborted, audio_samples, stream_options
 from parley.vad.v1 import vad_pb2, vad_pb2_grpc
 from parley_vad.config import VadSettings
-from parley_vad.engines.base import FrameScorer, SpeechDetector
+from parley_vad.engines.base import FrameScorer, SpeechDetector, TurnDetector
+from parley_vad.recent_audio import RecentAudio
 from parley_vad.segmenter import Kind, SegmenterOptions, SegmentEvent, SpeechSegmenter
+from parley_vad.turn_judge import TurnJudge, Verdict
 
 _KINDS = {
     Kind.SPEECH_STARTED: vad_pb2.VadEvent.SPEECH_STARTED,
@@ -49,6 +51,15 @@ def _to_proto(event: SegmentEvent) -> vad_pb2.VadEvent:
     )
 
 
+def _judged(pause: SegmentEvent, verdict: Verdict) -> vad_pb2.VadEvent:
+    """The turn model's verdict on a pause already sent."""
+    message = _to_proto(pause)
+    message.kind = vad_pb2.VadEvent.PAUSE_JUDGED
+    message.end_of_turn = verdict.probability
+    message.end_of_turn_ms = verdict.seconds * 1000
+    return message
+
+
 class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
     def __init__(self, settings: VadSettings, runtime: ServiceRuntime) -> None:
         self.settings = settings
@@ -57,11 +68,28 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
         # also answers NATS, and a stalled loop makes gateways forget the instance.
         self.pool: ModelPool[SpeechDetector] = ModelPool("vad")
         self.detector: SpeechDetector | None = None  # its shape (rate, frame size); set once loaded
+        # The end-of-turn model judges each pause; None when the settings turn it off.
+        self.turns = TurnJudge(settings.turn_queue_timeout_ms / 1000) if settings.turn_model != "none" else None
 
     def add(self, detector: SpeechDetector) -> None:
         """Put a loaded (and self-tested) model in service; call on the event loop."""
         self.detector = detector
         self.pool.add(detector)
+
+    def add_turn_detector(self, detector: TurnDetector) -> None:
+        """Put a loaded (and self-tested) end-of-turn model copy in service; call on the event loop."""
+        if self.turns is None:
+            raise RuntimeError("this instance runs no end-of-turn model (PARLEY_VAD_TURN_MODEL=none)")
+        self.turns.add(detector)
+
+    def _recent_audio(self, detector: SpeechDetector, options: SegmenterOptions) -> RecentAudio | None:
+        """What the end-of-turn model hears, when pauses are judged on this stream."""
+        if self.turns is None or not options.pause_ms:
+            return None
+        # A pause is decided inside a batch of frames that is already in the ring: keep a batch more than the
+        # model's window (a chunk of at most max_chunk_ms, plus the part-frame carried over).
+        batch = detector.sample_rate * self.settings.max_chunk_ms // 1000 + detector.frame_samples
+        return RecentAudio(self.turns.window_samples + batch)
 
     def _segmenter_options(self, asked: DetectOptions) -> SegmenterOptions:
         s = self.settings
@@ -77,11 +105,13 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
         self, request_iterator: AsyncIterable[AudioChunk], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[vad_pb2.VadEvent]:
         detector = self.detector
-        if detector is None or not self.pool.size:
+        if detector is None or not self.pool.size or (self.turns is not None and not self.turns.ready):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "VAD model is still loading")
             return
         options = self._segmenter_options(await stream_options(context, DetectOptions))
-        size = detector.frame_samples
+        size, rate = detector.frame_samples, detector.sample_rate
+        recent = self._recent_audio(detector, options)
+        utterance_start = 0  # stream sample where the current utterance's audio begins (padded)
         try:
             async with self.runtime.stream("Detect", context):
                 score = detector.new_stream()
@@ -92,6 +122,8 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
                     pending = np.concatenate([pending, samples])
                     whole = pending.size - pending.size % size
                     frames, pending = pending[:whole].reshape(-1, size), pending[whole:]
+                    if recent is not None:
+                        recent.append(frames.ravel())  # kept in step with the frames the segmenter has seen
                     if frames.size:
                         try:
                             async with self.pool.lease(self.settings.queue_timeout_s) as model:
@@ -101,8 +133,18 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
                             return
                         for probability in probabilities:
                             event = segmenter.push(probability)
-                            if event is not None:
-                                yield _to_proto(event)
+                            if event is None:
+                                continue
+                            if event.kind is Kind.SPEECH_STARTED:
+                                utterance_start = round(event.timestamp_s * rate)
+                            yield _to_proto(event)  # the pause too goes out at once: early work starts now
+                            if event.kind is Kind.SPEECH_PAUSED and recent is not None and self.turns is not None:
+                                # Awaited here, so the events after this pause keep their order behind its
+                                # verdict; the audio arriving meanwhile waits in the request stream.
+                                pause_end = round(event.decided_at_s * rate)
+                                verdict = await self.turns.judge(recent, utterance_start, pause_end)
+                                if verdict is not None:
+                                    yield _judged(event, verdict)
                     if last:
                         final = segmenter.flush()
                         if final is not None:

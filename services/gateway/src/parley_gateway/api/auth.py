@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from parley_gateway.access import Access
 from parley_gateway.api.errors import ApiError
+from parley_gateway.edge.access import Access
 
 router = APIRouter(tags=["auth"])
 

@@ -15,12 +15,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from parley.tts.v1 import tts_pb2
+from parley_gateway.api.dialogue_jobs import DialogueJob, DialogueJobs, TooManyJobs
 from parley_gateway.api.encoding import StreamingWavEncoder
 from parley_gateway.api.errors import ApiError, from_service
 from parley_gateway.api.speech import ENGINES, SAMPLE_RATE, VOICE_ID_OR_DEFAULT, services_of
-from parley_gateway.clients import ServiceError
-from parley_gateway.dialogues import DialogueJob, DialogueJobs, TooManyJobs
 from parley_gateway.protocol import ErrorCode
+from parley_gateway.routing.model_services import ServiceError
 
 router = APIRouter(tags=["dialogues"])
 

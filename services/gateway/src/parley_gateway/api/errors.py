@@ -7,8 +7,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from parley_gateway.clients import ServiceError
 from parley_gateway.protocol import ErrorCode
+from parley_gateway.routing.model_services import ServiceError
 
 
 class ApiError(Exception):

@@ -13,9 +13,9 @@ from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.tts.v1 import tts_pb2
 from parley_gateway.api.encoding import MEDIA_TYPES, AudioFormat, encoder_for
 from parley_gateway.api.errors import ApiError, from_service
-from parley_gateway.clients import GrpcServices, ServiceError
-from parley_gateway.config import GatewaySettings
+from parley_gateway.config import ApiSettings
 from parley_gateway.protocol import VOICE_ID, ErrorCode
+from parley_gateway.routing.model_services import GrpcServices, ServiceError
 
 router = APIRouter(tags=["audio"])
 
@@ -52,8 +52,9 @@ def services_of(request: Request) -> GrpcServices:
     return services
 
 
-def settings_of(request: Request) -> GatewaySettings:
-    settings: GatewaySettings = request.app.state.gateway.settings
+def settings_of(request: Request) -> ApiSettings:
+    """The HTTP API's section of the settings."""
+    settings: ApiSettings = request.app.state.gateway.api_settings
     return settings
 
 
@@ -89,10 +90,10 @@ async def stream_speech(
 async def create_speech(body: SpeechRequest, request: Request) -> StreamingResponse:
     """Speak `input`; the audio streams back while it is synthesised (first bytes in a fraction of a second)."""
     settings = settings_of(request)
-    if len(body.input) > settings.api_max_speech_chars:
+    if len(body.input) > settings.max_speech_chars:
         raise ApiError(
             400,
-            f"input is {len(body.input)} characters; the limit is {settings.api_max_speech_chars} "
+            f"input is {len(body.input)} characters; the limit is {settings.max_speech_chars} "
             "(PARLEY_GATEWAY_API_MAX_SPEECH_CHARS)",
             "input_too_long",
             "input",

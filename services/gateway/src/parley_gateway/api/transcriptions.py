@@ -26,7 +26,7 @@ from parley.pcm import float_to_pcm16
 from parley.vad.v1 import vad_pb2
 from parley_gateway.api.errors import ApiError, from_service
 from parley_gateway.api.speech import services_of, settings_of
-from parley_gateway.clients import GrpcServices, ServiceError
+from parley_gateway.routing.model_services import GrpcServices, ServiceError
 
 router = APIRouter(tags=["audio"])
 
@@ -128,13 +128,13 @@ async def create_transcription(
         raise ApiError(
             400, f"unknown model {model!r}; use one of {', '.join(sorted(OPENAI_MODELS))}", "unknown_model", "model"
         )
-    data = await file.read(settings.api_max_upload_bytes + 1)
+    data = await file.read(settings.max_upload_bytes + 1)
     try:
         decoded = await asyncio.to_thread(
             decode_audio,
             data,
-            max_bytes=settings.api_max_upload_bytes,
-            max_duration_s=settings.api_max_transcription_s,
+            max_bytes=settings.max_upload_bytes,
+            max_duration_s=settings.max_transcription_s,
         )
         samples = decoded.samples
         if decoded.sample_rate != RATE:
@@ -144,8 +144,8 @@ async def create_transcription(
     pcm = float_to_pcm16(np.asarray(samples, dtype=np.float32))
     duration = len(pcm) / 2 / RATE
     try:
-        segments = await speech_stretches(services, pcm, settings.api_transcription_segment_s)
-        slots = asyncio.Semaphore(settings.api_parallel_segments)
+        segments = await speech_stretches(services, pcm, settings.transcription_segment_s)
+        slots = asyncio.Semaphore(settings.parallel_segments)
 
         async def one(segment: Segment) -> None:
             async with slots:

@@ -12,8 +12,8 @@ from parley.tts.v1 import tts_pb2
 from parley_gateway.api.encoding import AudioFormat
 from parley_gateway.api.errors import ApiError, from_service
 from parley_gateway.api.speech import SAMPLE_RATE, services_of, settings_of, stream_speech
-from parley_gateway.clients import ServiceError
 from parley_gateway.protocol import VOICE_ID
+from parley_gateway.routing.model_services import ServiceError
 
 router = APIRouter(tags=["voices"])
 
@@ -38,7 +38,7 @@ def voice_json(voice: tts_pb2.Voice) -> dict[str, Any]:
 async def _call(request: Request, call: Any, param: str | None = None) -> Any:
     services = services_of(request)
     try:
-        return await services.tts_unary(call, settings_of(request).api_voices_timeout_s)
+        return await services.tts_unary(call, settings_of(request).voices_timeout_s)
     except ServiceError as error:
         raise from_service(error, param) from None
 
@@ -47,7 +47,7 @@ async def _call(request: Request, call: Any, param: str | None = None) -> Any:
 async def list_voices(request: Request) -> dict[str, Any]:
     """Built-in voices of every engine and stored (cloned) voices, each with the engines that can speak it."""
     try:  # every instance's: a voice lists each engine that speaks it somewhere
-        answer = await services_of(request).list_voices(settings_of(request).api_voices_timeout_s)
+        answer = await services_of(request).list_voices(settings_of(request).voices_timeout_s)
     except ServiceError as error:
         raise from_service(error) from None
     return {
@@ -67,7 +67,7 @@ async def create_voice(
     language: Annotated[str, Form(pattern=r"^[a-z]{2,3}$")] = "en",
 ) -> dict[str, Any]:
     """Store a voice for every TTS instance; the upload is checked (decodes, length, level, clipping) first."""
-    limit = settings_of(request).api_max_upload_bytes
+    limit = settings_of(request).max_upload_bytes
     audio = await file.read(limit + 1)
     if len(audio) > limit:
         raise ApiError(

@@ -1,9 +1,12 @@
-// Reply playback: a FIFO of context-rate Float32 chunks played back to back.
+// Reply playback: a FIFO of context-rate Float32 chunks played back to back. The page asks
+// the server for audio at the context's rate, so nothing here (or before) resamples. One node
+// serves one connection.
 //
 // Messages in (main thread -> worklet):
-//   {type: 'push', id, samples}  queue a chunk of response `id` (resampled to the context rate)
+//   {type: 'push', id, samples}  queue a chunk of response `id` (at the context rate)
 //   {type: 'end', id}            response `id` has no more audio; reported once it has played out
 //   {type: 'flush'}              drop everything queued now (a few-ms fade avoids a click)
+//   {type: 'close'}              the connection is over: stop, and let the node be collected
 // Messages out:
 //   {type: 'started', id}          the first sample of response `id` is being played now
 //   {type: 'ended', id, played}    all of `id` has been played; `played` = its samples played
@@ -37,12 +40,13 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.fade = new Float32Array(Math.round((fadeMs / 1000) * sampleRate));
     this.fadeLength = 0;
     this.fadePosition = 0;
+    this.running = true;
     this.port.onmessage = (event) => this.onMessage(event.data);
   }
 
   /**
    * @param {{type: 'push', id: string, samples: Float32Array}
-   *   | {type: 'end', id: string} | {type: 'flush'}} message
+   *   | {type: 'end', id: string} | {type: 'flush'} | {type: 'close'}} message
    */
   onMessage(message) {
     switch (message.type) {
@@ -56,6 +60,9 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         break;
       case 'flush':
         this.flush();
+        break;
+      case 'close':
+        this.running = false;
         break;
     }
   }
@@ -139,7 +146,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     }
 
     out.fill(0, i);
-    return true; // lives as long as the AudioContext
+    return this.running; // until its connection is over
   }
 }
 

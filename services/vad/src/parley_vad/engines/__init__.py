@@ -1,1 +1,1 @@
-"""Speech-probability engines. A new VAD model is one new module here."""
+"""Speech-probability and end-of-turn engines. A new model is one new module here."""

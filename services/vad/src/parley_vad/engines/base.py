@@ -20,3 +20,17 @@ class SpeechDetector(Protocol):
     frame_samples: int
 
     def new_stream(self) -> FrameScorer: ...
+
+
+class TurnDetector(Protocol):
+    """An end-of-turn model: judges from the sound of an utterance whether its speaker has finished.
+
+    One object is used by one thread at a time (the servicer keeps copies in a ModelPool).
+    """
+
+    sample_rate: int
+    window_samples: int  # the most recent audio the model hears; earlier audio is ignored
+
+    def completion(self, audio: Float32Array) -> float:
+        """P(turn complete), 0..1, for an utterance (mono, `sample_rate`) ending at its last sample."""
+        ...

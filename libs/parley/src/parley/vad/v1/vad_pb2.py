@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from parley.audio.v1 import audio_pb2 as parley_dot_audio_dot_v1_dot_audio__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/vad/v1/vad.proto\x12\rparley.vad.v1\x1a\x1bparley/audio/v1/audio.proto\"\xe3\x01\n\x08VadEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.parley.vad.v1.VadEvent.Kind\x12\x13\n\x0btimestamp_s\x18\x02 \x01(\x01\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\x14\n\x0c\x64\x65\x63ided_at_s\x18\x04 \x01(\x01\"k\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSPEECH_STARTED\x10\x01\x12\x12\n\x0eSPEECH_STOPPED\x10\x02\x12\x11\n\rSPEECH_PAUSED\x10\x03\x12\x12\n\x0eSPEECH_RESUMED\x10\x04\x32S\n\rVoiceActivity\x12\x42\n\x06\x44\x65tect\x12\x1b.parley.audio.v1.AudioChunk\x1a\x17.parley.vad.v1.VadEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/vad/v1/vad.proto\x12\rparley.vad.v1\x1a\x1bparley/audio/v1/audio.proto\"\xb7\x02\n\x08VadEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.parley.vad.v1.VadEvent.Kind\x12\x13\n\x0btimestamp_s\x18\x02 \x01(\x01\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\x14\n\x0c\x64\x65\x63ided_at_s\x18\x04 \x01(\x01\x12\x18\n\x0b\x65nd_of_turn\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0e\x65nd_of_turn_ms\x18\x06 \x01(\x02\"}\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSPEECH_STARTED\x10\x01\x12\x12\n\x0eSPEECH_STOPPED\x10\x02\x12\x11\n\rSPEECH_PAUSED\x10\x03\x12\x12\n\x0eSPEECH_RESUMED\x10\x04\x12\x10\n\x0cPAUSE_JUDGED\x10\x05\x42\x0e\n\x0c_end_of_turn2S\n\rVoiceActivity\x12\x42\n\x06\x44\x65tect\x12\x1b.parley.audio.v1.AudioChunk\x1a\x17.parley.vad.v1.VadEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.vad.v1.vad_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VADEVENT']._serialized_start=72
-  _globals['_VADEVENT']._serialized_end=299
-  _globals['_VADEVENT_KIND']._serialized_start=192
-  _globals['_VADEVENT_KIND']._serialized_end=299
-  _globals['_VOICEACTIVITY']._serialized_start=301
-  _globals['_VOICEACTIVITY']._serialized_end=384
+  _globals['_VADEVENT']._serialized_end=383
+  _globals['_VADEVENT_KIND']._serialized_start=242
+  _globals['_VADEVENT_KIND']._serialized_end=367
+  _globals['_VOICEACTIVITY']._serialized_start=385
+  _globals['_VOICEACTIVITY']._serialized_end=468
 # @@protoc_insertion_point(module_scope)

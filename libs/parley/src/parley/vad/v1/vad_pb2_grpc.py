@@ -33,7 +33,8 @@ class VoiceActivityStub:
     parley-min-speech-ms      speech shorter than this is dropped as noise
     parley-speech-pad-ms      audio kept before the detected speech start
     parley-pause-ms           silence inside speech that is reported as a pause
-    (0 turns pause/resume events off)
+    (0 turns pause/resume events off, and with them
+    the end-of-turn verdicts)
     """
 
     def __init__(self, channel):
@@ -56,7 +57,8 @@ class VoiceActivityServicer:
     parley-min-speech-ms      speech shorter than this is dropped as noise
     parley-speech-pad-ms      audio kept before the detected speech start
     parley-pause-ms           silence inside speech that is reported as a pause
-    (0 turns pause/resume events off)
+    (0 turns pause/resume events off, and with them
+    the end-of-turn verdicts)
     """
 
     def Detect(self, request_iterator, context):
@@ -89,7 +91,8 @@ class VoiceActivity:
     parley-min-speech-ms      speech shorter than this is dropped as noise
     parley-speech-pad-ms      audio kept before the detected speech start
     parley-pause-ms           silence inside speech that is reported as a pause
-    (0 turns pause/resume events off)
+    (0 turns pause/resume events off, and with them
+    the end-of-turn verdicts)
     """
 
     @staticmethod

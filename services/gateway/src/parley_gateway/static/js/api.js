@@ -28,66 +28,130 @@ async function failure(response) {
   return new ApiError(response.status, message, code);
 }
 
-// ---- access: the API key (asked once, kept in this browser) and short-lived tokens ----------
+// ---- access: the API key (asked for, held in memory) and the short-lived tokens minted from it ----
+//
+// The long-lived key never goes to storage: it is exchanged (POST v1/auth/token) for a token that
+// expires, and only the token is kept, in sessionStorage, so a reload of the tab goes on with it.
+// Once the token expires or is refused, the key mints another if this page load still holds it;
+// otherwise the user is asked for the key again. Every request carries the token, in the
+// Authorization header or, where a browser cannot set one (WebSocket, EventSource, media), as `?token=`.
 
-const KEY_STORE = 'parley.api_key';
-/** @type {Promise<void> | null} */
-let asking = null; // one key dialog at a time, whichever page asked
-/** @type {{value: string, until: number} | null} */
-let token = null; // {value, until} minted from the key, for URLs that cannot carry a header
+const OLD_KEY_STORE = 'parley.api_key'; // where earlier versions of the page kept the key itself
+const TOKEN_STORE = 'parley.token'; // sessionStorage: {value, until} (ms since the epoch)
+const RENEW_BEFORE_MS = 60_000; // a token this close to its expiry is renewed before use
 
-function storedKey() {
+/**
+ * The credentials of this page load (the pages share them, as they share a login).
+ * @type {{key: string, asking: Promise<void> | null}}
+ */
+const access = { key: '', asking: null };
+
+try {
+  localStorage.removeItem(OLD_KEY_STORE);
+} catch {
+  // storage unavailable: nothing was kept there either
+}
+
+/** @returns {{value: string, until: number} | null} */
+function storedToken() {
   try {
-    return localStorage.getItem(KEY_STORE) || '';
+    const saved = JSON.parse(sessionStorage.getItem(TOKEN_STORE) ?? 'null');
+    if (typeof saved?.value === 'string' && typeof saved?.until === 'number') return saved;
   } catch {
-    return '';
+    // unavailable or garbled: as if there were none
+  }
+  return null;
+}
+
+/** @param {{value: string, until: number} | null} token */
+function keepToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_STORE, JSON.stringify(token));
+    else sessionStorage.removeItem(TOKEN_STORE);
+  } catch {
+    // not kept: the next page load asks for the key again
   }
 }
 
 /**
- * Headers that carry the key, when there is one.
+ * Headers that carry the token, when there is one.
  * @returns {Record<string, string>}
  */
 export function authHeaders() {
-  const key = storedKey();
-  return key ? { authorization: `Bearer ${key}` } : {};
+  const token = storedToken();
+  return token ? { authorization: `Bearer ${token.value}` } : {};
 }
 
 /** Ask the user for the key (a modal dialog); resolves once one was entered. */
 function askKey() {
-  asking ??= new Promise(/** @param {() => void} resolve */ (resolve) => {
+  access.asking ??= new Promise(/** @param {() => void} resolve */ (resolve) => {
     const dialog = /** @type {HTMLDialogElement} */ (document.getElementById('key-dialog'));
     const input = /** @type {HTMLInputElement} */ (document.getElementById('key-input'));
     dialog.addEventListener(
       'close',
       () => {
-        try {
-          localStorage.setItem(KEY_STORE, input.value.trim());
-        } catch {
-          // kept for this page only
-        }
-        token = null;
-        asking = null;
+        access.key = input.value.trim();
+        input.value = ''; // the field would otherwise hold it for as long as the page lives
+        access.asking = null;
         resolve();
       },
       { once: true },
     );
     dialog.showModal();
   });
-  return asking;
+  return access.asking;
 }
 
 /**
- * `url` with a fresh `?token=` when the server needs a key (for WebSockets, EventSource, media).
+ * A fresh token from the key in memory, kept; false if the key was refused (or there is none).
+ * @returns {Promise<boolean>}
+ */
+async function mintToken() {
+  if (!access.key) return false;
+  const response = await fetch('v1/auth/token', { method: 'POST', headers: { authorization: `Bearer ${access.key}` } });
+  if (response.status === 401) {
+    access.key = ''; // a wrong key: ask again
+    return false;
+  }
+  if (!response.ok) throw await failure(response);
+  const minted = await response.json();
+  keepToken(minted.required ? { value: minted.token, until: Date.now() + minted.expires_in * 1000 } : null);
+  return true;
+}
+
+/** After a 401: a new token from the key in memory, or else from one the user is asked for. */
+async function renewAccess() {
+  keepToken(null);
+  if (await mintToken()) return;
+  await askKey();
+  await mintToken();
+}
+
+/**
+ * A token good for a while yet, where the server needs one: kept, from the key in memory, or
+ * from one the user is asked for. Without a token or a key, asks the server whether it needs one.
+ */
+async function freshToken() {
+  const token = storedToken();
+  if (token && token.until >= Date.now() + RENEW_BEFORE_MS) return;
+  if (await mintToken()) return;
+  const probe = await fetch('v1/auth/token', { method: 'POST' });
+  if (probe.ok && !(await probe.json()).required) {
+    keepToken(null); // an open server
+    return;
+  }
+  await renewAccess();
+}
+
+/**
+ * `url` with a fresh `?token=` when the server needs one (for WebSockets, EventSource, media).
  * @param {string} url
  * @returns {Promise<string>}
  */
 export async function withToken(url) {
-  if (!storedKey()) return url;
-  if (!token || token.until < Date.now() + 60_000) {
-    const minted = await request('v1/auth/token', { method: 'POST' }).then((r) => r.json());
-    token = { value: minted.token, until: Date.now() + minted.expires_in * 1000 };
-  }
+  await freshToken();
+  const token = storedToken();
+  if (!token) return url;
   return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token.value)}`;
 }
 
@@ -112,7 +176,7 @@ export async function request(path, options = {}) {
   for (let attempt = 0; ; attempt += 1) {
     const response = await fetch(path, { ...init, headers: { ...(init.headers ?? {}), ...authHeaders() } });
     if (response.status === 401 && attempt < 3) {
-      await askKey();
+      await renewAccess();
       continue;
     }
     // Over the per-client rate: wait as told (a few seconds at most) and try again.

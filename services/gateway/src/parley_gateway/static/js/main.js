@@ -1,19 +1,22 @@
 // Shows one page at a time (from the URL's #hash) and loads each page's module once, when
 // it is first shown. Pages share nothing but the small client in api.js.
 
-/** @type {Record<string, () => Promise<{mount?: (root: HTMLElement) => Promise<void>}>>} */
-const PAGES = {
-  talk: () => import('./conversation.js'),
-  voices: () => import('./voices.js'),
-  dialogue: () => import('./dialogue.js'),
-  speech: () => import('./playground.js'),
-  monitor: () => import('./monitor.js'),
-};
+/** @typedef {() => Promise<{mount?: (root: HTMLElement) => Promise<void>}>} PageLoader imports a page's module */
+
+// A Map, not an object: `#toString` or `#constructor` must not find a "page" every object has.
+/** @type {Map<string, PageLoader>} */
+const PAGES = new Map([
+  ['talk', () => import('./conversation.js')],
+  ['voices', () => import('./voices.js')],
+  ['dialogue', () => import('./dialogue.js')],
+  ['speech', () => import('./playground.js')],
+  ['monitor', () => import('./monitor.js')],
+]);
 /** @type {Map<string, Promise<void>>} */
 const loaded = new Map(); // page name -> Promise of its module
 
 function show() {
-  const name = location.hash.slice(1) in PAGES ? location.hash.slice(1) : 'talk';
+  const name = PAGES.has(location.hash.slice(1)) ? location.hash.slice(1) : 'talk';
   for (const section of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('[data-page]'))) {
     section.hidden = section.dataset.page !== name;
   }
@@ -23,9 +26,10 @@ function show() {
   }
   if (!loaded.has(name)) {
     const section = /** @type {HTMLElement} */ (document.querySelector(`[data-page="${name}"]`));
+    const load = /** @type {PageLoader} */ (PAGES.get(name));
     loaded.set(
       name,
-      PAGES[name]().then((page) => (page.mount ? page.mount(section) : undefined)),
+      load().then((page) => (page.mount ? page.mount(section) : undefined)),
     );
   }
   const page = /** @type {Promise<void>} */ (loaded.get(name));

@@ -5,6 +5,7 @@ import { el, withToken } from './api.js';
 
 const STAGES = ['vad_silence_ms', 'asr_ms', 'llm_first_token_ms', 'tts_first_audio_ms', 'voice_to_voice_ms'];
 const KINDS = ['vad', 'asr', 'llm', 'tts'];
+const RETRY_MS = 2000; // before the stream is opened again after the server refused it
 
 /**
  * What each server-sent event carries (the parts shown here).
@@ -43,14 +44,23 @@ export async function mount(root) {
     el('h3', {}, 'Recent errors'), errors,
   );
 
-  const source = new EventSource(await withToken('v1/monitor/stream'));
-  source.onopen = () => {
-    live.textContent = 'Live';
-  };
-  source.onerror = () => {
-    live.textContent = 'Reconnecting…'; // EventSource retries by itself
-  };
-  source.onmessage = (event) => render(JSON.parse(event.data));
+  async function listen() {
+    const source = new EventSource(await withToken('v1/monitor/stream'));
+    source.onopen = () => {
+      live.textContent = 'Live';
+    };
+    source.onerror = () => {
+      live.textContent = 'Reconnecting…';
+      // EventSource retries by itself, except after an answer other than the stream (its
+      // token expired, say): then start over, with a fresh token.
+      if (source.readyState === EventSource.CLOSED) setTimeout(retry, RETRY_MS);
+    };
+    source.onmessage = (event) => render(JSON.parse(event.data));
+  }
+  function retry() {
+    listen().catch(() => setTimeout(retry, RETRY_MS)); // the server cannot be reached yet
+  }
+  await listen();
 
   /** @param {MonitorState} state */
   function render(state) {

@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from parley_gateway.limits import ClientIds
+from parley_gateway.edge.client_identity import ClientIdentity
 
 LOGGER = "parley.audit"
 QUIET_PATHS = ("/healthz", "/readyz", "/favicon.ico")
@@ -62,7 +62,7 @@ def since_ms(started: float) -> int:
 class AuditMiddleware:
     """ASGI middleware (outermost): an `http` line per request, `ws.connect`/`ws.close` per WebSocket."""
 
-    def __init__(self, app: Any, audit: AuditLog, clients: ClientIds) -> None:
+    def __init__(self, app: Any, audit: AuditLog, clients: ClientIdentity) -> None:
         self.app = app
         self.audit = audit
         self.clients = clients

@@ -20,7 +20,6 @@ import hmac
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -29,15 +28,11 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from parley_gateway.history import History, Turn
+from parley_gateway.conversation.history import History, Turn
 
 log = logging.getLogger(__name__)
 
 BUCKET = "parley_sessions"
-
-
-def new_session_id() -> str:
-    return f"sess_{uuid.uuid4().hex[:16]}"
 
 
 def new_resume_token() -> str:

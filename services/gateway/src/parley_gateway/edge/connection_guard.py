@@ -19,12 +19,14 @@ from typing import Any
 
 from fastapi import WebSocket
 
-from parley_gateway.audit import AuditLog
-from parley_gateway.config import GatewaySettings
-from parley_gateway.limits import Clock, ErrorThrottle, SessionSlots, SessionTimers, TokenBucket
+from parley_gateway.config import ConnectionSettings
+from parley_gateway.conversation.input_limits import frame_problem
+from parley_gateway.conversation.session import ConversationSession
+from parley_gateway.edge.audit import AuditLog
+from parley_gateway.edge.limits import SessionSlots, SessionTimers
 from parley_gateway.metrics import ERRORS_TOTAL, LIMITED_TOTAL
 from parley_gateway.protocol import ErrorCode, ProtocolError, error_event, event
-from parley_gateway.session import ConversationSession
+from parley_gateway.rate_limits import Clock, ErrorThrottle, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class ConnectionGuard:
         self,
         websocket: WebSocket,
         client: str,
-        settings: GatewaySettings,
+        settings: ConnectionSettings,
         slots: SessionSlots,
         audit: AuditLog,
         observer: Callable[[dict[str, Any]], None] | None = None,
@@ -60,12 +62,12 @@ class ConnectionGuard:
         self.client = client
         self.slots = slots
         self.audit = audit
-        self.timers = SessionTimers(clock, settings.session_start_timeout_s, settings.session_idle_s)
+        self.timers = SessionTimers(clock, settings.start_timeout_s, settings.idle_s)
         self.errors = ErrorThrottle(settings.max_errors_per_second, clock)
         # Seconds of audio: a burst ahead, then at most `audio_rate_factor` times real time.
         self.audio = TokenBucket(settings.audio_rate_burst_s, settings.audio_rate_factor, clock)
         self._audio_dropping = False
-        self._max_frame_ms = settings.max_frame_ms
+        self._input_limits = settings.input
         self.session: ConversationSession | None = None  # set by the read loop once one is open
         self.observer = observer  # also sees every event sent (the monitor)
         self.close_code = 1000
@@ -108,7 +110,7 @@ class ConnectionGuard:
         if frame is None or session is None:
             return True
         rate = session.options.input_sample_rate
-        if len(frame) % 2 or len(frame) * 1000 > rate * 2 * self._max_frame_ms:
+        if frame_problem(self._input_limits, frame, rate) is not None:
             return True  # malformed: the session says what is wrong with it
         if self.audio.take(len(frame) / 2 / rate):
             self._audio_dropping = False

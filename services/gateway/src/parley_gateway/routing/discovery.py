@@ -45,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
 from parley.registry import EVENTS_SUBJECT, KINDS, InstanceRecord, ServiceEvent, discover
+from parley_gateway.config import DiscoverySettings
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +159,9 @@ class ServiceHealth:
 
 
 class ServiceDirectory:
-    def __init__(
-        self,
-        nc: NatsClient,
-        interval_s: float,
-        window_s: float,
-        ttl_s: float,
-        health_window_s: float = 300.0,
-        tls: grpc.ChannelCredentials | None = None,
-    ) -> None:
+    def __init__(self, nc: NatsClient, settings: DiscoverySettings, tls: grpc.ChannelCredentials | None = None) -> None:
+        interval_s, window_s, ttl_s = settings.interval_s, settings.window_s, settings.instance_ttl_s
+        health_window_s = settings.health_window_s
         self.nc = nc
         # What a channel to an instance that serves TLS trusts (None: the system roots).
         self.tls = tls

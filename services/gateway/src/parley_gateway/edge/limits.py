@@ -1,100 +1,31 @@
 """Limits per client and per gateway, as plain objects driven by a clock (tested without a stack).
 
-A **client** is its API key when keys are on (`key:<id>`, a hash: the key itself is never kept
-or logged), else its IP address (`ip:<address>`; an IPv6 client is its /64, what one host
-usually holds). X-Forwarded-For counts only from a peer in `PARLEY_GATEWAY_TRUSTED_PROXIES`.
+A client is who `ClientIdentity` (client_identity.py) says it is.
 
 - `SessionSlots`: conversation sockets per gateway and per client, held from connect on;
 - `SessionTimers`: the deadline for `session.start`, and the idle time of a session;
-- `TokenBucket`: audio seconds (and `text.input` events) a session may send, with a burst;
-- `ErrorThrottle`: error events per second to one connection, and how many were held back;
+- the counting itself (`TokenBucket`, `ErrorThrottle`) is in rate_limits.py;
 - `RequestLimits`: HTTP API requests and uploads per client and minute, in a moving window
   (the `limits` library, in memory), enforced by `RateLimitMiddleware`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from parley_gateway.access import Access
+from parley_gateway.edge.client_identity import ClientIdentity
 from parley_gateway.metrics import LIMITED_TOTAL
 from parley_gateway.protocol import ErrorCode
-
-Clock = Callable[[], float]
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-# Where a request's client id is kept in its ASGI scope, once worked out.
-SCOPE_KEY = "parley.client"
-
-
-class ClientIds:
-    """Who a request or socket is: `key:<id>` for a valid key or a token minted from one, else `ip:<address>`."""
-
-    def __init__(self, access: Access, trusted_proxies: Sequence[IPNetwork] = ()) -> None:
-        self.access = access
-        self.trusted = list(trusted_proxies)
-
-    def of(self, scope: MutableMapping[str, Any]) -> str:
-        """The client of an ASGI scope (worked out once, then kept in the scope)."""
-        known = scope.get(SCOPE_KEY)
-        if isinstance(known, str):
-            return known
-        headers = _headers(scope)
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        key = self.access.key_id(headers, query)
-        client = f"key:{key}" if key else f"ip:{self.address(scope)}"
-        scope[SCOPE_KEY] = client
-        return client
-
-    def address(self, scope: Mapping[str, Any]) -> str:
-        peer = scope.get("client")
-        address = _ip(peer[0] if peer else "")
-        if address is not None and self._trusted(address):
-            hops = [hop.strip() for value in _all(scope, b"x-forwarded-for") for hop in value.split(",")]
-            # Right to left: each trusted proxy names the one before it; the first other address is the client.
-            for hop in reversed(hops):
-                found = _ip(hop)
-                if found is None:
-                    break
-                address = found
-                if not self._trusted(found):
-                    break
-        if address is None:
-            return "unknown"
-        if isinstance(address, ipaddress.IPv6Address):
-            if address.ipv4_mapped is not None:
-                return str(address.ipv4_mapped)
-            return str(ipaddress.ip_network(f"{address}/64", strict=False))
-        return str(address)
-
-    def _trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(address in network for network in self.trusted)
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-
-
-def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-def _all(scope: Mapping[str, Any], name: bytes) -> list[str]:
-    return [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == name]
+from parley_gateway.rate_limits import Clock
 
 
 class SessionSlots:
@@ -165,75 +96,6 @@ class SessionTimers:
         return max(0.0, self.last_activity + self.idle_s - self.clock())
 
 
-class TokenBucket:
-    """`capacity` units at most, refilled at `rate` units a second; starts full.
-
-    A cost above the capacity passes when the bucket is full, and leaves it in debt.
-    """
-
-    def __init__(self, capacity: float, rate: float, clock: Clock) -> None:
-        self.capacity = capacity
-        self.rate = rate
-        self.clock = clock
-        self.tokens = capacity
-        self._at = clock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self._at) * self.rate)
-        self._at = now
-
-    def take(self, cost: float = 1.0) -> bool:
-        self._refill()
-        if self.tokens + 1e-9 < min(cost, self.capacity):
-            return False
-        self.tokens -= cost
-        return True
-
-    def wait_s(self, cost: float = 1.0) -> float:
-        """Seconds until `cost` would pass."""
-        self._refill()
-        return max(0.0, (min(cost, self.capacity) - self.tokens) / self.rate)
-
-
-class ErrorThrottle:
-    """At most `per_second` error events a second (a burst of as many), then one summary a second.
-
-    `admit()` says whether an error may go; held-back ones are counted, and `summary()` (due
-    `SUMMARY_S` after the first of them) gives their number once.
-    """
-
-    SUMMARY_S = 1.0
-
-    def __init__(self, per_second: int, clock: Clock) -> None:
-        self.per_second = per_second
-        self.clock = clock
-        self._bucket = TokenBucket(per_second, per_second, clock)
-        self.pending = 0  # held back since the last summary
-        self.suppressed = 0  # held back in all
-        self._first_pending: float | None = None
-
-    def admit(self) -> bool:
-        if self._bucket.take():
-            return True
-        self.pending += 1
-        self.suppressed += 1
-        if self._first_pending is None:
-            self._first_pending = self.clock()
-        return False
-
-    def summary_in(self) -> float | None:
-        """Seconds until the summary of held-back errors is due; None when none are held back."""
-        if self._first_pending is None:
-            return None
-        return max(0.0, self._first_pending + self.SUMMARY_S - self.clock())
-
-    def summary(self) -> int:
-        """How many errors were held back since the last summary (and start counting again)."""
-        count, self.pending, self._first_pending = self.pending, 0, None
-        return count
-
-
 @dataclass(frozen=True)
 class Refusal:
     what: Literal["requests", "uploads"]
@@ -275,7 +137,7 @@ class RequestLimits:
 class RateLimitMiddleware:
     """ASGI middleware: 429 (OpenAI's error shape, with Retry-After) for a client over `RequestLimits`."""
 
-    def __init__(self, app: Any, limits: RequestLimits, clients: ClientIds) -> None:
+    def __init__(self, app: Any, limits: RequestLimits, clients: ClientIdentity) -> None:
         self.app = app
         self.limits = limits
         self.clients = clients

@@ -12,6 +12,22 @@ logic is unit-tested on fakes and virtual time (tests/test_turns.py).
     speech stopped ─► transcript.final ─► release the held reply if it answered this
                       very transcript, else start the reply now
 
+Semantic end of turn: a pause may carry the VAD's verdict, P(turn complete) from how
+the utterance sounds. At or over `end_of_turn_threshold` the turn ends at the pause, as
+soon as its transcript shows it does not stop on a word no English sentence ends on
+("the weather in"): the held reply is released then, without waiting for the silence
+rule. Under `incomplete_threshold` (or on such words) the turn is incomplete: the VAD's
+speech stop does not end it; it waits until `incomplete_turn_max_silence_s` of silence,
+and speech before that continues it. Between the two the model is unsure and the
+silence rule decides, as it does for a pause without a verdict. (Measured on the
+benchmark's synthetic voices, the model scores some complete questions as low as 0.08:
+only a near-certain "incomplete" is worth the longer wait; bench/turn_cutoffs.py.)
+
+    pause, complete   ─► transcript ─► the turn ends now (vad.speech_stopped, released)
+    pause, incomplete ─► speech stopped ─► wait ─► more silence: the turn ends
+                                                └► speech again: the turn goes on
+    pause, unsure     ─► speech stopped ─► the turn ends (the silence rule)
+
 Barge-in: user speech while the assistant's reply is being generated or still
 playing cancels it — unless the speech began within `echo_guard_s` of the
 reply's playback start, where the user's microphone most likely hears the
@@ -26,20 +42,39 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
-from parley_gateway.metrics import BARGE_INS_TOTAL, PREEMPTIVE_TOTAL, STAGE_SECONDS
+from parley_gateway.metrics import BARGE_INS_TOTAL, PREEMPTIVE_TOTAL, STAGE_SECONDS, TURN_ENDS_TOTAL
 from parley_gateway.protocol import event
 
 # A transcript is echo when at least this share of its words are in the reply being played.
 ECHO_WORD_SHARE = 0.6
 _WORD = re.compile(r"[\w']+")
+# Words an English sentence does not end on: a transcript that stops on one was cut at a
+# pause to think ("the weather in ... Paris"), whatever the intonation says. Prepositions
+# can be stranded ("where are you from?"): such a question then waits for the silence cap.
+OPEN_ENDINGS = frozenset(
+    "a an the and or but nor of to in on at for from with about into onto near between by than because if "  # noqa: SIM905
+    "my your our their um uh er erm".split()
+)
 
 
 class Clock(Protocol):
     def now(self) -> float:
         """Seconds on a monotonic clock."""
+        ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class TurnClock(Clock, Protocol):
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` once `delay_s` have passed on this clock (unless cancelled)."""
         ...
 
 
@@ -77,6 +112,33 @@ class TurnSettings:
     preemptive: bool = True  # start the reply at a pause, held
     echo_guard_s: float = 0.3
     playback_margin_s: float = 0.25  # slack on the estimate of when the client stops playing
+    end_of_turn_threshold: float = 0.7  # a pause verdict at or over it ends the turn there
+    incomplete_threshold: float = 0.05  # a pause verdict under it makes the turn wait for more silence
+    incomplete_turn_max_silence_s: float = 1.2  # a turn judged incomplete ends after this much silence
+
+
+class TurnEnd(Enum):
+    """Why a turn ended (`turn_end` in the reply's timings)."""
+
+    SILENCE = "silence"  # the VAD's silence rule (min_silence_ms)
+    END_OF_TURN = "end_of_turn"  # judged complete at a pause
+    MAX_SILENCE = "max_silence"  # judged incomplete, and no more speech came
+    COMMIT = "commit"  # input.commit
+
+
+class Verdict(Enum):
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    UNSURE = "unsure"  # between the thresholds: the silence rule decides, unless the words dangle
+
+
+@dataclass(frozen=True)
+class _Pause:
+    """Where a pause (or stop) put the end of speech."""
+
+    position: int  # input position of the end of speech
+    audio_end_ms: int
+    silence_ms: int  # silence the VAD had seen when it decided
 
 
 @dataclass
@@ -94,6 +156,10 @@ class _Turn:
     transcribed: bool = False
     guess: str | None = None  # id of the held reply started at a pause
     echo_suspect: str | None = None  # id of the reply it started over, within the echo window
+    verdict: Verdict | None = None  # the end-of-turn verdict of its latest pause, if it had one
+    end_of_turn: dict[str, object] = field(default_factory=dict)  # that verdict, for the reply's timings
+    pause: _Pause | None = None  # its latest pause
+    waiting: Timer | None = None  # judged incomplete, the VAD stopped: the silence cap's timer
 
 
 @dataclass
@@ -108,7 +174,7 @@ class _LiveReply:
 
 
 class TurnTaker:
-    def __init__(self, settings: TurnSettings, ports: TurnPorts, clock: Clock) -> None:
+    def __init__(self, settings: TurnSettings, ports: TurnPorts, clock: TurnClock) -> None:
         self.settings = settings
         self.ports = ports
         self.clock = clock
@@ -118,10 +184,18 @@ class TurnTaker:
         self._held: dict[str, str] = {}  # held reply id -> the transcript it answers
         self._held_finished: set[str] = set()  # held replies whose pipeline already ended
         self.reply: _LiveReply | None = None  # the latest live (not held) reply
+        # A turn ended at its pause while the VAD still holds that speech open: where the speech ended.
+        # The VAD's own stop of it is not news; its resume is the user speaking again (a new turn).
+        self._ended_at_pause: int | None = None
 
     # ---- speech, from the VAD (or push-to-talk) ------------------------------
 
     def speech_started(self, position: int, audio_start_ms: int) -> None:
+        self._ended_at_pause = None
+        turn = self.turn
+        if turn is not None and turn.waiting is not None:
+            self._go_on(turn)  # speech while an incomplete turn waited: the same turn goes on
+            return
         echo_of = self._barge_in(echo_guard=True)
         self.ports.send(event("vad.speech_started", audio_start_ms=audio_start_ms))
         self._open(position, echo_of)
@@ -132,28 +206,75 @@ class TurnTaker:
             self._barge_in(echo_guard=False)
             self._open(position, None)
 
-    def speech_paused(self) -> None:
+    def speech_paused(
+        self,
+        position: int = 0,
+        audio_end_ms: int = 0,
+        silence_ms: int = 0,
+        end_of_turn: float | None = None,
+        end_of_turn_ms: float = 0.0,
+    ) -> None:
+        """A pause in speech at `position`; `end_of_turn`: the VAD's verdict on it, if it came with it."""
         turn = self.turn
-        if turn is not None and self.settings.preemptive and not turn.ended:
+        if turn is None:
+            return
+        turn.pause = _Pause(position, audio_end_ms, silence_ms)
+        turn.verdict, turn.end_of_turn = None, {}
+        if self.settings.preemptive and not turn.ended:
             turn.ended = True
             self.ports.end_transcription(turn.id)
+        if end_of_turn is not None:
+            self.pause_judged(end_of_turn, end_of_turn_ms)
 
-    def speech_resumed(self) -> None:
+    def pause_judged(self, end_of_turn: float, end_of_turn_ms: float = 0.0) -> None:
+        """The VAD's verdict on the pause it just reported: P(turn complete), and the model's time for it."""
         turn = self.turn
-        if turn is not None and turn.ended:
-            # The pause was not the end: drop the guess, transcribe the whole utterance again.
-            self._open(turn.speech_start, turn.echo_suspect)
+        if turn is None or turn.pause is None or turn.verdict is not None:
+            return  # no pause of this turn waits for a verdict
+        STAGE_SECONDS.labels("end_of_turn").observe(end_of_turn_ms / 1000)
+        turn.verdict = self._verdict(end_of_turn)
+        turn.end_of_turn = {"end_of_turn": round(end_of_turn, 3), "end_of_turn_ms": round(end_of_turn_ms, 1)}
+        # A turn judged complete or unsure needs its words now (to check them), preemptive or not.
+        if turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE}:
+            if not turn.ended:
+                turn.ended = True
+                self.ports.end_transcription(turn.id)
+            elif turn.transcribed:
+                self._judge_words(turn)
+
+    def speech_resumed(self, position: int = 0, audio_start_ms: int = 0) -> None:
+        """Speech again after a pause, from `position`."""
+        if self._ended_at_pause is not None:
+            # The turn was already judged over at this pause: this is the user speaking again.
+            start, self._ended_at_pause = self._ended_at_pause, None
+            self.speech_started(start, audio_start_ms)
+            return
+        turn = self.turn
+        if turn is not None:
+            self._go_on(turn)
 
     def speech_stopped(self, audio_end_ms: int, silence_ms: int) -> None:
+        if self._ended_at_pause is not None:
+            self._ended_at_pause = None  # the VAD closes speech whose turn ended at its pause: said already
+            return
+        turn = self.turn
+        wait_s = self.settings.incomplete_turn_max_silence_s - silence_ms / 1000
+        if turn is not None and turn.verdict is Verdict.INCOMPLETE and wait_s > 0:
+            # Judged incomplete: this silence is a pause to think. Wait for more of it (or for speech).
+            position = turn.pause.position if turn.pause is not None else 0
+            turn.pause = _Pause(position, audio_end_ms, silence_ms)
+            waiting, since = turn, self.clock.now()
+            turn.waiting = self.clock.call_later(wait_s, lambda: self._waited(waiting, since))
+            return
         self.ports.send(event("vad.speech_stopped", audio_end_ms=audio_end_ms))
-        if self.turn is not None:
-            self._stop({"vad_silence_ms": silence_ms})
+        if turn is not None:
+            self._stop({"vad_silence_ms": silence_ms}, TurnEnd.SILENCE)
 
     def commit(self) -> bool:
         """input.commit: end the turn now. False when there is no turn to end."""
         if self.turn is None:
             return False
-        self._stop({})
+        self._stop({}, TurnEnd.COMMIT)
         return True
 
     def typed(self, text: str) -> None:
@@ -170,7 +291,10 @@ class TurnTaker:
         turn.transcribed, turn.transcript, turn.language = True, text, language
         if turn.stopped:
             self._finish(turn)
-        elif text and _intelligible(text) and self.settings.preemptive:
+            return
+        if turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE} and self._judge_words(turn):
+            return  # the turn ended here, and its reply started
+        if text and _intelligible(text) and self.settings.preemptive:
             if turn.echo_suspect is not None and not self._decide_echo(turn, text):
                 return  # the assistant's own voice; wait for the turn's end to say so
             turn.guess = self._start(text, held=True, turn_end=None, timings={})
@@ -204,6 +328,12 @@ class TurnTaker:
         """response.cancel from the client."""
         self._interrupt(self.reply, barge_in=False)
 
+    def close(self) -> None:
+        """The session ends: no timer may fire into it afterwards."""
+        if self.turn is not None and self.turn.waiting is not None:
+            self.turn.waiting.cancel()
+            self.turn.waiting = None
+
     # ---- inside ----------------------------------------------------------------
 
     def _start(self, text: str, held: bool, turn_end: float | None, timings: dict[str, object]) -> str:
@@ -214,9 +344,62 @@ class TurnTaker:
             self.reply = _LiveReply(reply_id)
         return reply_id
 
+    def _go_on(self, turn: _Turn) -> None:
+        """Speech again after a pause (or while waiting past the VAD's stop): the turn goes on."""
+        if turn.waiting is not None:
+            turn.waiting.cancel()
+            turn.waiting = None
+        turn.verdict = None  # the next pause is judged afresh
+        if turn.ended:
+            # The pause was not the end: drop the guess, transcribe the whole utterance again.
+            self._open(turn.speech_start, turn.echo_suspect)
+
+    def _judge_words(self, turn: _Turn) -> bool:
+        """A turn judged complete (or unsure) at its pause, once its transcript is known: end a complete
+        one now if the words agree.
+
+        Returns whether it ended. If the words do not agree (nothing intelligible, or a dangling word), it is
+        incomplete; an unsure turn whose words agree is left to the silence rule.
+        """
+        if turn is not self.turn:
+            return False
+        text = turn.transcript or ""
+        if not _intelligible(text) or (turn.language in {"", "en"} and _ends_open(text)):
+            turn.verdict = Verdict.INCOMPLETE
+            return False
+        if turn.verdict is not Verdict.COMPLETE:
+            return False
+        pause = turn.pause
+        assert pause is not None
+        self._ended_at_pause = pause.position
+        self.ports.send(event("vad.speech_stopped", audio_end_ms=pause.audio_end_ms))
+        self._stop({"vad_silence_ms": pause.silence_ms}, TurnEnd.END_OF_TURN)
+        return True
+
+    def _verdict(self, end_of_turn: float) -> Verdict:
+        if end_of_turn >= self.settings.end_of_turn_threshold:
+            return Verdict.COMPLETE
+        if end_of_turn < self.settings.incomplete_threshold:
+            return Verdict.INCOMPLETE
+        return Verdict.UNSURE
+
+    def _waited(self, turn: _Turn, since: float) -> None:
+        """The silence cap of a turn judged incomplete passed without speech: it ends."""
+        if self.turn is not turn or turn.waiting is None:
+            return
+        turn.waiting = None
+        pause = turn.pause
+        assert pause is not None
+        self.ports.send(event("vad.speech_stopped", audio_end_ms=pause.audio_end_ms))
+        silence_ms = round(pause.silence_ms + (self.clock.now() - since) * 1000)
+        self._stop({"vad_silence_ms": silence_ms}, TurnEnd.MAX_SILENCE)
+
     def _open(self, position: int, echo_of: str | None) -> None:
         old = self.turn
         if old is not None:
+            if old.waiting is not None:
+                old.waiting.cancel()
+                old.waiting = None
             # Replaced before it stopped: its guess (if any) was wrong, its transcript is not wanted.
             if old.guess is not None:
                 PREEMPTIVE_TOTAL.labels("miss").inc()
@@ -226,11 +409,16 @@ class TurnTaker:
         self.turn = _Turn(next(self._ids), position, echo_suspect=echo_of)
         self.ports.open_transcription(self.turn.id, position)
 
-    def _stop(self, timings: dict[str, object]) -> None:
+    def _stop(self, timings: dict[str, object], reason: TurnEnd) -> None:
         turn = self.turn
         assert turn is not None
         self.turn = None
-        turn.stopped, turn.turn_end, turn.timings = True, self.clock.now(), timings
+        if turn.waiting is not None:
+            turn.waiting.cancel()
+            turn.waiting = None
+        TURN_ENDS_TOTAL.labels(reason.value).inc()
+        turn.stopped, turn.turn_end = True, self.clock.now()
+        turn.timings = {**timings, **turn.end_of_turn, "turn_end": reason.value}
         self._finishing[turn.id] = turn
         if not turn.ended:
             turn.ended = True
@@ -319,6 +507,12 @@ class TurnTaker:
 
 def _intelligible(text: str) -> bool:
     return any(c.isalnum() for c in text)
+
+
+def _ends_open(text: str) -> bool:
+    """Whether the text stops on a word no English sentence ends on."""
+    words = _WORD.findall(text)
+    return bool(words) and words[-1].lower() in OPEN_ENDINGS
 
 
 def _is_echo(transcript: str, reply_text: str) -> bool:

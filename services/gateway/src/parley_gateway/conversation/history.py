@@ -10,7 +10,7 @@ memory and the LLM prompt bounded, not be exact).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pydantic import BaseModel
 
@@ -71,3 +71,25 @@ class History:
         # The newest turn always stays, however long it is.
         while len(self._turns) > 1 and (len(self._turns) > self.max_turns or self._tokens > self.max_tokens):
             self._tokens -= self._turns.popleft().tokens
+
+
+class RecordedHistory:
+    """A session's history as its replies write it: every change is reported (the session store saves it)."""
+
+    def __init__(self, history: History, on_change: Callable[[], None] | None = None) -> None:
+        self.history = history
+        self._on_change = on_change
+
+    def add(self, role: str, content: str) -> int:
+        """Append a turn; its sequence number."""
+        seq = self.history.append(role, content)
+        self._changed()
+        return seq
+
+    def replace(self, seq: int, content: str) -> None:
+        self.history.replace(seq, content)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()

@@ -40,8 +40,10 @@ from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.registry import DRAINING_TRAILER
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley.vad.v1 import vad_pb2, vad_pb2_grpc
-from parley_gateway.discovery import Instance, NoInstance, ServiceDirectory
+from parley_gateway.config import ModelServiceSettings
 from parley_gateway.protocol import ErrorCode
+from parley_gateway.routing.discovery import Instance, NoInstance, ServiceDirectory
+from parley_gateway.routing.retry import DEFAULT_POLICY, RetryPolicy
 
 Message = TypeVar("Message")
 Metadata = tuple[tuple[str, str], ...]
@@ -53,7 +55,6 @@ OWED_CHECK_S = 0.25
 VOICES_CACHE_S = 10.0
 # What a cloned voice needs when no instance that clones is up to say so (the only cloning engine).
 CLONING_HINT = "cloning needs the fireredtts2 engine (PARLEY_TTS_ENGINES=piper,fireredtts2, on a GPU)"
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def _draining(exc: grpc.aio.AioRpcError) -> bool:
@@ -62,18 +63,32 @@ def _draining(exc: grpc.aio.AioRpcError) -> bool:
 
 
 class ServiceError(Exception):
-    """A model service call that failed; `status` and `detail` are the service's own, when it answered."""
+    """A model service call that failed; `status` and `detail` are the service's own, when it answered.
 
-    def __init__(self, code: ErrorCode, message: str, status: grpc.StatusCode | None = None, detail: str = "") -> None:
+    `retryable`: another instance could take the call over (this one went away or is full);
+    the caller decides whether that is worth it (a reply half spoken is, from its cut).
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        status: grpc.StatusCode | None = None,
+        detail: str = "",
+        retryable: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.detail = detail or message
+        self.retryable = RetryPolicy.retryable(status) if retryable is None else retryable
 
 
 class ModelServices(Protocol):
     """What a conversation asks of the model services."""
+
+    policy: RetryPolicy  # how callers fail over what this layer cannot
 
     def detect(self, audio: AudioRequests, metadata: Metadata) -> AsyncIterator[vad_pb2.VadEvent]: ...
 
@@ -111,10 +126,13 @@ def _never_owed() -> float | None:
 
 
 class GrpcServices:
-    def __init__(self, directory: ServiceDirectory, first_answer_timeout_s: float, idle_timeout_s: float) -> None:
+    def __init__(
+        self, directory: ServiceDirectory, settings: ModelServiceSettings, policy: RetryPolicy = DEFAULT_POLICY
+    ) -> None:
         self.directory = directory
-        self.first_answer_timeout_s = first_answer_timeout_s
-        self.idle_timeout_s = idle_timeout_s
+        self.first_answer_timeout_s = settings.first_answer_timeout_s
+        self.idle_timeout_s = settings.idle_timeout_s
+        self.policy = policy
         self._voices: tuple[float, dict[str, list[str]]] | None = None
         # conversation id -> the TTS instance that spoke its last reply (it keeps the conversation's context)
         self._tts_affinity: OrderedDict[str, str] = OrderedDict()
@@ -127,7 +145,7 @@ class GrpcServices:
             return ServiceError(
                 ErrorCode.SERVICE_CRASHED, f"the {kind} service went away mid-stream: {exc.details()}", code
             )
-        if code in RETRYABLE:
+        if self.policy.retryable(code):
             return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"{kind} service: {exc.details()}", code)
         return ServiceError(
             ErrorCode.SERVICE_ERROR, f"{kind} service: {code.name}: {exc.details()}", code, exc.details() or ""
@@ -179,7 +197,7 @@ class GrpcServices:
                             yield message
                         return
                     except grpc.aio.AioRpcError as exc:
-                        if exc.code() not in RETRYABLE or answered:
+                        if not self.policy.retryable(exc.code()) or answered:
                             raise self._error(kind, exc, answered) from None
                         if _draining(exc):
                             instance.stopping = True
@@ -353,7 +371,7 @@ class GrpcServices:
                             ErrorCode.SERVICE_TIMEOUT, f"the tts service did not answer in {timeout_s:g} s"
                         ) from None
                     except grpc.aio.AioRpcError as exc:
-                        if exc.code() not in RETRYABLE:
+                        if not self.policy.retryable(exc.code()):
                             raise self._error("tts", exc, answered=False) from None
                         tried.add(instance.record.id)
             except NoInstance:

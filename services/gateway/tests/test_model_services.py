@@ -13,9 +13,10 @@ import pytest
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.registry import InstanceRecord, ServiceEvent
 from parley.testing import grpc_server
-from parley_gateway.clients import GrpcServices, ServiceError
-from parley_gateway.discovery import Instance, ServiceDirectory
+from parley_gateway.config import DiscoverySettings, ModelServiceSettings
 from parley_gateway.protocol import ErrorCode
+from parley_gateway.routing.discovery import Instance, ServiceDirectory
+from parley_gateway.routing.model_services import GrpcServices, ServiceError
 from tests.stack import free_port
 
 
@@ -35,7 +36,7 @@ class ScriptedLlm(llm_pb2_grpc.ConversationServicer):
 
 
 def directory_of(*addresses: tuple[str, str, int]) -> ServiceDirectory:
-    directory = ServiceDirectory(nc=None, interval_s=1, window_s=0.1, ttl_s=3)  # type: ignore[arg-type]
+    directory = ServiceDirectory(nc=None, settings=DiscoverySettings(1, 0.1, 3, 300))  # type: ignore[arg-type]
     for instance_id, address, active in addresses:
         record = InstanceRecord(
             id=instance_id, kind="llm", address=address, version="0", ready=True, active=active, capacity=1
@@ -59,7 +60,7 @@ async def test_a_full_instance_hands_the_stream_to_another() -> None:
     ):
         # The full one reports less load, so it is tried first.
         directory = directory_of(("a", full_address, 0), ("b", free_address, 1))
-        services = GrpcServices(directory, first_answer_timeout_s=5, idle_timeout_s=5)
+        services = GrpcServices(directory, ModelServiceSettings(first_answer_timeout_s=5, idle_timeout_s=5))
         deltas = await collect(services.generate(REQUEST))
         await directory.close()
     assert [d.text for d in deltas] == ["from free"]
@@ -71,7 +72,7 @@ async def test_a_gone_instance_is_forgotten_and_the_next_one_answers() -> None:
     alive = ScriptedLlm("alive")
     async with grpc_server(lambda s: llm_pb2_grpc.add_ConversationServicer_to_server(alive, s)) as address:
         directory = directory_of(("gone", f"127.0.0.1:{free_port()}", 0), ("alive", address, 1))
-        services = GrpcServices(directory, first_answer_timeout_s=5, idle_timeout_s=5)
+        services = GrpcServices(directory, ModelServiceSettings(first_answer_timeout_s=5, idle_timeout_s=5))
         deltas = await collect(services.generate(REQUEST))
         await directory.close()
     assert [d.text for d in deltas] == ["from alive"]
@@ -82,7 +83,7 @@ async def test_when_every_instance_is_full_the_error_says_so() -> None:
     full = ScriptedLlm("full", refuse=grpc.StatusCode.RESOURCE_EXHAUSTED)
     async with grpc_server(lambda s: llm_pb2_grpc.add_ConversationServicer_to_server(full, s)) as address:
         directory = directory_of(("a", address, 0))
-        services = GrpcServices(directory, first_answer_timeout_s=5, idle_timeout_s=5)
+        services = GrpcServices(directory, ModelServiceSettings(first_answer_timeout_s=5, idle_timeout_s=5))
         with pytest.raises(ServiceError) as failed:
             await collect(services.generate(REQUEST))
         await directory.close()
@@ -93,7 +94,7 @@ async def test_a_service_that_keeps_crashing_is_named_in_the_error() -> None:
     directory = directory_of()
     for n in range(3):
         directory.on_event(ServiceEvent(event="started", kind="llm", id=f"i{n}", address="10.0.0.1:50052"))
-    services = GrpcServices(directory, first_answer_timeout_s=5, idle_timeout_s=5)
+    services = GrpcServices(directory, ModelServiceSettings(first_answer_timeout_s=5, idle_timeout_s=5))
     with pytest.raises(ServiceError) as failed:
         await collect(services.generate(REQUEST))
     assert failed.value.code is ErrorCode.SERVICE_CRASHED
@@ -131,7 +132,7 @@ async def timed(stream: AsyncIterator[int]) -> tuple[list[int], ServiceError | N
 
 
 def deadlines(owed_since: Callable[[], float | None], stream: AsyncIterator[int]) -> AsyncIterator[int]:
-    services = GrpcServices(directory_of(), first_answer_timeout_s=0.6, idle_timeout_s=0.3)
+    services = GrpcServices(directory_of(), ModelServiceSettings(first_answer_timeout_s=0.6, idle_timeout_s=0.3))
     return services._with_deadlines("tts", stream, owed_since)
 
 

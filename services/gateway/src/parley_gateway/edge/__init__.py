@@ -1,0 +1,1 @@
+"""What stands between a client and a conversation: access keys, client identity, limits, the guard, audit."""
