@@ -571,3 +571,46 @@ def test_a_verdict_that_comes_after_the_pauses_transcript_still_ends_the_turn(
     turns.pause_judged(0.93, 71.0)
     assert ports.of("release") == [("release", "r1", True)]
     assert ports.events[-2] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}
+
+
+def test_an_unsure_turn_stopped_before_its_words_ends_when_they_come(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.4, end_of_turn_ms=70.0)
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)  # the silence rule, before the words are known
+    assert "vad.speech_stopped" not in [e["type"] for e in ports.events]
+    clock.advance(0.1)
+    turns.transcribed(1, "What is your favourite colour?", "en")
+    assert ports.events[-2] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}
+    assert ports.calls[-1] == ("start", "r1", "What is your favourite colour?", "live")
+    assert clock.pending() == []
+
+
+def test_an_unsure_turn_stopped_before_its_dangling_words_waits(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.4, end_of_turn_ms=70.0)
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.1)
+    turns.transcribed(1, "What is a good present for", "en")
+    assert "vad.speech_stopped" not in [e["type"] for e in ports.events]
+    clock.advance(0.2)
+    turns.speech_started(40000, 2500)  # "my nephew", 800 ms after the end of speech: the same turn
+    assert [e["type"] for e in ports.events] == ["vad.speech_started"]
+    assert ports.of("open") == [("open", 1, 0), ("open", 2, 0)]
+
+
+def test_a_complete_turn_whose_dangling_words_come_after_the_stop_waits(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.91, end_of_turn_ms=70.0)
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)  # the transcript is slow: the silence rule comes first
+    turns.transcribed(1, "What is a good present for", "en")
+    assert "vad.speech_stopped" not in [e["type"] for e in ports.events]
+    clock.advance(0.71)
+    assert ports.events[-2] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}  # the cap

@@ -19,14 +19,17 @@ soon as its transcript shows it does not stop on a word no English sentence ends
 rule. Under `incomplete_threshold` (or on such words) the turn is incomplete: the VAD's
 speech stop does not end it; it waits until `incomplete_turn_max_silence_s` of silence,
 and speech before that continues it. Between the two the model is unsure and the
-silence rule decides, as it does for a pause without a verdict. (Measured on the
+silence rule decides, as it does for a pause without a verdict, once the words are in:
+if they dangle, the turn waits as an incomplete one (so does a complete one whose words
+came only after the silence rule). (Measured on the
 benchmark's synthetic voices, the model scores some complete questions as low as 0.08:
 only a near-certain "incomplete" is worth the longer wait; bench/turn_cutoffs.py.)
 
     pause, complete   ─► transcript ─► the turn ends now (vad.speech_stopped, released)
     pause, incomplete ─► speech stopped ─► wait ─► more silence: the turn ends
                                                 └► speech again: the turn goes on
-    pause, unsure     ─► speech stopped ─► the turn ends (the silence rule)
+    pause, unsure     ─► speech stopped ─► its words ─► the turn ends (the silence rule)
+                                                    └► they dangle: wait, as above
 
 Barge-in: user speech while the assistant's reply is being generated or still
 playing cancels it — unless the speech began within `echo_guard_s` of the
@@ -160,6 +163,7 @@ class _Turn:
     end_of_turn: dict[str, object] = field(default_factory=dict)  # that verdict, for the reply's timings
     pause: _Pause | None = None  # its latest pause
     waiting: Timer | None = None  # judged incomplete, the VAD stopped: the silence cap's timer
+    waited_since: float = 0.0  # when that wait began
 
 
 @dataclass
@@ -259,11 +263,15 @@ class TurnTaker:
             return
         turn = self.turn
         wait_s = self.settings.incomplete_turn_max_silence_s - silence_ms / 1000
-        if turn is not None and turn.verdict is Verdict.INCOMPLETE and wait_s > 0:
+        # A complete or unsure verdict whose words are not in yet: they may dangle ("a present for"), so wait
+        # for them.
+        words_unheard = turn is not None and turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE} and not turn.transcribed
+        if turn is not None and (turn.verdict is Verdict.INCOMPLETE or words_unheard) and wait_s > 0:
             # Judged incomplete: this silence is a pause to think. Wait for more of it (or for speech).
             position = turn.pause.position if turn.pause is not None else 0
             turn.pause = _Pause(position, audio_end_ms, silence_ms)
             waiting, since = turn, self.clock.now()
+            turn.waited_since = since
             turn.waiting = self.clock.call_later(wait_s, lambda: self._waited(waiting, since))
             return
         self.ports.send(event("vad.speech_stopped", audio_end_ms=audio_end_ms))
@@ -289,6 +297,12 @@ class TurnTaker:
         if turn is None or turn.transcribed:
             return  # abandoned (speech resumed) or aborted
         turn.transcribed, turn.transcript, turn.language = True, text, language
+        if turn.waiting is not None and turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE}:
+            # The silence rule came before the words; now they tell whether that silence was a pause to think.
+            if not self._words_dangle(turn):
+                self._waited(turn, turn.waited_since, TurnEnd.SILENCE)
+                return
+            turn.verdict = Verdict.INCOMPLETE
         if turn.stopped:
             self._finish(turn)
             return
@@ -363,8 +377,7 @@ class TurnTaker:
         """
         if turn is not self.turn:
             return False
-        text = turn.transcript or ""
-        if not _intelligible(text) or (turn.language in {"", "en"} and _ends_open(text)):
+        if self._words_dangle(turn):
             turn.verdict = Verdict.INCOMPLETE
             return False
         if turn.verdict is not Verdict.COMPLETE:
@@ -376,6 +389,12 @@ class TurnTaker:
         self._stop({"vad_silence_ms": pause.silence_ms}, TurnEnd.END_OF_TURN)
         return True
 
+    @staticmethod
+    def _words_dangle(turn: _Turn) -> bool:
+        """Nothing intelligible was said, or it stops on a word no English sentence ends on."""
+        text = turn.transcript or ""
+        return not _intelligible(text) or (turn.language in {"", "en"} and _ends_open(text))
+
     def _verdict(self, end_of_turn: float) -> Verdict:
         if end_of_turn >= self.settings.end_of_turn_threshold:
             return Verdict.COMPLETE
@@ -383,16 +402,18 @@ class TurnTaker:
             return Verdict.INCOMPLETE
         return Verdict.UNSURE
 
-    def _waited(self, turn: _Turn, since: float) -> None:
-        """The silence cap of a turn judged incomplete passed without speech: it ends."""
+    def _waited(self, turn: _Turn, since: float, reason: TurnEnd = TurnEnd.MAX_SILENCE) -> None:
+        """The silence cap of a turn judged incomplete passed without speech (or an unsure turn's words came
+        and do not dangle): it ends."""
         if self.turn is not turn or turn.waiting is None:
             return
+        turn.waiting.cancel()  # a no-op when it is this very timer that fired
         turn.waiting = None
         pause = turn.pause
         assert pause is not None
         self.ports.send(event("vad.speech_stopped", audio_end_ms=pause.audio_end_ms))
         silence_ms = round(pause.silence_ms + (self.clock.now() - since) * 1000)
-        self._stop({"vad_silence_ms": silence_ms}, TurnEnd.MAX_SILENCE)
+        self._stop({"vad_silence_ms": silence_ms}, reason)
 
     def _open(self, position: int, echo_of: str | None) -> None:
         old = self.turn
