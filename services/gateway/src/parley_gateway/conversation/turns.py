@@ -270,9 +270,8 @@ class TurnTaker:
             # Judged incomplete: this silence is a pause to think. Wait for more of it (or for speech).
             position = turn.pause.position if turn.pause is not None else 0
             turn.pause = _Pause(position, audio_end_ms, silence_ms)
-            waiting, since = turn, self.clock.now()
-            turn.waited_since = since
-            turn.waiting = self.clock.call_later(wait_s, lambda: self._waited(waiting, since))
+            waiting, turn.waited_since = turn, self.clock.now()
+            turn.waiting = self.clock.call_later(wait_s, lambda: self._waited(waiting))
             return
         self.ports.send(event("vad.speech_stopped", audio_end_ms=audio_end_ms))
         if turn is not None:
@@ -300,7 +299,7 @@ class TurnTaker:
         if turn.waiting is not None and turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE}:
             # The silence rule came before the words; now they tell whether that silence was a pause to think.
             if not self._words_dangle(turn):
-                self._waited(turn, turn.waited_since, TurnEnd.SILENCE)
+                self._waited(turn, TurnEnd.SILENCE)
                 return
             turn.verdict = Verdict.INCOMPLETE
         if turn.stopped:
@@ -402,7 +401,7 @@ class TurnTaker:
             return Verdict.INCOMPLETE
         return Verdict.UNSURE
 
-    def _waited(self, turn: _Turn, since: float, reason: TurnEnd = TurnEnd.MAX_SILENCE) -> None:
+    def _waited(self, turn: _Turn, reason: TurnEnd = TurnEnd.MAX_SILENCE) -> None:
         """The silence cap of a turn judged incomplete passed without speech (or an unsure turn's words came
         and do not dangle): it ends."""
         if self.turn is not turn or turn.waiting is None:
@@ -412,7 +411,7 @@ class TurnTaker:
         pause = turn.pause
         assert pause is not None
         self.ports.send(event("vad.speech_stopped", audio_end_ms=pause.audio_end_ms))
-        silence_ms = round(pause.silence_ms + (self.clock.now() - since) * 1000)
+        silence_ms = round(pause.silence_ms + (self.clock.now() - turn.waited_since) * 1000)
         self._stop({"vad_silence_ms": silence_ms}, reason)
 
     def _open(self, position: int, echo_of: str | None) -> None:
