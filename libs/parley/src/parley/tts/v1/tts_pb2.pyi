@@ -8,32 +8,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "voice", "sample_rate", "speed", "engine")
+    __slots__ = ("text", "voice", "sample_rate", "speed", "engine", "language")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     SPEED_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     text: str
     voice: str
     sample_rate: int
     speed: float
     engine: str
-    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., sample_rate: _Optional[int] = ..., speed: _Optional[float] = ..., engine: _Optional[str] = ...) -> None: ...
+    language: str
+    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., sample_rate: _Optional[int] = ..., speed: _Optional[float] = ..., engine: _Optional[str] = ..., language: _Optional[str] = ...) -> None: ...
 
 class SpeakStart(_message.Message):
-    __slots__ = ("voice", "sample_rate", "speed", "engine", "conversation_id")
+    __slots__ = ("voice", "sample_rate", "speed", "engine", "conversation_id", "language")
     VOICE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     SPEED_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     voice: str
     sample_rate: int
     speed: float
     engine: str
     conversation_id: str
-    def __init__(self, voice: _Optional[str] = ..., sample_rate: _Optional[int] = ..., speed: _Optional[float] = ..., engine: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    language: str
+    def __init__(self, voice: _Optional[str] = ..., sample_rate: _Optional[int] = ..., speed: _Optional[float] = ..., engine: _Optional[str] = ..., conversation_id: _Optional[str] = ..., language: _Optional[str] = ...) -> None: ...
 
 class SpeakRequest(_message.Message):
     __slots__ = ("start", "text", "end_of_text")
