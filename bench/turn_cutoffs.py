@@ -92,6 +92,9 @@ CONFIGS = {
     "silence": {"PARLEY_VAD_TURN_MODEL": "none"},
     # Not run unless asked for: pauses reported (and judged) after 100 ms of silence instead of 200.
     "turn-model-pause-100": {"PARLEY_VAD_PAUSE_MS": "100"},
+    # Not run unless asked for: only a near-certain "incomplete" (under 0.05) waits; the silence rule
+    # decides the rest of what the model is unsure of (the defaults before cut-offs were measured).
+    "turn-model-eager": {"PARLEY_GATEWAY_END_OF_TURN_INCOMPLETE_THRESHOLD": "0.05"},
 }
 DEFAULT_CONFIGS = ("turn-model", "silence")
 QUIET = 0.005  # peak amplitude under which a 10 ms frame counts as silence
@@ -117,7 +120,7 @@ def _espeak(text: str, voice: str, rate: int) -> np.ndarray:
         wav, raw = Path(tmp) / "speech.wav", Path(tmp) / "speech.raw"
         subprocess.run(["espeak-ng", "-m", "-v", voice, "-s", str(rate), "-w", str(wav), text], check=True)
         to_raw = ["-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw"]
-        subprocess.run(["sox", "-V1", str(wav), *to_raw, str(raw)], check=True)
+        subprocess.run(["sox", "-R", "-V1", str(wav), *to_raw, str(raw)], check=True)
         return np.frombuffer(raw.read_bytes(), dtype="<i2").astype(np.float32) / 32768.0
 
 

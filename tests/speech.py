@@ -19,6 +19,7 @@ def speak(text: str, sample_rate: int = 16000, voice: str = "en-us", words_per_m
         subprocess.run(
             [
                 "sox",
+                "-R",  # repeatable dither: the same text makes the same audio on every run
                 str(raw),
                 "-r",
                 str(sample_rate),

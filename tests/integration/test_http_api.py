@@ -105,7 +105,7 @@ async def test_transcriptions_through_the_openai_sdk(client: openai.AsyncOpenAI)
     verbose = await client.audio.transcriptions.create(
         model="whisper-1", file=("talk.mp3", as_mp3), response_format="verbose_json", language="en"
     )
-    assert verbose.language == "en" and abs(verbose.duration - len(pcm) / 32000) < 0.2
+    assert verbose.language == "english" and abs(verbose.duration - len(pcm) / 32000) < 0.2
     assert verbose.segments is not None and len(verbose.segments) == 2
     first, second = verbose.segments
     assert first.start < 1.0 < first.end < second.start and "plants" in second.text.lower()

@@ -68,3 +68,17 @@ def test_normalizing_twice_changes_nothing() -> None:
     text = "𝕳𝖊𝖑𝖑𝖔\u200b ﬁne\t\tＡＢＣ \u00adx"
     once = normalize_for_speech(text)
     assert normalize_for_speech(once) == once
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        ("你好，世界！你好吗？", "你好，世界！你好吗？"),  # CJK text keeps its full-width punctuation
+        ("注意：明天；后天", "注意：明天；后天"),
+        ("価格はＡＢ１２です！", "価格はAB12です！"),  # ... while its full-width letters and digits fold
+        ("ｶﾀｶﾅ｡", "カタカナ。"),  # half-width kana become the usual forms
+        ("Ｈｉ，ｔｈｅｒｅ！", "Hi,there!"),  # no CJK: plain NFKC
+    ],
+)
+def test_cjk_text_keeps_its_full_width_punctuation(text: str, spoken: str) -> None:
+    assert normalize_for_speech(text) == spoken

@@ -36,7 +36,8 @@ def test_transcribes_with_short_and_stock_encoder_windows(recognizer: FasterWhis
     finally:
         recognizer.encoder_window_s = 10.0
     assert "kitchen" in result.text.lower() and "lights" in result.text.lower()
-    assert result.language == "en"
+    # English only: nothing to detect, English for sure.
+    assert (result.language, result.language_probability, recognizer.languages) == ("en", 1.0, {"en"})
 
 
 def test_utterances_longer_than_the_window_are_whole(recognizer: FasterWhisperRecognizer) -> None:
@@ -92,13 +93,16 @@ class SlowPartials:
 
     sample_rate = 16000
     multilingual = False
+    languages = frozenset({"en"})
 
     def __init__(self, shared: list[int] | None = None) -> None:
         self.shared = shared if shared is not None else [0]
         self.calls = 0
         self.first_stopped = threading.Event()
 
-    def transcribe(self, audio: Float32Array, language: str | None, stop: threading.Event | None = None) -> Recognition:
+    def transcribe(
+        self, audio: Float32Array, language: str | None, stop: threading.Event | None = None, final: bool = True
+    ) -> Recognition:
         self.calls += 1
         self.shared[0] += 1
         if self.shared[0] == 1:

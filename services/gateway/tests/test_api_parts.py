@@ -16,7 +16,7 @@ from parley.tts.v1 import tts_pb2
 from parley.vad.v1 import vad_pb2
 from parley_gateway.api.dialogue_jobs import DialogueJobs, TooManyJobs
 from parley_gateway.api.encoding import encoder_for
-from parley_gateway.api.transcriptions import Segment, speech_stretches, subtitles
+from parley_gateway.api.transcriptions import LANGUAGE_NAMES, Segment, speech_stretches, spoken_language, subtitles
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav"])
@@ -40,6 +40,20 @@ def test_subtitles() -> None:
     assert subtitles(segments, "vtt") == (
         "WEBVTT\n\n00:00:00.500 --> 00:00:02.250\nHello there.\n\n01:01:01.500 --> 01:01:02.000\nLate.\n"
     )
+
+
+def test_verbose_json_names_the_language_spoken_longest_as_openai_does() -> None:
+    segments = [
+        Segment(0.0, 1.0, "Hello.", "en", 0.9),
+        Segment(2.0, 4.0, "Bonjour.", "fr", 0.6),
+        Segment(5.0, 7.0, "Merci beaucoup.", "fr", 0.9),
+        Segment(8.0, 20.0, "", "en", 0.2),  # no words: no say in the language
+    ]
+    assert spoken_language(segments, "") == ("french", pytest.approx(0.75))
+    assert spoken_language(segments, "de") == ("german", 1.0), "the language asked for is the language"
+    assert spoken_language([Segment(0.0, 1.0, "")], "") == ("", 0.0)
+    # Whisper's own names, which OpenAI's API reports (lower case, English).
+    assert len(LANGUAGE_NAMES) == 100 and LANGUAGE_NAMES["en"] == "english" and LANGUAGE_NAMES["ht"] == "haitian creole"
 
 
 class FakeVad:

@@ -114,3 +114,70 @@ def test_any_split_into_deltas_gives_the_same_pieces(reply: str, first_clause_mi
     for longest in (2, 3, 5, 8):
         assert feed_in(chunked(reply, rng, longest), first_clause_min_chars) == whole
     assert " ".join(whole).split() == reply.split()  # nothing lost, nothing added
+
+
+def feed_language(text: str, language: str, first_clause_min_chars: int = 40, longest: int = 1) -> list[str]:
+    chunker = SentenceChunker(first_clause_min_chars, language)
+    out: list[str] = []
+    for start in range(0, len(text), longest):
+        out += chunker.push(text[start : start + longest])
+    return out + chunker.flush()
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "pieces"),
+    [
+        # No spaces between words or after sentences: cut after "。！？" themselves.
+        (
+            "zh",
+            "今天天气很好。明天会下雨！你去吗？我不去。",
+            ["今天天气很好。", "明天会下雨！", "你去吗？", "我不去。"],
+        ),
+        ("ja", "今日は晴れです。明日は雨！行きますか？", ["今日は晴れです。", "明日は雨！", "行きますか？"]),
+        ("zh", "价格是3.5元。好的，谢谢。", ["价格是3.5元。", "好的，谢谢。"]),
+        ("ko", "안녕하세요. 반갑습니다! 뭐해요?", ["안녕하세요.", "반갑습니다!", "뭐해요?"]),
+        ("es", "¿Cómo estás? ¡Muy bien! Gracias, amigo.", ["¿Cómo estás?", "¡Muy bien!", "Gracias, amigo."]),
+        # A space before "?" and "!", and « » quotes whose opening one is never left at a piece's end.
+        (
+            "fr",
+            "Bonjour ! Ça va ? Oui, merci. « Très bien », dit-il.",
+            ["Bonjour !", "Ça va ?", "Oui, merci.", "« Très bien », dit-il."],
+        ),
+        ("de", "Das ist z. B. gut. Ja!", ["Das ist z. B. gut.", "Ja!"]),
+    ],
+)
+def test_sentences_of_other_languages(language: str, text: str, pieces: list[str]) -> None:
+    assert feed_language(text, language) == pieces
+    assert feed_language(text, language, longest=len(text)) == pieces  # however the deltas come
+    rng = random.Random(7)
+    chunker = SentenceChunker(40, language)
+    out: list[str] = []
+    for piece in chunked(text, rng, 4):
+        out += chunker.push(piece)
+    assert out + chunker.flush() == pieces
+
+
+def test_a_chinese_first_clause_leaves_at_a_full_width_comma() -> None:
+    text = "今天的天气非常好，阳光明媚，我们一起去公园散步吧。好的。"
+    assert feed_language(text, "zh", first_clause_min_chars=8) == [
+        "今天的天气非常好，",
+        "阳光明媚，我们一起去公园散步吧。",
+        "好的。",
+    ]
+
+
+def test_a_cjk_sentence_leaves_as_soon_as_the_next_one_starts() -> None:
+    chunker = SentenceChunker(40, "zh")
+    assert chunker.push("今天天气很好。") == []  # it may still go on ("。」")
+    assert chunker.push("明") == ["今天天气很好。"]  # no whitespace ever comes: the next character is the look
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "pieces"),
+    [
+        ("es", "La Sra. García vino. Bien.", ["La Sra. García vino.", "Bien."]),  # English rules cut at "Sra."
+        ("de", "Am 3. Mai kam er. Ja.", ["Am 3. Mai kam er.", "Ja."]),  # a German ordinal, not a sentence end
+    ],
+)
+def test_the_reply_language_picks_the_abbreviation_rules(language: str, text: str, pieces: list[str]) -> None:
+    assert feed_language(text, language) == pieces

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from parley_llm import assembly, catalogue
-from parley_llm.assembly import ModelFileError, PackagedFile
+from parley import assembly
+from parley.assembly import ModelFileError, PackagedFile
+from parley_llm import catalogue
 from parley_llm.catalogue import CATALOGUE, DEFAULT_MODEL, EmbeddedModel, choose_model, model_file
 from parley_llm.config import LlmSettings
 

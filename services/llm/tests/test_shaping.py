@@ -192,3 +192,25 @@ def test_flush_resets_for_a_new_reply() -> None:
     shaper = SpeechShaper()
     assert shaper.push("```\ncode *a*") + shaper.flush() == "code *a*"
     assert shaper.push("*new* reply") + shaper.flush() == "new reply"
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        # Chinese and Japanese put no space between words or after a sentence: a wrapped line joins without one.
+        ("今天天气\n很好。", "今天天气很好。"),
+        ("## 天气\n\n今天**很好**。\n明天会下雨！", "天气 今天很好。明天会下雨！"),  # the heading keeps its separator
+        ("日本語です。\nこんにちは", "日本語です。こんにちは"),
+        ("第一段。\n\n第二段", "第一段。第二段"),
+        ("- 第一点\n- 第二点", "第一点 第二点"),  # list items stay apart
+        ("<p>你好</p><p>世界</p>", "你好 世界"),
+        ("你好。 我", "你好。 我"),  # a space the text itself has stays
+        # Languages written with spaces are shaped as they always were.
+        ("안녕하세요.\n반갑습니다", "안녕하세요. 반갑습니다"),
+        ("Bonjour ! Ça va ?\nOui.", "Bonjour ! Ça va ? Oui."),
+        ("¿Qué tal?\n¡Bien!", "¿Qué tal? ¡Bien!"),
+    ],
+)
+def test_cjk_and_other_languages_are_shaped_without_breaking_them(text: str, spoken: str) -> None:
+    assert shape(text) == spoken
+    assert shape(*text) == spoken  # however the deltas come

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from parley.pcm import Float32Array
 from parley.server import ServiceRuntime
@@ -32,6 +33,7 @@ class Probed:
 
     engine = "piper"
     cloning = False
+    numbers_written_out: frozenset[str] = frozenset()
 
     def __init__(self, inner: PiperSynthesizer) -> None:
         self.inner = inner
@@ -72,7 +74,7 @@ def speak(synthesizer: PiperSynthesizer, utterance: Utterance) -> list[Float32Ar
 
 def test_engine_speaks_a_sentence_at_a_time(synthesizer: PiperSynthesizer) -> None:
     [voice] = synthesizer.voices()
-    assert (voice.id, voice.sample_rate, voice.language) == ("joe", 22050, "en_US")
+    assert (voice.id, voice.sample_rate, voice.language) == ("joe", 22050, "en")  # ISO 639-1, not the locale
     pieces = speak(synthesizer, Utterance("First sentence here. And a second one.", "joe"))
     assert len(pieces) == 2
     audio = np.concatenate(pieces)
@@ -229,3 +231,65 @@ async def test_a_dialogue_gives_every_turn_audio_and_progress(synthesizer: Piper
                     pass
             assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), request
             assert refused.value.details()
+
+
+async def test_a_language_the_voice_does_not_speak_is_refused_naming_an_engine_that_does(
+    synthesizer: PiperSynthesizer,
+) -> None:
+    servicer = servicer_for(synthesizer)
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        assert await synthesized(stub, "Hello there.", language="en")  # joe's own language
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await synthesized(stub, "Bonjour à tous.", language="fr")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'fr'" in (refused.value.details() or "") and "fireredtts2" in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await synthesized(stub, "Hello.", language="english")
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A reply's Speak start is checked the same way, before any text is read.
+        start = tts_pb2.SpeakRequest(start=tts_pb2.SpeakStart(voice="joe", language="de"))
+        with pytest.raises(grpc.aio.AioRpcError) as speak_refused:
+            async for _ in stub.Speak(speak_requests(start, tts_pb2.SpeakRequest(end_of_text=True))):
+                pass
+        assert speak_refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert servicer.runtime.slots.active == 0
+
+
+async def test_speech_requests_are_counted_by_method_engine_and_language(synthesizer: PiperSynthesizer) -> None:
+    keys = [("Synthesize", "en"), ("Synthesize", "default"), ("Speak", "en"), ("Synthesize", "fr"), ("Speak", "de")]
+    end = tts_pb2.SpeakRequest(end_of_text=True)
+
+    def counted() -> dict[tuple[str, str], float]:
+        sample = "parley_tts_requests_total"
+        return {
+            (method, language): REGISTRY.get_sample_value(
+                sample, {"method": method, "engine": "piper", "language": language}
+            )
+            or 0.0
+            for method, language in keys
+        }
+
+    servicer = servicer_for(synthesizer)
+    before = counted()
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        assert await synthesized(stub, "Hello there.", language="en")
+        assert await synthesized(stub, "Hello there.")  # no language named: the voice's own
+        start = tts_pb2.SpeakRequest(start=tts_pb2.SpeakStart(voice="joe", language="en"))
+        assert [r async for r in stub.Speak(speak_requests(start, tts_pb2.SpeakRequest(text="Hi."), end))]
+        # Refused requests are not counted: the counter says what was spoken.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await synthesized(stub, "Bonjour.", language="fr")
+        with pytest.raises(grpc.aio.AioRpcError):
+            refused = tts_pb2.SpeakRequest(start=tts_pb2.SpeakStart(voice="joe", language="de"))
+            async for _ in stub.Speak(speak_requests(refused, end)):
+                pass
+    after = counted()
+    assert {key: after[key] - before[key] for key in keys} == {
+        ("Synthesize", "en"): 1,
+        ("Synthesize", "default"): 1,
+        ("Speak", "en"): 1,
+        ("Synthesize", "fr"): 0,
+        ("Speak", "de"): 0,
+    }

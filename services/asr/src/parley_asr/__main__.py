@@ -8,10 +8,12 @@ import grpc
 import numpy as np
 
 from parley.asr.v1 import asr_pb2, asr_pb2_grpc
+from parley.assembly import log_progress
 from parley.server import ServiceRuntime, ServiceSpec, run_service
+from parley_asr.catalogue import choose_model
 from parley_asr.config import AsrSettings
-from parley_asr.engines.faster_whisper import FasterWhisperRecognizer, embedded_model_path
-from parley_asr.servicer import SpeechRecognitionServicer
+from parley_asr.engines.faster_whisper import FasterWhisperRecognizer
+from parley_asr.servicer import SpeechRecognitionServicer, unsupported_language
 
 
 def build(settings: AsrSettings, runtime: ServiceRuntime) -> ServiceSpec:
@@ -20,17 +22,29 @@ def build(settings: AsrSettings, runtime: ServiceRuntime) -> ServiceSpec:
     loaded: list[FasterWhisperRecognizer] = []
 
     def load_model() -> None:
+        # An embedded model is found (assembled the first time) and checked once, for every copy.
+        path = choose_model(settings.model, settings.model_path, settings.model_cache_dir, log_progress)
         for _ in range(settings.instances):
             loaded.append(
                 FasterWhisperRecognizer(
-                    settings.model_path,
+                    path,
                     settings.device,
                     settings.compute_type,
                     settings.threads,
                     settings.beam_size,
                     settings.encoder_window_s,
+                    settings.detection_candidates,
+                    partial_beam_size=settings.partial_beam_size,
                 )
             )
+        # A language the model cannot transcribe would fail every stream (or never be detected): refuse to start.
+        for setting, language in [
+            ("PARLEY_ASR_DEFAULT_LANGUAGE", settings.default_language),
+            *(("PARLEY_ASR_DETECT_LANGUAGES", code) for code in sorted(settings.detection_candidates)),
+        ]:
+            problem = language and unsupported_language(language, loaded[0].languages, servicer.model_name)
+            if problem:
+                raise ValueError(f"{setting}={language}: {problem}")
 
     def self_test() -> str:
         # A real decode of one second of faint noise on every copy: encoder and decoder both run.
@@ -49,7 +63,7 @@ def build(settings: AsrSettings, runtime: ServiceRuntime) -> ServiceSpec:
         add_servicers=add_servicers,
         load_model=load_model,
         self_test=self_test,
-        metadata={"engine": "faster-whisper", "model": str(settings.model_path or embedded_model_path())},
+        metadata={"engine": "faster-whisper", "model": str(settings.model_path or settings.model)},
     )
 
 

@@ -32,6 +32,29 @@ REAL_TIME_FACTOR = Histogram(
 )
 
 
+# A partial whose language detection is at least this sure fixes the language of the stream's
+# later partials, so their words do not switch language as the audio grows; the final still
+# detects on the whole utterance, which has the most evidence.
+PARTIAL_LANGUAGE_CONFIDENCE = 0.5
+
+
+def unsupported_language(language: str, languages: frozenset[str], model: str) -> str | None:
+    """Why the model cannot transcribe `language`, naming the setting to change; None when it can."""
+    if language in languages:
+        return None
+    if languages == {"en"}:
+        return (
+            f"the ASR model {model} transcribes English only, not {language!r}: run the ASR service with "
+            "PARLEY_ASR_MODEL=base (99 languages) or a multilingual PARLEY_ASR_MODEL_PATH, "
+            "or ask for 'en' or no language"
+        )
+    return (
+        f"the ASR model {model} does not know the language {language!r} (it knows {len(languages)}: "
+        f"{', '.join(sorted(languages))}); ask for one of them, or for no language to have it detected, "
+        "or point PARLEY_ASR_MODEL_PATH at a Whisper that knows it"
+    )
+
+
 def stable_prefix(previous: str, current: str) -> str:
     """The leading words two successive hypotheses agree on (case and punctuation aside)."""
 
@@ -67,10 +90,13 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
         self.runtime = runtime
         self.pool: ModelPool[SpeechRecognizer] = ModelPool("asr")
         self.sample_rate = 16000  # set from the model at load
+        self.languages: frozenset[str] = frozenset()  # likewise
+        self.model_name = settings.model_path.name if settings.model_path else settings.model
 
     def add(self, recognizer: SpeechRecognizer) -> None:
         """Put a loaded (and self-tested) copy in service; call on the event loop."""
         self.sample_rate = recognizer.sample_rate
+        self.languages = recognizer.languages
         self.pool.add(recognizer)
 
     async def _decode(self, audio: Float32Array, language: str | None, final: bool) -> asr_pb2.Transcript | None:
@@ -85,7 +111,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
         try:
             async with self.pool.lease(self.settings.queue_timeout_s if final else 0) as model:
                 started = time.perf_counter()
-                result: Recognition = await model.run(lambda r: r.transcribe(audio, language, stop), stop)
+                result: Recognition = await model.run(lambda r: r.transcribe(audio, language, stop, final), stop)
         except PoolTimeout:
             if final:
                 raise
@@ -96,7 +122,12 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
         if final and duration > 0:
             REAL_TIME_FACTOR.observe(elapsed / duration)
         return asr_pb2.Transcript(
-            text=result.text, is_final=final, language=result.language, audio_duration_s=duration, processing_s=elapsed
+            text=result.text,
+            is_final=final,
+            language=result.language,
+            language_probability=result.language_probability,
+            audio_duration_s=duration,
+            processing_s=elapsed,
         )
 
     async def Transcribe(  # noqa: N802 (gRPC method name)
@@ -107,6 +138,8 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             return
         options = await stream_options(context, TranscribeOptions)
         language = options.language or self.settings.default_language or None
+        problem = unsupported_language(language, self.languages, self.model_name) if language else None
+        partial_language = language  # fixed by a sure partial detection when none was asked for
         rate = self.sample_rate
         max_samples = int(self.settings.max_utterance_s * rate)
         partial_every = int(self.settings.partial_interval_s * rate)
@@ -118,6 +151,13 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
         audio = audio_samples(request_iterator, context, rate, self.settings.max_chunk_ms)
         try:
             async with self.runtime.stream("Transcribe", context):
+                if problem is not None:
+                    # The audio is dropped undecoded, read to the end marker, and only then refused:
+                    # aborting while the client still writes reaches it as INTERNAL, not this message.
+                    async for _, last in audio:
+                        if last:
+                            break
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
                 async for samples, last in audio:
                     total += samples.size
                     # Past the limit, read on to the end marker and only then refuse:
@@ -127,6 +167,12 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                     if partial is not None and partial.done():
                         result = partial.result()
                         partial = None
+                        if (
+                            language is None
+                            and result is not None
+                            and result.language_probability >= PARTIAL_LANGUAGE_CONFIDENCE
+                        ):
+                            partial_language = result.language
                         if result is not None and result.text and result.text != last_partial_text:
                             result.stable_text = stable_prefix(last_partial_text, result.text)
                             last_partial_text = result.text
@@ -135,7 +181,9 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                         break
                     if options.partials and partial is None and max_samples >= total >= decoded_at + partial_every:
                         decoded_at = total
-                        partial = asyncio.create_task(self._decode(np.concatenate(pieces), language, final=False))
+                        partial = asyncio.create_task(
+                            self._decode(np.concatenate(pieces), partial_language, final=False)
+                        )
                 # The utterance is over: a partial still decoding is worthless now. Stop it
                 # (its worker stops, the model is free again) rather than wait for it.
                 await _stop(partial)

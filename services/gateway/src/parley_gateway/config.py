@@ -84,25 +84,41 @@ class GatewaySettings(CommonSettings):
         ge=0,
         le=1,
         description="A pause whose end-of-turn verdict (P(turn complete) from the VAD's turn model) reaches this "
-        "ends the turn at once, unless its transcript stops on a word that cannot end an English sentence "
-        "(`in`, `the`, `and`, ...). Pauses without a verdict end on the VAD's silence rule.",
+        "ends the turn at once, unless its transcript leaves the sentence unfinished (no closing full stop, or "
+        "ending on `in`, `the`, `and`, `to call`, ...). Pauses without a verdict end on the VAD's silence rule.",
     )
     end_of_turn_incomplete_threshold: float = Field(
-        default=0.05,
+        default=0.5,
         ge=0,
         le=1,
-        description="A pause whose end-of-turn verdict is under this (or whose transcript stops on such a word) "
-        "makes the turn wait for more silence (PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS); between this and "
-        "END_OF_TURN_THRESHOLD the silence rule decides. Low, because the model scores some complete questions "
-        "low (docs/benchmarks.md).",
+        description="A pause whose end-of-turn verdict is under this (or whose transcript leaves the sentence "
+        "unfinished) makes the turn wait for more silence (PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS); "
+        "between this and END_OF_TURN_THRESHOLD the silence rule decides. Lower it to answer sooner after "
+        "questions the model is unsure of, at the price of more cut-offs (docs/benchmarks.md).",
     )
     incomplete_turn_max_silence_ms: int = Field(
-        default=1200,
+        default=1500,
         ge=0,
         le=10_000,
         description="Silence (from the end of speech) after which a turn judged incomplete at its pause ends "
         "anyway; renewed speech before it continues the turn. At or under the VAD's min_silence_ms it changes "
         "nothing.",
+    )
+    # Languages (a session started without `language` follows the one it hears)
+    language_switch_probability: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="A session without a `language` keeps the first language it hears; it moves to another only "
+        "when an utterance is detected in it with at least this probability (and is long enough: "
+        "LANGUAGE_SWITCH_MIN_AUDIO_S).",
+    )
+    language_switch_min_audio_s: float = Field(
+        default=1.5,
+        ge=0,
+        le=30,
+        description="The shortest utterance whose detected language may move a session to another language "
+        "(the language of a shorter one is guessed too badly to follow).",
     )
     # Service discovery over NATS
     discovery_interval_s: float = Field(default=1.0, gt=0, description="How often instances are polled.")
@@ -301,6 +317,8 @@ class GatewaySettings(CommonSettings):
             end_of_turn_threshold=self.end_of_turn_threshold,
             incomplete_threshold=self.end_of_turn_incomplete_threshold,
             incomplete_turn_max_silence_s=self.incomplete_turn_max_silence_ms / 1000,
+            language_switch_probability=self.language_switch_probability,
+            language_switch_min_audio_s=self.language_switch_min_audio_s,
         )
 
     def model_services(self) -> ModelServiceSettings:
@@ -396,6 +414,8 @@ class ConversationSettings:
     end_of_turn_threshold: float
     incomplete_threshold: float
     incomplete_turn_max_silence_s: float
+    language_switch_probability: float = 0.8
+    language_switch_min_audio_s: float = 1.5
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     UNKNOWN_VOICE = "unknown_voice"
     VOICE_UNAVAILABLE = "voice_unavailable"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
     EMPTY_TURN = "empty_turn"
     GATEWAY_DRAINING = "gateway_draining"
     # Limits per client and per gateway (limits.py)

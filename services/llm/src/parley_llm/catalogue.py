@@ -9,14 +9,18 @@ model"); PARLEY_LLM_MODEL_PATH overrides all of them with any GGUF file.
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from parley_llm.assembly import ModelFileError, PackagedFile, Progress, installed_path, join_parts, verify
-
-log = logging.getLogger(__name__)
+from parley.assembly import (
+    ModelFileError,
+    PackagedFile,
+    Progress,
+    assembled,
+    default_cache_dir,
+    installed_path,
+    verify,
+)
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -97,12 +101,6 @@ CATALOGUE: dict[str, EmbeddedModel] = {
 }
 
 
-def default_cache_dir() -> Path:
-    """Where joined files go: $XDG_CACHE_HOME/parley/llm, else ~/.cache/parley/llm."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "parley" / "llm"
-
-
 def model_file(model: EmbeddedModel, cache_dir: Path | None = None, progress: Progress | None = None) -> Path:
     """The model's GGUF, checked against its pinned sha256; joined from its parts first if need be."""
     if len(model.parts) == 1:
@@ -110,16 +108,8 @@ def model_file(model: EmbeddedModel, cache_dir: Path | None = None, progress: Pr
         if path is None:
             raise ModelFileError(_not_installed(model))
         return verify(path, model.sha256, progress)
-    target = (cache_dir or default_cache_dir()) / model.file_name
-    if target.is_file():
-        return verify(target, model.sha256, progress)
-    found = [installed_path(part) for part in model.parts]
-    parts = [path for path in found if path is not None]
-    if len(parts) != len(model.parts):
-        missing = [part.module for part, path in zip(model.parts, found, strict=True) if path is None]
-        raise ModelFileError(f"{_not_installed(model)} (missing: {', '.join(missing)})")
-    log.info("joining %d parts of %s into %s (%d MiB, once)", len(parts), model.name, target, model.size_bytes >> 20)
-    return join_parts(parts, target, model.sha256, progress)
+    target = (cache_dir or default_cache_dir("llm")) / model.file_name
+    return assembled(model.parts, target, model.sha256, _not_installed(model), progress)
 
 
 def _not_installed(model: EmbeddedModel) -> str:

@@ -62,7 +62,19 @@ class LlmSettings(ServiceSettings):
     )
     gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU (-1 = all).")
     instances: int = Field(
-        default=1, ge=1, description="Model copies; one llama.cpp instance serves one stream at a time."
+        default=1,
+        ge=1,
+        description="Model copies; each serves PARLEY_LLM_PARALLEL_SEQUENCES streams at once (engine=llama_cpp), "
+        "or one (engine=openai).",
+    )
+    parallel_sequences: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Replies one llama.cpp model copy generates at once, decoded together in one batch per "
+        "token (engine=llama_cpp); each gets its own PARLEY_LLM_CONTEXT_TOKENS of context. 4 halves the "
+        "voice-to-voice p50 of two to four conversations on a 2-core machine (docs/benchmarks.md, 'Capacity "
+        "under load'); 1: the single-sequence engine, one reply per copy at a time.",
     )
     max_tokens: int = Field(default=80, ge=1, description="Default reply length limit in tokens.")
     temperature: float = Field(default=0.7, ge=0, le=2, description="Default sampling temperature.")
@@ -73,6 +85,11 @@ class LlmSettings(ServiceSettings):
         if self.engine == "openai" and not (self.openai_base_url and self.openai_model):
             raise ValueError("engine=openai needs PARLEY_LLM_OPENAI_BASE_URL and PARLEY_LLM_OPENAI_MODEL")
         return self
+
+    @property
+    def streams_per_copy(self) -> int:
+        """Streams one model copy serves at once: its sequences, or one for the openai engine."""
+        return self.parallel_sequences if self.engine == "llama_cpp" else 1
 
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="Used when a request has none.")
     max_request_chars: int = Field(default=32_000, ge=1, description="Largest conversation accepted, in characters.")

@@ -25,7 +25,8 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
     def __init__(self, settings: LlmSettings, runtime: ServiceRuntime) -> None:
         self.settings = settings
         self.runtime = runtime
-        # The model copies; a stream borrows one for its whole reply.
+        # The streams the model copies serve at once: a copy, or one sequence of a batched
+        # copy (added once per sequence); a reply borrows one for its whole stream.
         self.pool: ModelPool[TextGenerator] = ModelPool("llm")
 
     def _messages(self, request: llm_pb2.GenerateRequest) -> list[ChatMessage] | str:

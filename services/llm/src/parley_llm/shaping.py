@@ -10,7 +10,11 @@ reply into plain text as it streams, so nothing waits for the whole reply:
   lines vanish and the code between them is kept verbatim;
 - the rest of a line is rendered by `markdown-it-py`'s inline parser (CommonMark plus
   strikethrough) into plain text: emphasis markers go, code spans, link texts and image alt
-  texts stay, URLs and real HTML tags go, and "<3" or "a < b" stay text. Line breaks become spaces.
+  texts stay, URLs and real HTML tags go, and "<3" or "a < b" stay text. Line breaks become spaces,
+  except inside Chinese or Japanese text, which puts no spaces between words or after its
+  sentences: a line wrapped inside a paragraph, or broken after a full-width "。！？，" or the like,
+  joins the next without one ("今天\n很好。\n明天" -> "今天很好。明天"), as markdown-it's cjk-breaks
+  rule does; between list items or after a heading the space stays, as the only separator there is.
 
 Streaming works by cutting each line into segments that are rendered on their own. A segment
 ends at the first position where nothing in it can still turn into markup: no half-open code
@@ -27,6 +31,7 @@ outside markup survives.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum, auto
 
@@ -67,6 +72,9 @@ _ENTITY_TAIL = re.compile(r"&[#A-Za-z0-9]*$")
 _ENTITY_CHAR = re.compile(r"[#A-Za-z0-9;]")
 # Tags that separate words when a browser renders them; others vanish without a trace.
 _BREAKING_TAG = re.compile(r"</?(?:br|p|div|li|ul|ol|tr|td|th|h[1-6]|hr|table|blockquote|pre)\b", re.IGNORECASE)
+# Han ideographs, kana and the CJK punctuation and full-width forms: scripts written without spaces
+# (Korean, written with spaces, is not one of them).
+_UNSPACED = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 # What a breaking tag leaves: a space before a word, nothing before punctuation ("</p>,").
 _SOFT_SPACE = "\x00"
 _WHITESPACE = re.compile(r"(\s+|\x00)")
@@ -98,6 +106,9 @@ class SpeechShaper:
         self._started = False  # something was written: a pending space may now be written
         self._space = False  # a space is owed before the next word
         self._soft_space = False  # a space is owed before the next word if it starts with a letter
+        self._break = False  # the owed space comes from a line break (or a breaking tag), not the text
+        self._wrapped = False  # that line break continued a paragraph (a text line after a text line)
+        self._last = ""  # the last character written
         self._line = ""  # the current line, from its start
         self._block: _Block | None = None  # what the current line is, once its start tells
         self._segment = 0  # where the segment not yet written starts in the line
@@ -117,6 +128,7 @@ class SpeechShaper:
             self._advance(complete=True)
         out = self._take()
         self._fence, self._started, self._space, self._soft_space = "", False, False, False
+        self._break, self._wrapped, self._last = False, False, ""
         return out
 
     # -- lines ------------------------------------------------------------------------------
@@ -153,6 +165,12 @@ class SpeechShaper:
         assert self._block is not None
         if self._block.kind is _Kind.FENCE:
             self._fence = "" if self._fence else self._block.fence
+        if not self._space:
+            self._break = True
+            # A plain text line: a next plain text line would be the same paragraph, wrapped.
+            self._wrapped = self._block.kind is _Kind.TEXT and self._block.start == 0
+        elif self._block.kind is _Kind.DROP:
+            self._wrapped = False  # a blank line ends the paragraph
         self._space = True  # a line break reads as a space
         self._new_line()
 
@@ -232,16 +250,28 @@ class SpeechShaper:
             if not part:
                 continue
             if part == _SOFT_SPACE:
+                if not (self._space or self._soft_space):
+                    self._break = True  # separate blocks: joined only after a full-width mark
                 self._soft_space = True
                 continue
             if part.isspace():
                 self._space = True
+                self._break = False  # the text's own space: it stays
                 continue
-            if self._started and (self._space or (self._soft_space and part[0].isalnum())):
+            if self._started and (self._space or (self._soft_space and part[0].isalnum())) and not self._joins(part):
                 self._out.append(" ")
             self._out.append(part)
-            self._space = self._soft_space = False
+            self._space = self._soft_space = self._break = self._wrapped = False
             self._started = True
+            self._last = part[-1]
+
+    def _joins(self, part: str) -> bool:
+        """Whether a space owed to a line break is left out: inside CJK text, a wrapped line or one
+        broken after a full-width mark."""
+        if not (self._break and _UNSPACED.match(self._last) and _UNSPACED.match(part[0])):
+            return False
+        wrapped = self._wrapped and self._block is not None and self._block.kind is _Kind.TEXT
+        return wrapped or unicodedata.category(self._last).startswith("P")
 
     def _take(self) -> str:
         out = "".join(self._out)

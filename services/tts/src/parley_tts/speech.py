@@ -35,6 +35,7 @@ class EngineRuntime:
     name: str
     cloning: bool
     sample_rate: int
+    numbers_written_out: frozenset[str]
     voices: dict[str, VoiceInfo]
     new_context: Callable[[], Context] = field(repr=False)  # makes memory only; never touches a model
     pool: ModelPool[SpeechSynthesizer] = field(repr=False)
@@ -55,6 +56,7 @@ class Engines:
                 synthesizer.engine,
                 synthesizer.cloning,
                 synthesizer.sample_rate,
+                synthesizer.numbers_written_out,
                 {v.id: v for v in synthesizer.voices()},
                 synthesizer.new_context,
                 ModelPool(f"tts-{synthesizer.engine}"),

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.models import PoolTimeout
@@ -25,6 +25,7 @@ from parley_tts.engines.base import CannotClone, Context, UnspeakableText, Utter
 from parley_tts.refusal import Refused, checked_rate_and_speed, checked_text
 from parley_tts.similarity import similarity
 from parley_tts.speech import Conversations, spoken_chunks
+from parley_tts.speech_text import check_speaks, checked_language, prepare_text
 from parley_tts.voice_library import Voice, VoiceLibrary
 
 FIRST_AUDIO_SECONDS = Histogram(
@@ -40,6 +41,14 @@ SPEAKER_SIMILARITY = Histogram(
     buckets=(0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),
 )
 SIMILARITY_METADATA = "parley-speaker-similarity"
+# Which languages are spoken, and by which engine: a request is counted once its voice and language
+# are accepted. "default" is a request that names no language (the voice's own); never a code, as
+# codes are two letters.
+SPEECH_REQUESTS = Counter(
+    "parley_tts_requests_total",
+    "Speech requests accepted, by method, engine and language (ISO 639-1; default: none named)",
+    ["method", "engine", "language"],
+)
 
 
 class SpeechOutput:
@@ -119,9 +128,12 @@ class SpeechCalls:
         if not text:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "text is empty (nothing printable to speak)")
         speed = checked_rate_and_speed(request.sample_rate, request.speed)
+        language = checked_language(request.language)
         voice = await self.voices.resolve(request.voice, request.engine)
+        self._check_language(voice, language)
+        SPEECH_REQUESTS.labels("Synthesize", voice.engine.name, language or "default").inc()
         out_rate = request.sample_rate or voice.engine.rate_of(voice.voice)
-        utterance = Utterance(text, voice.voice, speed=speed)
+        utterance = Utterance(prepare_text(text, language, voice.engine), voice.voice, speed=speed)
         started, sent = time.perf_counter(), 0
         heard: list[Float32Array] = []
         async with self.runtime.stream("Synthesize", context):
@@ -146,7 +158,10 @@ class SpeechCalls:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the first Speak request must be `start`")
         start = first.start
         speed = checked_rate_and_speed(start.sample_rate, start.speed)
+        language = checked_language(start.language)
         voice = await self.voices.resolve(start.voice, start.engine)
+        self._check_language(voice, language)
+        SPEECH_REQUESTS.labels("Speak", voice.engine.name, language or "default").inc()
         out_rate = start.sample_rate or voice.engine.rate_of(voice.voice)
         heard: list[Float32Array] = []
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
@@ -160,7 +175,7 @@ class SpeechCalls:
                 index = 0
                 while (text := await pieces.get()) is not None:
                     if text:
-                        utterance = Utterance(text, voice.voice, speed=speed)
+                        utterance = Utterance(prepare_text(text, language, voice.engine), voice.voice, speed=speed)
                         async for samples in self.output.audio(voice, utterance, memory, out_rate, heard):
                             if not sent:
                                 FIRST_AUDIO_SECONDS.observe(time.perf_counter() - started)
@@ -176,6 +191,9 @@ class SpeechCalls:
             yield tts_pb2.SpeakResponse(done=done)
         finally:
             reader.cancel()
+
+    def _check_language(self, voice: Voice, language: str) -> None:
+        check_speaks(voice.engine, voice.languages(), language, list(self.voices.engines.by_name.values()))
 
     async def _read_pieces(
         self, requests: AsyncIterator[tts_pb2.SpeakRequest], pieces: asyncio.Queue[str | None]

@@ -47,6 +47,17 @@ class Voice:
     voice: str | StoredVoice
     speaker: int = 1  # the speaker it speaks as in a dialogue
     reference_embedding: Float32Array | None = None  # a cloned voice's, for the similarity score
+    language: str = ""  # a cloned voice's reference language
+
+    def languages(self) -> frozenset[str]:
+        """What it speaks: a built-in voice its listed languages; a cloned one its engine's.
+
+        Cloning carries a timbre across the engine's languages; it does not teach the engine its
+        reference's language (a Spanish reference on FireRedTTS2 still speaks only what it lists).
+        """
+        if isinstance(self.voice, str):
+            return self.engine.voices[self.voice].languages
+        return frozenset(language for info in self.engine.voices.values() for language in info.languages)
 
 
 class VoiceLibrary:
@@ -72,7 +83,8 @@ class VoiceLibrary:
                 runtime = self.engines.for_stored(voice_id, engine)
                 codes = await self._prompt_codes(profile, runtime)
                 embedding = np.asarray(profile.embedding, dtype=np.float32) if profile.embedding else None
-                return Voice(runtime, StoredVoice(profile.id, profile.transcript, codes), 1, embedding)
+                stored = StoredVoice(profile.id, profile.transcript, codes)
+                return Voice(runtime, stored, 1, embedding, profile.language)
         except VoiceError as exc:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         known = ", ".join(sorted(v.id for _, v in self.engines.builtin_voices()))

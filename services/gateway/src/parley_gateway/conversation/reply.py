@@ -14,6 +14,11 @@ A reply always ends, whatever dies under it: the model-service calls have deadli
 message, and a watchdog fails the reply (`service_timeout`) when nothing moved for
 `stall_timeout_s` — whatever it waits for. Its end is exactly one of: completed
 (`response.done`), cancelled (`response.cancelled`), or failed (`error`, then `response.done`).
+
+A reply has a language (the conversation's when it started; empty: not known). Outside the
+default language the LLM is told to answer in it, and the reply is spoken by a voice that speaks
+it (`reply_voice`); when no voice does, the reply is text only and the client is told so with a
+`voice_unavailable` error that names the language (the reply itself completes).
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc
+
 from parley.llm.v1 import llm_pb2
 from parley.pcm import duration_s
 from parley.tts.v1 import tts_pb2
 from parley_gateway.config import ReplySettings
 from parley_gateway.conversation.heard import SpokenAudio
 from parley_gateway.conversation.history import RecordedHistory
+from parley_gateway.conversation.language import DEFAULT_LANGUAGE, answer_instruction, base_language, language_name
 from parley_gateway.conversation.reply_output import Message, ReplyOutput, Send
+from parley_gateway.conversation.reply_voice import choose_voice
 from parley_gateway.conversation.sentences import SentenceChunker
 from parley_gateway.conversation.speech import ReplySpeech
 from parley_gateway.conversation.turns import Clock
@@ -78,10 +87,12 @@ class Reply:
         turn_end: float | None,
         timings: dict[str, Any],
         previous: Reply | None = None,
+        language: str = "",
     ) -> None:
         self.id = f"resp_{uuid.uuid4().hex[:12]}"
         self.context = context
         self.user_text = user_text
+        self.language = language  # ISO 639-1 of the reply; empty: not known (the voice's own)
         self.turn_end = turn_end  # when the user's turn ended, on the session's clock (None: not yet)
         self.timings = dict(timings)  # known before the reply started
         self.marks: dict[str, float] = {}  # when each stage was reached
@@ -230,11 +241,15 @@ class Reply:
             await previous.wait()
         self._moved()
         request = context.llm_request(self.user_text)
+        instruct(request, answer_instruction(self.language))
         self._create()
-        speech = ReplySpeech(context.services, context.speak_start, self.spoken, self._audio, context.name)
-        speaker = asyncio.create_task(speech.run())
+        start = await self._speak_start()
+        self._moved()
+        speech = ReplySpeech(context.services, start or context.speak_start, self.spoken, self._audio, context.name)
+        # Without a voice for the language the reply is text only: its speech is never started.
+        speaker = asyncio.create_task(speech.run() if start is not None else asyncio.sleep(0))
         try:
-            chunker = SentenceChunker(context.settings.first_clause_min_chars)
+            chunker = SentenceChunker(context.settings.first_clause_min_chars, self.language)
             async for delta in context.services.generate(request):
                 self._moved()
                 self._mark("llm_first_token")
@@ -246,10 +261,49 @@ class Reply:
             for sentence in chunker.flush():
                 speech.say(sentence)
             speech.end()
-            await speaker
+            try:
+                await speaker
+            except ServiceError as exc:
+                # The instance says its voice cannot speak the language (it names one that can): text only.
+                if exc.status != grpc.StatusCode.FAILED_PRECONDITION or not self.language or self.spoken.audio_ms:
+                    raise
+                self._no_voice(exc.detail)
         finally:
             await _stop(speaker)
             self.speaker_similarity = speech.speaker_similarity
+
+    async def _speak_start(self) -> tts_pb2.SpeakStart | None:
+        """The reply's Speak start: its language, and a voice that speaks it (None: no voice does)."""
+        base = self.context.speak_start
+        if not self.language:
+            return base
+        start = tts_pb2.SpeakStart()
+        start.CopyFrom(base)
+        start.language = self.language
+        if base_language(self.language) == DEFAULT_LANGUAGE:
+            return start  # the default voices speak it: no lookup, as before languages were followed
+        listing = await self.context.services.voice_list()
+        if listing is None:
+            return start  # no instance could say which voices there are: the one that gets it decides
+        voice = choose_voice(listing, base.voice, self.language)
+        if voice is None:
+            self._no_voice("")
+            return None
+        if voice.id != (base.voice or listing.default_voice):
+            start.voice, start.engine = voice.id, ""
+        return start
+
+    def _no_voice(self, detail: str) -> None:
+        """Tell the client this reply comes as text only: no voice speaks its language."""
+        name = language_name(self.language)
+        message = (
+            f"no running voice speaks {name} ({self.language}): this reply is sent as text only; "
+            "voices that speak it need another engine or voice (the fireredtts2 engine, or a Piper voice in "
+            "PARLEY_TTS_PIPER_VOICES_DIR)"
+        )
+        if detail:
+            message += f"; the TTS service said: {detail}"
+        self.output.send({**error_event(ErrorCode.VOICE_UNAVAILABLE, message), "language": self.language})
 
     def _create(self) -> None:
         """response.created, once; the user's turn joins the history with it."""
@@ -308,6 +362,23 @@ class Reply:
         self.context.send(
             event("response.done", response_id=self.id, status=status, text=self.text.strip(), timings=timings, **extra)
         )
+
+
+def instruct(request: llm_pb2.GenerateRequest, instruction: str) -> None:
+    """Add a line for the model to the request: to its system prompt, else to the user's last message.
+
+    Without a system message the LLM service puts its own default prompt first, and any system
+    message would replace it: the line then goes with the user's words instead.
+    """
+    if not instruction:
+        return
+    messages = request.messages
+    system = next((m for m in messages if m.role == "system"), None)
+    target = system if system is not None else (messages[-1] if messages else None)
+    if target is None:
+        messages.append(llm_pb2.Message(role="user", content=instruction))
+        return
+    target.content = f"{target.content}\n\n{instruction}" if target.content else instruction
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:

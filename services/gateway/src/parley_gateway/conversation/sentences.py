@@ -15,9 +15,18 @@ whole buffer (which quotes pair up, say), so looking at the ends of deltas could
 Every cut needs whitespace after it anyway, so this costs no latency. Each look segments only
 the unsent text (usually less than a sentence): a few microseconds.
 
+Chinese and Japanese put no space between words or after a sentence ("今天很好。明天下雨！"):
+their sentence and clause marks are full-width ("。！？", "，、；："), so the text is looked at
+right after each of those and after each ideograph or kana too, where the same holds (what comes
+before is whole): a sentence leaves with the first character of the next. The reply's
+language picks sentencex's rules ("zh", "ja", "es" with "¿¡", "fr" with its space before "?"
+and "!", ...); sentencex falls back to generic rules for a language it has none for.
+
 A clause boundary is a ",", ";", ":" or dash followed by whitespace, so "1,000" and "3.14" are
-never cut; it only counts for the first piece, and only before the first possible sentence end.
-A piece without a single letter ("2." from a numbered list) is not sent alone but joins the next.
+never cut, or a full-width "，", "、", "；" or "：" (which never sit inside a number); it only
+counts for the first piece, and only before the first possible sentence end. A piece without a
+single letter ("2." from a numbered list) is not sent alone but joins the next, and no piece
+ends on an opening quote or bracket ("«", "“", "「", "¿").
 
 sentencex 1.0.32 panics on an uppercase letter, a non-ASCII space and a period ("D\\u00a0."), so
 it is given a copy with such spaces made ASCII (same length, same offsets); should it panic
@@ -27,25 +36,30 @@ anyway, the text waits for the next look or for `flush`, and is never lost.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from sentencex import segment
 
-# Replies are in English (the default prompt and voices are); sentencex has rules per language.
-_LANGUAGE = "en"
-_CLAUSE_END = re.compile(r"[,;:—–](?=\s)")
-_WHITESPACE = re.compile(r"\s")
+# The rules for a reply whose language is not known (the default prompt and voices are English).
+DEFAULT_LANGUAGE = "en"
+_CLAUSE_END = re.compile(r"[,;:—–](?=\s)|[，、；：]")
+# Where the text is looked at: after whitespace, and in scripts written without spaces after the
+# full-width marks that end a sentence or clause and after every ideograph or kana (each is a
+# whole word, or part of one that sentencex never cuts).
+_LOOK_AFTER = re.compile(r"[\s。！？，、；：\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 class SentenceChunker:
-    def __init__(self, first_clause_min_chars: int) -> None:
+    def __init__(self, first_clause_min_chars: int, language: str = "") -> None:
         self.first_clause_min_chars = first_clause_min_chars
+        self.language = language or DEFAULT_LANGUAGE  # sentencex's rules for it
         self._buffer = ""
         self._emitted = 0
 
     def push(self, text: str) -> list[str]:
         pieces: list[str] = []
         start = 0
-        for space in _WHITESPACE.finditer(text):
+        for space in _LOOK_AFTER.finditer(text):
             self._buffer += text[start : space.end()]
             start = space.end()
             pieces += self._cut()
@@ -68,7 +82,7 @@ class SentenceChunker:
 
     def _next_cut(self) -> int | None:
         """Where the next piece ends in the buffer, or None while it may still grow."""
-        lengths = _segment_lengths(self._buffer)
+        lengths = _segment_lengths(self._buffer, self.language)
         if self._emitted == 0:
             lead = len(self._buffer) - len(self._buffer.lstrip())
             # Clauses after a possible sentence end wait: that sentence end may come first.
@@ -80,16 +94,25 @@ class SentenceChunker:
         # The last segment is never complete: the text after it may still belong to it.
         for length in lengths[:-1]:
             end += length
+            if _opens(self._buffer[:end].rstrip()[-1:]):
+                # sentencex gives an opening quote with nothing after it yet to the sentence before
+                # ("merci. « "): what follows will tell where it belongs.
+                return None
             if any(char.isalpha() for char in self._buffer[:end]):
                 return end
         return None
 
 
-def _segment_lengths(text: str) -> list[int]:
+def _opens(char: str) -> bool:
+    """An opening bracket or quote ("(", "«", "“", "「"), or Spanish's opening "¿" and "¡"."""
+    return bool(char) and (unicodedata.category(char) in {"Ps", "Pi"} or char in "¿¡")
+
+
+def _segment_lengths(text: str, language: str) -> list[int]:
     """The lengths of text's sentences, in order; they add up to len(text)."""
     safe = text if text.isascii() else "".join(" " if char.isspace() and not char.isascii() else char for char in text)
     try:
-        sentences: list[str] = segment(_LANGUAGE, safe)
+        sentences: list[str] = segment(language, safe)
     except BaseException as exc:  # pyo3's PanicException derives from BaseException
         if type(exc).__name__ != "PanicException":
             raise

@@ -32,9 +32,10 @@ from parley_gateway.config import ConversationSettings
 from parley_gateway.conversation.audio_ring import AudioRing
 from parley_gateway.conversation.history import History, RecordedHistory
 from parley_gateway.conversation.input_limits import SessionInputLimits
+from parley_gateway.conversation.language import LanguageRule, SessionLanguage
 from parley_gateway.conversation.reply import Reply, ReplyContext
 from parley_gateway.conversation.reply_output import Send
-from parley_gateway.conversation.transcription import PIPELINE_RATE, Transcription
+from parley_gateway.conversation.transcription import PIPELINE_RATE, Heard, Transcription
 from parley_gateway.conversation.turns import Timer, TurnClock, TurnSettings, TurnTaker
 from parley_gateway.conversation.voice_activity import VoiceActivity
 from parley_gateway.protocol import AudioPlayed, ErrorCode, ProtocolError, SessionStart, error_event
@@ -93,6 +94,11 @@ class ConversationSession:
             clock=self.clock,
         )
         self.input = SessionInputLimits(settings.input, options.input_sample_rate, self.clock.now)
+        # The one asked for, else the one heard; replies follow it (voice and the LLM's language).
+        self.language = SessionLanguage(
+            options.language,
+            LanguageRule(settings.language_switch_probability, settings.language_switch_min_audio_s),
+        )
         self._resampler = StreamResampler(options.input_sample_rate, PIPELINE_RATE)
         self._push_to_talk = options.turn_detection == "push_to_talk"
         self._turn_cut = False  # a push-to-talk turn hit its limit: audio is ignored until input.commit
@@ -176,10 +182,15 @@ class ConversationSession:
 
     def open_transcription(self, turn: int, start: int) -> None:
         transcription = Transcription(
-            self.services, self.ring, turn, start, self.options.language, self.send, self.turns.transcribed
+            self.services, self.ring, turn, start, self.options.language, self.send, self._transcribed
         )
         self._transcriptions[turn] = transcription
         transcription.task.add_done_callback(lambda _: self._transcriptions.pop(turn, None))
+
+    def _transcribed(self, turn: int, heard: Heard) -> None:
+        if heard.text:
+            self.language.heard(heard.language, heard.language_probability, heard.audio_s)
+        self.turns.transcribed(turn, heard.text, heard.language, heard.language_probability)
 
     def end_transcription(self, turn: int) -> None:
         if turn in self._transcriptions:
@@ -191,7 +202,15 @@ class ConversationSession:
             transcription.abort()
 
     def start_reply(self, user_text: str, held: bool, turn_end: float | None, timings: dict[str, Any]) -> str:
-        reply = Reply(self._reply_context, user_text, held, turn_end, timings, previous=self._latest)
+        reply = Reply(
+            self._reply_context,
+            user_text,
+            held,
+            turn_end,
+            timings,
+            previous=self._latest,
+            language=self.language.current,
+        )
         self._latest = reply
         self._replies[reply.id] = reply
         for old in [r for r in self._replies.values() if r.done and r is not reply][:-RECENT_REPLIES]:

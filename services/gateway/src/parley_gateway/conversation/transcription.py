@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
 
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.streams import options_metadata
 from parley_gateway.conversation.audio_ring import AudioRing
+from parley_gateway.conversation.language import language_name
 from parley_gateway.conversation.reply_output import Send
-from parley_gateway.protocol import error_event, event
+from parley_gateway.protocol import ErrorCode, error_event, event
 from parley_gateway.routing.model_services import ModelServices, ServiceError
 
 PIPELINE_RATE = 16000  # what VAD and ASR receive
@@ -24,8 +28,19 @@ PIPELINE_RATE = 16000  # what VAD and ASR receive
 # utterance is re-sent from its start): far below the ASR's chunk limit.
 ASR_CHUNK_SAMPLES = PIPELINE_RATE // 5
 
-# Called once with the final transcript (None: none came) and its language.
-OnFinal = Callable[[int, str | None, str], None]
+
+@dataclass(frozen=True)
+class Heard:
+    """An utterance's final transcript; `text` None when none came (the error was reported)."""
+
+    text: str | None
+    language: str = ""
+    language_probability: float = 0.0  # how sure the ASR was of `language` (0..1)
+    audio_s: float = 0.0  # the audio it covers
+
+
+# Called once per utterance with its turn and what was heard.
+OnFinal = Callable[[int, Heard], None]
 
 
 class Transcription:
@@ -85,14 +100,28 @@ class Transcription:
 
     async def _run(self) -> None:
         metadata = options_metadata({"partials": 1, "language": self.language})
-        text: str | None = None
-        language = ""
+        heard = Heard(None)
         try:
             async for result in self.services.transcribe(self._requests, metadata, lambda: self.end_sent_at):
                 if result.is_final:
-                    text, language = result.text.strip(), result.language
+                    text = result.text.strip()
+                    heard = Heard(text, result.language, result.language_probability, result.audio_duration_s)
                 elif self.end_at is None:
                     self.send(event("transcript.partial", text=result.text.strip(), stable=result.stable_text.strip()))
         except ServiceError as exc:
-            self.send(error_event(exc.code, exc.message))
-        self.on_final(self.turn_id, text, language)
+            self.send(self._error(exc))
+        self.on_final(self.turn_id, heard)
+
+    def _error(self, exc: ServiceError) -> dict[str, object]:
+        if exc.status == grpc.StatusCode.INVALID_ARGUMENT and self.language:
+            # The recogniser cannot take the language the session asked for (an English-only model, say).
+            name = language_name(self.language)
+            return {
+                **error_event(
+                    ErrorCode.UNSUPPORTED_LANGUAGE,
+                    f"speech in {name} ({self.language}) cannot be transcribed here: {exc.detail}; start the "
+                    "session without `language` to have it detected, or type the turn (text.input)",
+                ),
+                "language": self.language,
+            }
+        return error_event(exc.code, exc.message)

@@ -14,16 +14,18 @@ logic is unit-tested on fakes and virtual time (tests/test_turns.py).
 
 Semantic end of turn: a pause may carry the VAD's verdict, P(turn complete) from how
 the utterance sounds. At or over `end_of_turn_threshold` the turn ends at the pause, as
-soon as its transcript shows it does not stop on a word no English sentence ends on
-("the weather in"): the held reply is released then, without waiting for the silence
-rule. Under `incomplete_threshold` (or on such words) the turn is incomplete: the VAD's
+soon as its transcript shows a finished sentence (not "the weather in", "remind me to
+call" or words without a closing full stop: unfinished.py): the held reply is released
+then, without waiting for the silence rule. Under `incomplete_threshold` (or on
+unfinished words) the turn is incomplete: the VAD's
 speech stop does not end it; it waits until `incomplete_turn_max_silence_s` of silence,
 and speech before that continues it. Between the two the model is unsure and the
 silence rule decides, as it does for a pause without a verdict, once the words are in:
 if they dangle, the turn waits as an incomplete one (so does a complete one whose words
-came only after the silence rule). (Measured on the
-benchmark's synthetic voices, the model scores some complete questions as low as 0.08:
-only a near-certain "incomplete" is worth the longer wait; bench/turn_cutoffs.py.)
+came only after the silence rule). The defaults (under 0.5 waits, up to 1.5 s) favour
+letting people finish over answering fast: a turn cut off answers the wrong question,
+a turn that waits costs a second. On the benchmark's synthetic voices the model scores
+some complete questions under 0.1, and those wait (bench/turn_cutoffs.py).
 
     pause, complete   ─► transcript ─► the turn ends now (vad.speech_stopped, released)
     pause, incomplete ─► speech stopped ─► wait ─► more silence: the turn ends
@@ -50,19 +52,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from parley_gateway.conversation.unfinished import words_unfinished
 from parley_gateway.metrics import BARGE_INS_TOTAL, PREEMPTIVE_TOTAL, STAGE_SECONDS, TURN_ENDS_TOTAL
 from parley_gateway.protocol import event
 
 # A transcript is echo when at least this share of its words are in the reply being played.
 ECHO_WORD_SHARE = 0.6
 _WORD = re.compile(r"[\w']+")
-# Words an English sentence does not end on: a transcript that stops on one was cut at a
-# pause to think ("the weather in ... Paris"), whatever the intonation says. Prepositions
-# can be stranded ("where are you from?"): such a question then waits for the silence cap.
-OPEN_ENDINGS = frozenset(
-    "a an the and or but nor of to in on at for from with about into onto near between by than because if "  # noqa: SIM905
-    "my your our their um uh er erm".split()
-)
 
 
 class Clock(Protocol):
@@ -116,8 +112,8 @@ class TurnSettings:
     echo_guard_s: float = 0.3
     playback_margin_s: float = 0.25  # slack on the estimate of when the client stops playing
     end_of_turn_threshold: float = 0.7  # a pause verdict at or over it ends the turn there
-    incomplete_threshold: float = 0.05  # a pause verdict under it makes the turn wait for more silence
-    incomplete_turn_max_silence_s: float = 1.2  # a turn judged incomplete ends after this much silence
+    incomplete_threshold: float = 0.5  # a pause verdict under it makes the turn wait for more silence
+    incomplete_turn_max_silence_s: float = 1.5  # a turn judged incomplete ends after this much silence
 
 
 class TurnEnd(Enum):
@@ -156,6 +152,7 @@ class _Turn:
     timings: dict[str, object] = field(default_factory=dict)
     transcript: str | None = None  # known once the ASR stream answered
     language: str = ""
+    language_probability: float = 0.0
     transcribed: bool = False
     guess: str | None = None  # id of the held reply started at a pause
     echo_suspect: str | None = None  # id of the reply it started over, within the echo window
@@ -290,12 +287,15 @@ class TurnTaker:
 
     # ---- results of the session's I/O ----------------------------------------
 
-    def transcribed(self, turn_id: int, text: str | None, language: str = "") -> None:
+    def transcribed(
+        self, turn_id: int, text: str | None, language: str = "", language_probability: float = 0.0
+    ) -> None:
         """A turn's ASR stream answered (None: it failed, and the error was reported)."""
         turn = self._finishing.get(turn_id) or (self.turn if self.turn and self.turn.id == turn_id else None)
         if turn is None or turn.transcribed:
             return  # abandoned (speech resumed) or aborted
         turn.transcribed, turn.transcript, turn.language = True, text, language
+        turn.language_probability = language_probability
         if turn.waiting is not None and turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE}:
             # The silence rule came before the words; now they tell whether that silence was a pause to think.
             if not self._words_dangle(turn):
@@ -390,9 +390,9 @@ class TurnTaker:
 
     @staticmethod
     def _words_dangle(turn: _Turn) -> bool:
-        """Nothing intelligible was said, or it stops on a word no English sentence ends on."""
+        """Nothing intelligible was said, or the words leave their sentence unfinished (unfinished.py)."""
         text = turn.transcript or ""
-        return not _intelligible(text) or (turn.language in {"", "en"} and _ends_open(text))
+        return words_unfinished(text, turn.language)
 
     def _verdict(self, end_of_turn: float) -> Verdict:
         if end_of_turn >= self.settings.end_of_turn_threshold:
@@ -455,14 +455,14 @@ class TurnTaker:
         if heard_echo or not _intelligible(text):
             # Nothing to answer: a cough, a tap, or the assistant's own voice.
             reason = {"reason": "echo"} if heard_echo else {}
-            self.ports.send(event("transcript.final", text="", language=turn.language, **reason))
+            self.ports.send(event("transcript.final", text="", **_language(turn), **reason))
             if turn.guess is not None:
                 self._drop(turn.guess)
             return
         asr_ms = round((self.clock.now() - turn.turn_end) * 1000, 1)
         timings = {**turn.timings, "asr_ms": asr_ms}
         STAGE_SECONDS.labels("asr").observe(asr_ms / 1000)
-        self.ports.send(event("transcript.final", text=text, language=turn.language))
+        self.ports.send(event("transcript.final", text=text, **_language(turn)))
         guess = turn.guess
         if guess is not None and self._held.get(guess) == text:
             PREEMPTIVE_TOTAL.labels("hit").inc()
@@ -525,14 +525,13 @@ class TurnTaker:
         self.ports.drop_reply(reply_id)
 
 
+def _language(turn: _Turn) -> dict[str, object]:
+    """The turn's language for transcript.final, with how sure the detection was (0..1)."""
+    return {"language": turn.language, "language_probability": round(turn.language_probability, 3)}
+
+
 def _intelligible(text: str) -> bool:
     return any(c.isalnum() for c in text)
-
-
-def _ends_open(text: str) -> bool:
-    """Whether the text stops on a word no English sentence ends on."""
-    words = _WORD.findall(text)
-    return bool(words) and words[-1].lower() in OPEN_ENDINGS
 
 
 def _is_echo(transcript: str, reply_text: str) -> bool:

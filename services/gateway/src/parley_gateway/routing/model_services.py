@@ -115,6 +115,13 @@ class ModelServices(Protocol):
         """
         ...
 
+    async def voice_list(self) -> tts_pb2.ListVoicesResponse | None:
+        """Every running TTS instance's voices, merged (their languages included); None when none can say.
+
+        From the same few-seconds cache as `voices`.
+        """
+        ...
+
 
 def _always_owed() -> Callable[[], float | None]:
     started = time.monotonic()
@@ -133,7 +140,7 @@ class GrpcServices:
         self.first_answer_timeout_s = settings.first_answer_timeout_s
         self.idle_timeout_s = settings.idle_timeout_s
         self.policy = policy
-        self._voices: tuple[float, dict[str, list[str]]] | None = None
+        self._voices: tuple[float, tts_pb2.ListVoicesResponse] | None = None
         # conversation id -> the TTS instance that spoke its last reply (it keeps the conversation's context)
         self._tts_affinity: OrderedDict[str, str] = OrderedDict()
 
@@ -400,6 +407,13 @@ class GrpcServices:
         return _merge_voices(answers)
 
     async def voices(self, fresh: bool = False) -> dict[str, list[str]] | None:
+        answer = await self._voice_listing(fresh)
+        return None if answer is None else {v.id: list(v.engines) for v in answer.voices}
+
+    async def voice_list(self) -> tts_pb2.ListVoicesResponse | None:
+        return await self._voice_listing(fresh=False)
+
+    async def _voice_listing(self, fresh: bool) -> tts_pb2.ListVoicesResponse | None:
         now = time.monotonic()
         if not fresh and self._voices is not None and now - self._voices[0] < VOICES_CACHE_S:
             return self._voices[1]
@@ -407,8 +421,8 @@ class GrpcServices:
             answer = await self.list_voices(self.idle_timeout_s)
         except ServiceError:
             return None
-        self._voices = (now, {v.id: list(v.engines) for v in answer.voices})
-        return self._voices[1]
+        self._voices = (now, answer)
+        return answer
 
 
 def _merge_voices(answers: list[tts_pb2.ListVoicesResponse]) -> tts_pb2.ListVoicesResponse:

@@ -20,7 +20,8 @@ class Delta:
 
 
 class TextGenerator(Protocol):
-    """One model instance; serves one stream at a time from a worker thread."""
+    """A model instance; each `stream` runs on a worker thread of the pool, one at a time per
+    pool entry (a batched engine is entered once per sequence it decodes at once)."""
 
     def stream(self, messages: list[ChatMessage], max_tokens: int, temperature: float) -> Iterator[Delta]:
         """Deltas of the assistant's reply; closing the iterator stops generation."""

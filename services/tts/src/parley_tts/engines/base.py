@@ -25,8 +25,12 @@ class VoiceInfo:
 
     id: str
     name: str
-    language: str
+    language: str  # ISO 639-1; several separated by commas for a voice that speaks many ("en,zh")
     sample_rate: int
+
+    @property
+    def languages(self) -> frozenset[str]:
+        return frozenset(code.strip() for code in self.language.split(",") if code.strip())
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class SpeechSynthesizer(Protocol):
 
     engine: str
     cloning: bool  # can speak stored voices (and encode references)
+    # Languages whose digits the service writes out in words before the engine gets the text; in
+    # any other language the engine reads them itself (Piper's espeak-ng does, in every language).
+    numbers_written_out: frozenset[str]
     sample_rate: int  # of stored voices' audio; built-in voices say their own
 
     def voices(self) -> list[VoiceInfo]:

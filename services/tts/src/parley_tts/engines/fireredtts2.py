@@ -91,6 +91,7 @@ from parley_tts.engines.base import Context, StoredVoice, UnknownVoice, Unspeaka
 from parley_tts.engines.fireredtts2_batch import Sampling, SharedCopy
 from parley_tts.engines.fireredtts2_graphs import GraphedFrameStep, batch_buckets
 from parley_tts.engines.fireredtts2_text import (
+    LANGUAGES,
     MONOLOGUE_PIECE_BYTES,
     clean_text,
     split_monologue,
@@ -879,6 +880,9 @@ class FireRedTTS2Synthesizer:
 
     engine = "fireredtts2"
     cloning = True
+    # Upstream gives the model digits as written; in English and Chinese, its authors' own languages,
+    # so do we (parity with their reference). Elsewhere they are written out in the text's language.
+    numbers_written_out = frozenset(LANGUAGES) - {"en", "zh"}
     sample_rate = FireRedTTS2Model.sample_rate
 
     def __init__(
@@ -899,7 +903,7 @@ class FireRedTTS2Synthesizer:
         self.model = model
 
     def voices(self) -> list[VoiceInfo]:
-        return [VoiceInfo(RANDOM_VOICE, "FireRedTTS2 random timbre", "multilingual", self.sample_rate)]
+        return [VoiceInfo(RANDOM_VOICE, "FireRedTTS2 random timbre", ",".join(LANGUAGES), self.sample_rate)]
 
     def new_context(self) -> DialogueMemory:
         return DialogueMemory()

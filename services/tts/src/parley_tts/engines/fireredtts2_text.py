@@ -27,6 +27,10 @@ import re
 import string
 from collections.abc import Callable, Iterable
 
+# The languages upstream's README lists the model as speaking (ISO 639-1); any of its voices,
+# cloned ones included, speaks each of them.
+LANGUAGES = ("en", "zh", "ja", "ko", "fr", "de", "ru")
+
 # --- the model's control tokens -------------------------------------------------------------------
 
 _CONTROL_TOKENS = re.compile(r"<\|text_start\|>|<\|text_end\|>|\[S\d+\]")

@@ -82,6 +82,7 @@ def find_voices(voices_dir: Path | None) -> list[tuple[str, Path, Path]]:
 class PiperSynthesizer:
     engine = "piper"
     cloning = False
+    numbers_written_out: frozenset[str] = frozenset()  # espeak-ng reads them in the voice's language
 
     def __init__(self, voices_dir: Path | None, threads: int) -> None:
         # Our own session options rather than PiperVoice.load's defaults (a thread per core,
@@ -97,7 +98,9 @@ class PiperSynthesizer:
             settings = json.loads(config.read_text())
             session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
             voice = PiperVoice(config=PiperConfig.from_dict(settings), session=session)
-            language = settings.get("language", {}).get("code", "")
+            # Piper's configs name a locale ("en_US", family "en"); voices are listed by ISO 639-1.
+            language = settings.get("language", {}).get("family", "") or settings.get("espeak", {}).get("voice", "")
+            language = language.replace("-", "_").split("_")[0].lower()
             info = VoiceInfo(voice_id, model.name.removesuffix(".onnx"), language, voice.config.sample_rate)
             self._voices[voice_id] = (voice, info)
             log.info("Piper voice %s loaded (%s, %d Hz)", voice_id, info.name, info.sample_rate)

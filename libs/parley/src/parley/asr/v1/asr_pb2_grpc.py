@@ -54,6 +54,15 @@ class SpeechRecognitionServicer:
     def Transcribe(self, request_iterator, context):
         """Audio of one utterance in; partial results while it flows, one final
         result after the end_of_stream chunk.
+
+        A parley-language the model cannot transcribe (any but "en" on an
+        English-only model such as tiny.en, or a code the model does not know)
+        ends the stream with INVALID_ARGUMENT instead of any result, once the
+        end_of_stream chunk is read (the audio is not decoded); the message names
+        the language and the setting that changes the model (PARLEY_ASR_MODEL=base,
+        PARLEY_ASR_MODEL_PATH), for a notice to the user.
+        With no language asked, a multilingual model detects it from the
+        utterance on the final result (Transcript.language, language_probability).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,58 @@
+"""Whether the words heard at a pause leave the sentence unfinished.
+
+The VAD's turn model judges a pause by how the speech sounds; on flat or synthetic voices it
+often takes a first half ("Could you remind me to call ...") for a finished question. The words
+say more, and they are known by the time the turn would end (the pause's transcript), so a turn
+is only ended early when they agree. Each rule below costs nothing but latency when it is wrong
+on a finished sentence (the turn then waits for the silence cap), while a turn ended too early
+answers the wrong question, so the rules lean towards "unfinished":
+
+* **No closing punctuation.** Whisper writes a full stop, question or exclamation mark where it
+  hears a sentence end, and none where the speech breaks off ("What a good present for",
+  "who wrote the famous novel about" heard as "... album out"). A transcript that does not end
+  on one, in any script, is unfinished.
+* **A dangling word** (English only): a preposition, article, conjunction, possessive or filler
+  that no English sentence ends on ("the weather in", "a present for", "um").
+* **An infinitive without its object** (English only): "to" and one more word ("the best way to
+  cook", "remind me to call", "how to play"). Questions that end this way ("Where do you want to
+  go?") exist, and wait for the cap; most of the time the speaker is still choosing the object.
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"[\w']+")
+# Where a sentence can end: Latin, CJK full-width, Arabic, Devanagari and ellipsis forms. Closing
+# quotes and brackets may follow the mark.
+_SENTENCE_END = re.compile(r"[.!?…。！？؟।]+[\"'”’»)\]」』]*\s*$")
+# Words an English sentence does not end on. Prepositions can be stranded ("where are you
+# from?"): such a question then waits for the silence cap.
+OPEN_ENDINGS = frozenset(
+    "a an the and or but nor of to in on at for from with about into onto near between by than because if "  # noqa: SIM905
+    "my your our their um uh er erm".split()
+)
+ENGLISH = frozenset({"", "en"})
+
+
+def words_unfinished(text: str, language: str = "") -> bool:
+    """Whether `text`, heard at a pause, reads as the start of a sentence still being spoken.
+
+    `language`: the transcript's ISO 639-1 code ("" when unknown, read as English).
+    """
+    if not any(c.isalnum() for c in text):
+        return True  # nothing intelligible: a breath or a click, not a finished question
+    if not _SENTENCE_END.search(text):
+        return True
+    if language not in ENGLISH:
+        return False
+    words = [w.lower() for w in _WORD.findall(text)]
+    if words[-1] in OPEN_ENDINGS:
+        return True
+    return len(words) >= 2 and words[-2] == "to" and not _capitalised_last_word(text)
+
+
+def _capitalised_last_word(text: str) -> bool:
+    """ "to Paris", "to London": a place or a name is the object, not a verb waiting for one."""
+    last: str = _WORD.findall(text)[-1]
+    return last[:1].isupper() or last[:1].isdigit()
