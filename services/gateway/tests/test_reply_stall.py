@@ -131,6 +131,52 @@ async def test_an_llm_silent_mid_reply_fails_the_reply_in_bounded_time() -> None
     assert error["code"] == "service_timeout" and "the llm service sent nothing" in error["message"], error
 
 
+class KeepsWriting(llm_pb2_grpc.ConversationServicer):
+    """A long reply written slowly: a sentence every 50 ms for a minute."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+
+    async def Generate(  # noqa: N802
+        self, request: llm_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[llm_pb2.TextDelta]:
+        try:
+            yield llm_pb2.TextDelta(text=SENTENCES[0])
+            for _ in range(1200):
+                await asyncio.sleep(0.05)
+                yield llm_pb2.TextDelta(text="And the story goes on. ")
+            yield llm_pb2.TextDelta(finish_reason="stop")
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+class WedgesAfterOneSentence(tts_pb2_grpc.TextToSpeechServicer):
+    """Speaks the first sentence as soon as it comes, then never answers again (nor ends)."""
+
+    async def Speak(  # noqa: N802
+        self, requests: AsyncIterator[tts_pb2.SpeakRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SpeakResponse]:
+        async for request in requests:
+            if request.text:
+                break
+        yield tts_pb2.SpeakResponse(audio=AudioChunk(pcm=bytes(4800), sample_rate=24000), piece=0)
+        await asyncio.Event().wait()  # wedged
+
+
+async def test_a_failed_speech_ends_the_reply_while_the_llm_still_writes() -> None:
+    # Seen with a long reply on a slow LLM: the TTS wedged after one sentence, and the reply went
+    # on until the LLM had written all of it, which nobody would hear.
+    llm = KeepsWriting()
+    started = time.monotonic()
+    client = await reply_over(llm, WedgesAfterOneSentence())
+    assert client.of("response.done")[0]["status"] == "failed" and client.audio == 4800
+    [error] = client.of("error")
+    assert error["code"] == "service_timeout" and "the tts service sent nothing for 1 s" in error["message"], error
+    assert time.monotonic() - started < 5, "the TTS idle deadline (1 s) ends it, not the LLM's end"
+    await until(llm.cancelled.is_set, timeout_s=2)  # and the LLM stops writing it
+
+
 class WedgedSpeech:
     """Model services where the TTS takes the reply and never answers, and no call deadline applies."""
 

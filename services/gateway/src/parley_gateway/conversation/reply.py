@@ -248,29 +248,50 @@ class Reply:
         speech = ReplySpeech(context.services, start or context.speak_start, self.spoken, self._audio, context.name)
         # Without a voice for the language the reply is text only: its speech is never started.
         speaker = asyncio.create_task(speech.run() if start is not None else asyncio.sleep(0))
+        writer = asyncio.create_task(self._write(request, speech))
         try:
-            chunker = SentenceChunker(context.settings.first_clause_min_chars, self.language)
-            async for delta in context.services.generate(request):
-                self._moved()
-                self._mark("llm_first_token")
-                if delta.text:
-                    self.text += delta.text
-                    self.output.send(event("response.text.delta", response_id=self.id, text=delta.text))
-                    for sentence in chunker.push(delta.text):
-                        speech.say(sentence)
-            for sentence in chunker.flush():
-                speech.say(sentence)
-            speech.end()
-            try:
+            # A speech that fails (its TTS wedged past the idle deadline, say) ends the reply now,
+            # not when the LLM has written the rest of a reply nobody would hear.
+            await asyncio.wait({speaker, writer}, return_when=asyncio.FIRST_EXCEPTION)
+            speech_failed = speaker.done() and speaker.exception() is not None
+            if speech_failed and not self._speaks_text_instead(speaker.exception()):
+                speaker.result()  # raises: the reply fails now
+            await writer
+            if not speech_failed:
                 await speaker
-            except ServiceError as exc:
-                # The instance says its voice cannot speak the language (it names one that can): text only.
-                if exc.status != grpc.StatusCode.FAILED_PRECONDITION or not self.language or self.spoken.audio_ms:
-                    raise
-                self._no_voice(exc.detail)
         finally:
+            await _stop(writer)
             await _stop(speaker)
             self.speaker_similarity = speech.speaker_similarity
+
+    async def _write(self, request: llm_pb2.GenerateRequest, speech: ReplySpeech) -> None:
+        """The LLM's reply: to the client as text, and sentence by sentence to the speech."""
+        context = self.context
+        chunker = SentenceChunker(context.settings.first_clause_min_chars, self.language)
+        async for delta in context.services.generate(request):
+            self._moved()
+            self._mark("llm_first_token")
+            if delta.text:
+                self.text += delta.text
+                self.output.send(event("response.text.delta", response_id=self.id, text=delta.text))
+                for sentence in chunker.push(delta.text):
+                    speech.say(sentence)
+        for sentence in chunker.flush():
+            speech.say(sentence)
+        speech.end()
+
+    def _speaks_text_instead(self, exc: BaseException | None) -> bool:
+        """Whether a failed speech leaves the reply text only: the instance said its voice cannot speak
+        the reply's language (naming one that can) before any audio. Tells the client so."""
+        if (
+            not isinstance(exc, ServiceError)
+            or exc.status != grpc.StatusCode.FAILED_PRECONDITION
+            or not self.language
+            or self.spoken.audio_ms
+        ):
+            return False
+        self._no_voice(exc.detail)
+        return True
 
     async def _speak_start(self) -> tts_pb2.SpeakStart | None:
         """The reply's Speak start: its language, and a voice that speaks it (None: no voice does)."""
