@@ -136,6 +136,21 @@ class Conversation:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
 
+    async def wait_for_end(self, after: int, quiet_s: float, limit_s: float = 120.0) -> dict[str, Any]:
+        """The reply's response.done; fails when nothing (no event, no audio) came for `quiet_s`.
+
+        A long reply that still streams is alive, however long it takes; one that goes quiet must end.
+        """
+        started = time.monotonic()
+        while True:
+            with contextlib.suppress(AssertionError):
+                return await self.wait_for({"response.done"}, after, 0.5)
+            heard = [t for t, e in zip(self.arrived[after:], self.events[after:], strict=True) if e["type"] != "ping"]
+            last = max([started, self.last_audio_at, *heard])
+            quiet = time.monotonic() - last
+            assert quiet < quiet_s, f"the reply went quiet for {quiet:.1f} s without ending: {self.events[after:][-5:]}"
+            assert time.monotonic() - started < limit_s, f"the reply did not end in {limit_s:g} s"
+
     async def turn(self, text: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """One typed turn; its response.done (whatever its status)."""
         after = await self.send(type="text.input", text=text)
@@ -177,7 +192,7 @@ async def test_a_reply_ends_when_nats_dies_under_it_after_every_service_died_onc
         after = await conv.send(type="text.input", text=LONG_REPLY)
         await conv.wait_for({"response.audio.started"}, after, 60)
         await sigkill(stack, "nats")
-        end = await conv.wait_for({"response.done"}, after, REPLY_ENDS_WITHIN_S)
+        end = await conv.wait_for_end(after, REPLY_ENDS_WITHIN_S)
         if end["status"] != "completed":  # a failed reply says why
             assert [e for e in conv.events[after:] if e["type"] == "error"], conv.events[after:]
 

@@ -256,6 +256,25 @@ async def test_a_language_the_voice_does_not_speak_is_refused_naming_an_engine_t
     assert servicer.runtime.slots.active == 0
 
 
+async def test_a_refused_speak_call_reaches_a_client_still_writing_as_the_refusal(
+    synthesizer: PiperSynthesizer,
+) -> None:
+    # A grpc.aio client whose write fails because the server already ended the call reports
+    # INTERNAL instead of the server's status; the service reads the rest before refusing.
+    servicer = servicer_for(synthesizer)
+    start = tts_pb2.SpeakRequest(start=tts_pb2.SpeakStart(voice="joe", language="de"))
+    pieces = [tts_pb2.SpeakRequest(text=f"Satz {n}.") for n in range(40)]
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        codes = []
+        for _ in range(10):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in stub.Speak(speak_requests(start, *pieces, tts_pb2.SpeakRequest(end_of_text=True))):
+                    pass
+            codes.append(refused.value.code())
+    assert set(codes) == {grpc.StatusCode.FAILED_PRECONDITION}, codes
+
+
 async def test_speech_requests_are_counted_by_method_engine_and_language(synthesizer: PiperSynthesizer) -> None:
     keys = [("Synthesize", "en"), ("Synthesize", "default"), ("Speak", "en"), ("Synthesize", "fr"), ("Speak", "de")]
     end = tts_pb2.SpeakRequest(end_of_text=True)

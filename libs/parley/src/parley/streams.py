@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -13,6 +15,8 @@ from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.pcm import BYTES_PER_SAMPLE, Float32Array, StreamResampler, pcm16_to_float
 
 OPTION_PREFIX = "parley-"
+# How long a refused stream's remaining requests are read before the refusal is sent anyway.
+REFUSAL_READ_S = 2.0
 MAX_SAMPLE_RATE = 48000
 Options = TypeVar("Options", bound=BaseModel)
 
@@ -61,6 +65,19 @@ async def audio_samples(
                 resampler = StreamResampler(chunk.sample_rate, sample_rate)
             samples = resampler.push(pcm16_to_float(chunk.pcm))
         yield samples, chunk.end_of_stream
+
+
+async def read_to_end(requests: AsyncIterator[Any], timeout_s: float = REFUSAL_READ_S) -> None:
+    """Read and drop a client's remaining requests until it stops writing (at most `timeout_s`).
+
+    Call before refusing a call whose client may still be writing: a grpc.aio client whose write
+    fails because the server already ended the call reports INTERNAL, overwriting the status the
+    server sent (grpc/grpc#36066), so the refusal reaches it intact only once it stopped writing.
+    """
+    with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+        async with asyncio.timeout(timeout_s):
+            async for _ in requests:
+                pass
 
 
 async def stream_options(context: grpc.aio.ServicerContext, model: type[Options]) -> Options:

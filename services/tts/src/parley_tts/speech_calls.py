@@ -18,7 +18,7 @@ from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.models import PoolTimeout
 from parley.pcm import Float32Array, float_to_pcm16
 from parley.server import ServiceRuntime
-from parley.streams import StreamAborted
+from parley.streams import StreamAborted, read_to_end
 from parley.tts.v1 import tts_pb2
 from parley_tts.config import TtsSettings
 from parley_tts.engines.base import CannotClone, Context, UnspeakableText, Utterance
@@ -157,10 +157,14 @@ class SpeechCalls:
         if first is None or first.WhichOneof("item") != "start":
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the first Speak request must be `start`")
         start = first.start
-        speed = checked_rate_and_speed(start.sample_rate, start.speed)
-        language = checked_language(start.language)
-        voice = await self.voices.resolve(start.voice, start.engine)
-        self._check_language(voice, language)
+        try:
+            speed = checked_rate_and_speed(start.sample_rate, start.speed)
+            language = checked_language(start.language)
+            voice = await self.voices.resolve(start.voice, start.engine)
+            self._check_language(voice, language)
+        except Refused:
+            await read_to_end(requests)  # so that the client hears this refusal, not INTERNAL
+            raise
         SPEECH_REQUESTS.labels("Speak", voice.engine.name, language or "default").inc()
         out_rate = start.sample_rate or voice.engine.rate_of(voice.voice)
         heard: list[Float32Array] = []
