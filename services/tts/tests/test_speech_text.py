@@ -79,6 +79,7 @@ def test_numbers_are_written_out_in_the_language(language: str, text: str, spoke
 def test_only_an_engine_that_does_not_read_numbers_gets_them_in_words() -> None:
     assert prepare_text("Il a 3 chats.", "fr", PIPER) == "Il a 3 chats."  # espeak-ng reads them itself
     assert prepare_text("Il a 3 chats.", "fr", FIRERED) == "Il a trois chats."
+    assert prepare_text("Le 01/03/2025.", "fr", FIRERED) == "Le premier mars deux mille vingt-cinq."
     assert prepare_text("He has 3 cats.", "", FIRERED) == "He has 3 cats."  # no language: as upstream feeds it
     assert prepare_text("He has 3 cats.", "en", FIRERED) == "He has 3 cats."  # its authors' languages: the same
     assert prepare_text("他有3只猫。", "zh", FIRERED) == "他有3只猫。"

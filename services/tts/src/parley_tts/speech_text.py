@@ -11,7 +11,8 @@ passes digits to the model's tokenizer as they are. In English and Chinese, its 
 languages, we do the same (parity with their reference); in its other languages
 (`numbers_written_out`) numbers are written out in words in the request's language with
 `num2words` (cardinals and decimals, with the language's decimal mark and digit grouping) before
-the text reaches the engine. Whether the model reads digits well in any language is for a
+the text reaches the engine, after numeric dates are put in the language's long form
+(`spoken_dates`). Whether the model reads digits well in any language is for a
 measurement with its weights to say.
 """
 
@@ -26,6 +27,7 @@ from num2words import CONVERTER_CLASSES, num2words  # type: ignore[import-untype
 from parley_tts.engines.fireredtts2_text import LANGUAGES as FIREREDTTS2_LANGUAGES
 from parley_tts.refusal import Refused
 from parley_tts.speech import EngineRuntime
+from parley_tts.spoken_dates import dates_written_out
 
 ISO_639_1 = re.compile(r"^[a-z]{2}$")
 # Languages that write a decimal comma (and group thousands with a point or a space).
@@ -127,4 +129,4 @@ def prepare_text(text: str, language: str, engine: EngineRuntime) -> str:
     """Text as the engine should get it for a request in `language` (already normalised for speech)."""
     if language not in engine.numbers_written_out:
         return text
-    return numbers_in_words(text, language)
+    return numbers_in_words(dates_written_out(text, language), language)
