@@ -59,11 +59,14 @@ async def test_spoken_question_gets_a_spoken_answer(stack: Stack) -> None:
     assert done["status"] == "completed"
     timings = done["timings"]
     # The VAD waited its end-of-turn silence (500 ms by default, in 32 ms frames), or, when its turn
-    # model judged the question complete at the pause, the pause's (200 ms).
+    # model judged the question complete at the pause, the pause's (200 ms). A turn whose words came
+    # only after the silence (a loaded machine) waits for them, and an unsure one for more speech:
+    # never before the silence rule, never past the 1.5 s cap.
     if timings["turn_end"] == "end_of_turn":
         assert 180 <= timings["vad_silence_ms"] <= 300, timings
     else:
-        assert timings["turn_end"] == "silence" and 480 <= timings["vad_silence_ms"] <= 600, timings
+        assert timings["turn_end"] in {"silence", "max_silence"}, timings
+        assert 480 <= timings["vad_silence_ms"] <= 1600, timings
     # No audio leaves before the transcript and the first token; the reply ends after its first audio.
     assert max(timings["asr_ms"], timings["llm_first_token_ms"]) <= timings["first_audio_sent_ms"], timings
     assert timings["first_audio_sent_ms"] <= timings["total_ms"], timings
