@@ -9,10 +9,12 @@ keep one name everywhere through validation aliases.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import grpc
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -22,6 +24,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 def _shared(name: str) -> AliasChoices:
     """A field read from one PARLEY_ variable whatever the subclass prefix."""
     return AliasChoices(f"PARLEY_{name}")
+
+
+class _Described(Protocol):
+    @property
+    def description(self) -> str: ...
+
+
+def catalogue_choice(catalogue: Mapping[str, _Described], default: str, lead: str, tail: str) -> Any:
+    """A setting that names one entry of a catalogue: only its names pass, and its help lists them all."""
+    return Field(
+        default=default,
+        pattern=f"^({'|'.join(map(re.escape, catalogue))})$",
+        description=lead + "; ".join(f"{name}: {entry.description}" for name, entry in catalogue.items()) + tail,
+    )
 
 
 class CommonSettings(BaseSettings):

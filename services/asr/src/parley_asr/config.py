@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from parley.settings import ServiceSettings
+from parley.settings import ServiceSettings, catalogue_choice
 from parley_asr.catalogue import CATALOGUE, DEFAULT_MODEL
 
 
@@ -15,13 +14,7 @@ class AsrSettings(ServiceSettings):
 
     port: int = 50051
     metrics_port: int = 9151
-    model: str = Field(
-        default=DEFAULT_MODEL,
-        pattern=f"^({'|'.join(map(re.escape, CATALOGUE))})$",
-        description="The embedded Whisper model: "
-        + "; ".join(f"{name}: {model.description}" for name, model in CATALOGUE.items())
-        + " (docs/models.md).",
-    )
+    model: str = catalogue_choice(CATALOGUE, DEFAULT_MODEL, "The embedded Whisper model: ", " (docs/models.md).")
     model_path: Path | None = Field(
         default=None,
         description="CTranslate2 Whisper model directory; overrides PARLEY_ASR_MODEL. Empty means the embedded "

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from parley.settings import ServiceSettings
+from parley.settings import ServiceSettings, catalogue_choice
 from parley_llm.catalogue import CATALOGUE, DEFAULT_MODEL
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -31,12 +30,11 @@ class LlmSettings(ServiceSettings):
         default=True, description="Drop markdown, bullets and emoji from replies so they read and speak well."
     )
     metrics_port: int = 9152
-    model: str = Field(
-        default=DEFAULT_MODEL,
-        pattern=f"^({'|'.join(map(re.escape, CATALOGUE))})$",
-        description="The embedded model (engine=llama_cpp): "
-        + "; ".join(f"{name}: {model.description}" for name, model in CATALOGUE.items())
-        + ". Each but the default needs its packages installed (docs/models.md).",
+    model: str = catalogue_choice(
+        CATALOGUE,
+        DEFAULT_MODEL,
+        "The embedded model (engine=llama_cpp): ",
+        ". Each but the default needs its packages installed (docs/models.md).",
     )
     model_path: Path | None = Field(
         default=None, description="Any GGUF file; overrides PARLEY_LLM_MODEL. Empty means the embedded model."
