@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from parley import refusals
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from tests.conversation_client import ConversationClient
 from tests.stack import Stack
@@ -45,4 +46,5 @@ async def test_the_tts_service_checks_the_language_of_a_reply(stack: Stack) -> N
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await reply("fr")
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refusals.refusal_reason(refused.value.trailing_metadata()) == refusals.LANGUAGE
         assert "'fr'" in (refused.value.details() or "") and "fireredtts2" in (refused.value.details() or "")

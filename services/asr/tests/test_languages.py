@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from parley import refusals
 from parley.asr.v1 import asr_pb2_grpc
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.pcm import Float32Array, pcm16_to_float
@@ -166,6 +167,7 @@ async def test_a_language_the_model_cannot_handle_is_refused_with_nothing_decode
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await transcribe(fake, AsrSettings(**settings), asked)  # type: ignore[arg-type]
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusals.refusal_reason(refused.value.trailing_metadata()) == refusals.LANGUAGE  # the gateway's cue
     assert refused.value.details() is not None
     assert re.search(message, refused.value.details()), refused.value.details()
     assert fake.asked == [], "nothing was decoded"

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
+from parley import refusals
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2
 from parley.tts.v1 import tts_pb2
@@ -146,9 +147,9 @@ def test_a_voice_no_running_engine_can_speak_is_no_choice() -> None:
 class Services:
     policy = RetryPolicy()
 
-    def __init__(self, listing: tts_pb2.ListVoicesResponse | None, refuse: bool = False) -> None:
+    def __init__(self, listing: tts_pb2.ListVoicesResponse | None, refuse: str | None = None) -> None:
         self.listing = listing
-        self.refuse = refuse
+        self.refuse = refuse  # the reason the TTS instance names for refusing (None: it speaks)
         self.requests: list[llm_pb2.GenerateRequest] = []
         self.starts: list[tts_pb2.SpeakStart] = []
         self.lookups = 0
@@ -162,12 +163,15 @@ class Services:
         self, start: tts_pb2.SpeakStart, pieces: TextRequests, owed_since: Callable[[], float | None]
     ) -> AsyncIterator[tts_pb2.SpeakResponse]:
         self.starts.append(start)
-        if self.refuse:
+        if self.refuse is not None:
             raise ServiceError(
                 ErrorCode.SERVICE_ERROR,
                 "tts service: FAILED_PRECONDITION",
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "this voice of the piper engine speaks en, not 'fr'",
+                "this voice of the piper engine speaks en, not 'fr'"
+                if self.refuse
+                else "the stored voice 'ana' cannot be loaded: its reference audio is gone",
+                refused_for=self.refuse,
             )
         index = 0
         async for _ in pieces():
@@ -257,12 +261,21 @@ async def test_with_no_voice_for_the_language_the_reply_is_text_only_with_a_noti
 
 
 async def test_a_tts_instance_that_refuses_the_language_gives_the_same_notice() -> None:
-    services = Services(None, refuse=True)  # no voice list: the instance decides
+    services = Services(None, refuse=refusals.LANGUAGE)  # no voice list: the instance decides
     client = await answered(services, "fr")
     assert services.starts[0].language == "fr"
     [notice] = client.events("error")
     assert notice["code"] == "voice_unavailable" and "French" in notice["message"] and "not 'fr'" in notice["message"]
     assert client.events("response.done")[0]["status"] == "completed"
+
+
+async def test_another_refusal_with_the_same_status_fails_the_reply_as_it_is() -> None:
+    # FAILED_PRECONDITION is also a stored voice that cannot load: that is no language notice.
+    services = Services(None, refuse="")
+    client = await answered(services, "fr")
+    [error] = client.events("error")
+    assert error["code"] == "service_error" and not client.events("response.audio.done")
+    assert client.events("response.done")[0]["status"] == "failed"
 
 
 # ---- what the ASR says of a language ------------------------------------------------------------------
@@ -316,9 +329,23 @@ async def test_a_language_the_recogniser_refuses_gets_a_clear_notice() -> None:
         "asr service: INVALID_ARGUMENT: the model tiny.en speaks English only",
         grpc.StatusCode.INVALID_ARGUMENT,
         "the model tiny.en speaks English only",
+        refused_for=refusals.LANGUAGE,
     )
     heard, sent = await transcribed(Recognizer(refused), "fr")
     assert heard == [Heard(None)]
     [notice] = sent
     assert notice["code"] == "unsupported_language" and notice["language"] == "fr"
     assert "French" in notice["message"] and "tiny.en" in notice["message"]
+
+
+async def test_another_refusal_of_the_recogniser_is_no_language_notice() -> None:
+    refused = ServiceError(
+        ErrorCode.SERVICE_ERROR,
+        "asr service: INVALID_ARGUMENT: a chunk of 2000 ms; the limit is 1000 ms",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a chunk of 2000 ms; the limit is 1000 ms",
+    )
+    heard, sent = await transcribed(Recognizer(refused), "fr")
+    assert heard == [Heard(None)]
+    [notice] = sent
+    assert notice["code"] == "service_error" and "2000 ms" in notice["message"]

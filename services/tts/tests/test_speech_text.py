@@ -25,12 +25,12 @@ PIPER = runtime("piper", "en", PiperSynthesizer.numbers_written_out)
 FIRERED = runtime("fireredtts2", ",".join(LANGUAGES), FireRedTTS2Synthesizer.numbers_written_out, cloning=True)
 
 
-@pytest.mark.parametrize("language", ["", "en", "fr", "zh"])
-def test_an_iso_639_1_code_or_nothing_is_accepted(language: str) -> None:
+@pytest.mark.parametrize("language", ["", "en", "fr", "zh", "haw", "yue"])  # 639-2/3 where 639-1 has none
+def test_an_iso_639_code_or_nothing_is_accepted(language: str) -> None:
     assert checked_language(language) == language
 
 
-@pytest.mark.parametrize("language", ["EN", "eng", "en-US", "en_US", "f", "français"])
+@pytest.mark.parametrize("language", ["EN", "engl", "en-US", "en_US", "f", "français"])
 def test_anything_else_is_invalid(language: str) -> None:
     with pytest.raises(Refused) as refused:
         checked_language(language)

@@ -10,6 +10,7 @@ import numpy as np
 from prometheus_client import Histogram
 from pydantic import BaseModel, Field
 
+from parley import refusals
 from parley.asr.v1 import asr_pb2, asr_pb2_grpc
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.models import ModelPool, PoolTimeout
@@ -157,7 +158,9 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                     async for _, last in audio:
                         if last:
                             break
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, problem, refusals.refused_for(refusals.LANGUAGE)
+                    )
                 async for samples, last in audio:
                     total += samples.size
                     # Past the limit, read on to the end marker and only then refuse:

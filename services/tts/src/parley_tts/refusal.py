@@ -8,12 +8,14 @@ from parley.text import normalize_for_speech
 
 
 class Refused(Exception):
-    """A request refused with a gRPC status code and a message for the client."""
+    """A request refused with a gRPC status code and a message for the client; `reason` names the
+    refusals a caller handles apart (parley.refusals), sent as a trailer."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 def checked_text(text: str, max_chars: int) -> str:

@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 
 from parley.audio.v1.audio_pb2 import AudioChunk
+from parley.refusals import refused_for
 from parley.server import ServiceRuntime
 from parley.streams import StreamAborted
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
@@ -56,14 +57,14 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         except StreamAborted:
             return  # the client went away (barge-in): nothing to answer
         except Refused as refused:
-            await context.abort(refused.code, refused.message)
+            await context.abort(refused.code, refused.message, refused_for(refused.reason))
 
     async def _answered(self, answer: Callable[[], Awaitable[Answer]], context: grpc.aio.ServicerContext) -> Answer:
         await self._check_loaded(context)
         try:
             return await answer()
         except Refused as refused:
-            await context.abort(refused.code, refused.message)
+            await context.abort(refused.code, refused.message, refused_for(refused.reason))
             raise  # not reached: abort raises
 
     # ---- speech ------------------------------------------------------------------------------------

@@ -24,12 +24,14 @@ from functools import lru_cache
 import grpc
 from num2words import CONVERTER_CLASSES, num2words  # type: ignore[import-untyped]
 
+from parley import refusals
 from parley_tts.engines.fireredtts2_text import LANGUAGES as FIREREDTTS2_LANGUAGES
 from parley_tts.refusal import Refused
 from parley_tts.speech import EngineRuntime
 from parley_tts.spoken_dates import dates_written_out
 
-ISO_639_1 = re.compile(r"^[a-z]{2}$")
+# ISO 639-1, or 639-2/3 for a language without a two-letter code (Whisper detects "haw", "yue").
+ISO_639 = re.compile(r"^[a-z]{2,3}$")
 # Languages that write a decimal comma (and group thousands with a point or a space).
 _DECIMAL_COMMA = frozenset(
     {
@@ -70,11 +72,11 @@ MAX_NUMBER_DIGITS = 15
 
 
 def checked_language(language: str) -> str:
-    """The request's language, or "" for the voice's own; refuses what is not an ISO 639-1 code."""
-    if language and not ISO_639_1.match(language):
+    """The request's language, or "" for the voice's own; refuses what is not an ISO 639 code."""
+    if language and not ISO_639.match(language):
         raise Refused(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"language {language[:20]!r} is not an ISO 639-1 code (two lowercase letters, e.g. 'en', 'fr')",
+            f"language {language[:20]!r} is not an ISO 639 code (two or three lowercase letters, e.g. 'en', 'fr')",
         )
     return language
 
@@ -94,6 +96,7 @@ def check_speaks(engine: EngineRuntime, spoken: frozenset[str], language: str, e
         grpc.StatusCode.FAILED_PRECONDITION,
         f"this voice of the {engine.name} engine speaks {', '.join(sorted(spoken)) or 'no listed language'}, "
         f"not {language!r}: {hint}",
+        refusals.LANGUAGE,
     )
 
 

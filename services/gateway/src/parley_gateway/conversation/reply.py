@@ -29,8 +29,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
-
+from parley import refusals
 from parley.llm.v1 import llm_pb2
 from parley.pcm import duration_s
 from parley.tts.v1 import tts_pb2
@@ -285,7 +284,7 @@ class Reply:
         the reply's language (naming one that can) before any audio. Tells the client so."""
         if (
             not isinstance(exc, ServiceError)
-            or exc.status != grpc.StatusCode.FAILED_PRECONDITION
+            or exc.refused_for != refusals.LANGUAGE
             or not self.language
             or self.spoken.audio_ms
         ):

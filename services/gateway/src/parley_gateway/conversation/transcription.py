@@ -13,8 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import grpc
-
+from parley import refusals
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.streams import options_metadata
 from parley_gateway.conversation.audio_ring import AudioRing
@@ -113,7 +112,7 @@ class Transcription:
         self.on_final(self.turn_id, heard)
 
     def _error(self, exc: ServiceError) -> dict[str, object]:
-        if exc.status == grpc.StatusCode.INVALID_ARGUMENT and self.language:
+        if exc.refused_for == refusals.LANGUAGE and self.language:
             # The recogniser cannot take the language the session asked for (an English-only model, say).
             name = language_name(self.language)
             return {

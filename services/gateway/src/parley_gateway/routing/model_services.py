@@ -37,6 +37,7 @@ import grpc
 from parley.asr.v1 import asr_pb2, asr_pb2_grpc
 from parley.audio.v1.audio_pb2 import AudioChunk
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
+from parley.refusals import refusal_reason
 from parley.registry import DRAINING_TRAILER
 from parley.tts.v1 import tts_pb2, tts_pb2_grpc
 from parley.vad.v1 import vad_pb2, vad_pb2_grpc
@@ -67,6 +68,7 @@ class ServiceError(Exception):
 
     `retryable`: another instance could take the call over (this one went away or is full);
     the caller decides whether that is worth it (a reply half spoken is, from its cut).
+    `refused_for`: the reason the service named for refusing (parley.refusals), or "".
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class ServiceError(Exception):
         status: grpc.StatusCode | None = None,
         detail: str = "",
         retryable: bool | None = None,
+        refused_for: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -83,6 +86,7 @@ class ServiceError(Exception):
         self.status = status
         self.detail = detail or message
         self.retryable = RetryPolicy.retryable(status) if retryable is None else retryable
+        self.refused_for = refused_for
 
 
 class ModelServices(Protocol):
@@ -155,7 +159,11 @@ class GrpcServices:
         if self.policy.retryable(code):
             return ServiceError(ErrorCode.SERVICE_UNAVAILABLE, f"{kind} service: {exc.details()}", code)
         return ServiceError(
-            ErrorCode.SERVICE_ERROR, f"{kind} service: {code.name}: {exc.details()}", code, exc.details() or ""
+            ErrorCode.SERVICE_ERROR,
+            f"{kind} service: {code.name}: {exc.details()}",
+            code,
+            exc.details() or "",
+            refused_for=refusal_reason(exc.trailing_metadata()),
         )
 
     def _unavailable(self, kind: str, tried: int) -> ServiceError:
