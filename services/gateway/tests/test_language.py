@@ -239,13 +239,50 @@ async def test_a_french_reply_is_asked_for_in_french_and_spoken_by_a_french_voic
 
 async def test_an_english_reply_is_made_as_it_always_was() -> None:
     services = Services(LISTING)
-    await answered(services, "en", voice_id="joe")
+    await answered(services, "en")
     assert services.requests[0].messages[-1].content == "Comment ça va ?"  # no instruction
-    assert services.lookups == 0  # no voice lookup on the way to the first audio
-    assert services.starts[0].voice == "joe" and services.starts[0].language == "en"
+    assert services.lookups == 0  # the default voices speak English: no lookup at all
+    assert services.starts[0].voice == "" and services.starts[0].language == "en"
+    chosen = Services(LISTING)
+    await answered(chosen, "en", voice_id="joe")
+    assert chosen.starts[0].voice == "joe" and chosen.starts[0].language == "en"
     unknown = Services(LISTING)
     await answered(unknown, "")
     assert unknown.starts[0].language == "" and unknown.lookups == 0
+
+
+async def test_an_english_reply_in_a_session_with_a_german_voice_gets_an_english_one() -> None:
+    listing = tts_pb2.ListVoicesResponse()
+    listing.CopyFrom(LISTING)
+    listing.voices.append(voice("thorsten", "de", "piper"))
+    services = Services(listing)
+    await answered(services, "en", voice_id="thorsten")
+    assert services.starts[0].voice == "joe" and services.starts[0].language == "en"
+
+
+class SlowListing(Services):
+    """A TTS service whose voice list comes only when the test says so."""
+
+    def __init__(self, listing: tts_pb2.ListVoicesResponse) -> None:
+        super().__init__(listing)
+        self.answer = asyncio.Event()
+
+    async def voice_list(self) -> tts_pb2.ListVoicesResponse | None:
+        await self.answer.wait()
+        return await super().voice_list()
+
+
+async def test_the_voice_lookup_does_not_hold_back_the_llm() -> None:
+    services = SlowListing(LISTING)
+    answering = asyncio.create_task(answered(services, "fr", voice_id="joe"))
+    async with asyncio.timeout(5):
+        while not services.requests:
+            await asyncio.sleep(0.01)
+    assert services.starts == []  # the LLM writes while the voice is still being looked up
+    services.answer.set()
+    client = await answering
+    assert services.starts[0].voice == "siwis" and client.events("response.done")[0]["status"] == "completed"
+    assert services.requests[0].messages[-1].content.endswith("Answer in French.")
 
 
 async def test_with_no_voice_for_the_language_the_reply_is_text_only_with_a_notice() -> None:

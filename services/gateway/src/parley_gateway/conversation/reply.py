@@ -242,11 +242,8 @@ class Reply:
         request = context.llm_request(self.user_text)
         instruct(request, answer_instruction(self.language))
         self._create()
-        start = await self._speak_start()
-        self._moved()
-        speech = ReplySpeech(context.services, start or context.speak_start, self.spoken, self._audio, context.name)
-        # Without a voice for the language the reply is text only: its speech is never started.
-        speaker = asyncio.create_task(speech.run() if start is not None else asyncio.sleep(0))
+        speech = ReplySpeech(context.services, context.speak_start, self.spoken, self._audio, context.name)
+        speaker = asyncio.create_task(self._speak(speech))
         writer = asyncio.create_task(self._write(request, speech))
         try:
             # A speech that fails (its TTS wedged past the idle deadline, say) ends the reply now,
@@ -292,6 +289,16 @@ class Reply:
         self._no_voice(exc.detail)
         return True
 
+    async def _speak(self, speech: ReplySpeech) -> None:
+        """The reply's speech, in a voice that speaks its language. The voice is looked up while the
+        LLM already writes (its sentences wait in the speech's feed); with none, the reply is text only."""
+        start = await self._speak_start()
+        if start is None:
+            return
+        self._moved()
+        speech.start = start
+        await speech.run()
+
     async def _speak_start(self) -> tts_pb2.SpeakStart | None:
         """The reply's Speak start: its language, and a voice that speaks it (None: no voice does)."""
         base = self.context.speak_start
@@ -300,7 +307,7 @@ class Reply:
         start = tts_pb2.SpeakStart()
         start.CopyFrom(base)
         start.language = self.language
-        if base_language(self.language) == DEFAULT_LANGUAGE:
+        if base_language(self.language) == DEFAULT_LANGUAGE and not base.voice:
             return start  # the default voices speak it: no lookup, as before languages were followed
         listing = await self.context.services.voice_list()
         if listing is None:
