@@ -30,13 +30,13 @@ used one), drops the cells past that prefix and reads only the rest of its promp
 llama.cpp's CPU matrix kernels round a token differently in a batch of fewer than
 `EXACT_ROWS` rows than in a larger one (plain weights too: logits up to ~0.4 apart,
 measured with this llama.cpp). A prompt read from scratch goes in large batches, its
-reply's tokens one per step. So by default only cells decoded in large batches are
-reused (the prompts: a conversation's earlier turns and system prompt), at least
-`EXACT_ROWS` prompt tokens are read again, and no prompt chunk is smaller than that:
-a reply is then word for word what a fresh evaluation of its prompt gives. With
-`reuse_reply_cells` the last reply's cells are reused too, as `llama_cpp.Llama` does
-(word for word what the single-sequence engine says for the same conversation, not
-what a fresh evaluation does), reading a turn's prompt ~a reply's length faster.
+reply's tokens one per step. By default (`reuse_reply_cells`, as `llama_cpp.Llama`
+does) the last reply's cells are reused too: a turn's prompt is read ~a reply's length
+faster, and a reply is word for word what the single-sequence engine says for the same
+conversation, not what a fresh evaluation of its prompt gives. Without it only cells
+decoded in large batches are reused (the prompts: a conversation's earlier turns and
+system prompt), at least `EXACT_ROWS` prompt tokens are read again and no prompt chunk
+is smaller than that, so a reply is word for word what a fresh evaluation gives.
 """
 
 from __future__ import annotations
@@ -338,11 +338,10 @@ class LlamaCppBatchedGenerator:
                 # Idle: sleep until a reply comes. Busy: take what came, decode on.
                 items = [self._inbox.get()] if not active and not waiting else []
                 items += self._drain()
-                for item in items:
-                    if item is _STOP:
-                        raise SchedulerStopped("the LLM engine was closed")
-                    if item is not None:
-                        waiting.append(item)
+                # Replies that came with the stop wait with the others, and fail with them below.
+                waiting.extend(item for item in items if isinstance(item, _Reply))
+                if _STOP in items:
+                    raise SchedulerStopped("the LLM engine was closed")
                 for sequence in [s for s in active if s.reply.cancelled.is_set()]:
                     self._drop(sequence, active, free_ids)
                 for reply in [r for r in waiting if r.cancelled.is_set()]:
@@ -424,7 +423,8 @@ class LlamaCppBatchedGenerator:
     def _admit(self, reply: _Reply, free_ids: list[int]) -> _Sequence | None:
         """Give a waiting reply a KV stream; a reply that cannot start fails alone."""
         try:
-            messages = fit_history(reply.messages, self.context_tokens - reply.max_tokens, self._count)
+            # Fitted to its own KV stream, which may hold fewer tokens than the context asked for.
+            messages = fit_history(reply.messages, self._seq_context - reply.max_tokens, self._count)
             prompt, stops = self._prompt(messages)
             if len(prompt) >= self._seq_context:
                 raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._seq_context}")
@@ -515,8 +515,10 @@ class LlamaCppBatchedGenerator:
         prompt chunk of each sequence still reading its prompt, each in a batch of its own.
 
         Prompts go alone because llama.cpp's CPU kernels round a prompt token differently
-        when prompts of three or more sequences share a batch; single tokens of many
-        sequences do not, so a reply's words never depend on who else is talking.
+        when prompts of three or more sequences share a batch. Single tokens of many
+        sequences do not on plain weights, so there a reply's words never depend on who else
+        is talking; the repacked weights the service uses may round a near tie the other way
+        (module docstring).
         """
         generating = [s for s in active if s.started]
         reading = [s for s in active if not s.started]
