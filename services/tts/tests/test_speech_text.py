@@ -40,7 +40,7 @@ def test_anything_else_is_invalid(language: str) -> None:
 def test_a_voice_speaks_what_it_lists_and_a_cloned_one_its_engines_languages_too() -> None:
     assert Voice(PIPER, "piper-voice").languages() == {"en"}
     assert Voice(FIRERED, "fireredtts2-voice").languages() == set(LANGUAGES)
-    cloned = Voice(FIRERED, StoredVoice("ana-123456", "hola", b""), language="es")
+    cloned = Voice(FIRERED, StoredVoice("ana-123456", "hola", b""))  # a Spanish reference
     assert cloned.languages() == set(LANGUAGES)  # a Spanish reference does not teach the engine Spanish
 
 

@@ -5,7 +5,12 @@ safe to call from two threads at once: one `Llama` used by two threads crashes
 the process. So every model instance in a service lives in a `ModelPool`, and:
 
 - each instance has its own worker thread; all work on it runs there, one job
-  after another, so no two threads can ever be inside one instance;
+  after another, so no two threads can ever be inside one instance. The one
+  exception is a model object that is itself safe to call from many threads
+  (the LLM's batched engine: its own scheduler thread alone touches llama.cpp,
+  callers only queue work for it): it is added once per stream it serves, so
+  the pool's entries, its `busy` gauge and its "all busy" refusals count
+  streams, not copies;
 - a call borrows an instance with `async with pool.lease(timeout_s) as lease`
   and waits, in arrival order, while all are busy (up to `timeout_s`);
 - `lease.run(fn)` runs one blocking call, `lease.stream(fn)` pulls a blocking

@@ -25,7 +25,8 @@ import unicodedata
 _DROPPED_CATEGORIES = frozenset({"Cf", "Co", "Cs", "Cn"})
 # Han ideographs, kana (Japanese) and Hangul: text with any of them keeps its full-width punctuation.
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-# The punctuation of the Fullwidth Forms block (not its letters and digits), and the ideographic space.
+# The punctuation of the Fullwidth Forms block (not its letters and digits); the ideographic space
+# is a space to NFKC, which makes it an ASCII one.
 _FULLWIDTH_PUNCTUATION = re.compile(r"[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff60]")
 
 

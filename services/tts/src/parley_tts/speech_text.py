@@ -1,9 +1,9 @@
 """A request's language: checked, matched to the voice, and used to write numbers out for engines that need it.
 
 A speech request may say the language of its text (ISO 639-1; empty: the voice's own). A voice
-speaks the languages it lists (`VoiceInfo.language`); a stored voice speaks its reference's language
-and every language of the cloning engine that speaks it (FireRedTTS2 clones across languages):
-`voice_library.Voice.languages`.
+speaks the languages it lists (`VoiceInfo.language`); a stored voice speaks every language of the
+cloning engine that speaks it (FireRedTTS2 clones across languages), which need not include its
+reference's: `voice_library.Voice.languages`.
 
 Piper reads digits itself: espeak-ng phonemises them in the voice's language. FireRedTTS2's
 upstream text front end (`clean_text`, the turn and monologue splitters) only maps punctuation and

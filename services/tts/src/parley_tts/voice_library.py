@@ -47,7 +47,6 @@ class Voice:
     voice: str | StoredVoice
     speaker: int = 1  # the speaker it speaks as in a dialogue
     reference_embedding: Float32Array | None = None  # a cloned voice's, for the similarity score
-    language: str = ""  # a cloned voice's reference language
 
     def languages(self) -> frozenset[str]:
         """What it speaks: a built-in voice its listed languages; a cloned one its engine's.
@@ -84,7 +83,7 @@ class VoiceLibrary:
                 codes = await self._prompt_codes(profile, runtime)
                 embedding = np.asarray(profile.embedding, dtype=np.float32) if profile.embedding else None
                 stored = StoredVoice(profile.id, profile.transcript, codes)
-                return Voice(runtime, stored, 1, embedding, profile.language)
+                return Voice(runtime, stored, 1, embedding)
         except VoiceError as exc:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         known = ", ".join(sorted(v.id for _, v in self.engines.builtin_voices()))
