@@ -266,6 +266,12 @@ class SlowListing(Services):
     def __init__(self, listing: tts_pb2.ListVoicesResponse) -> None:
         super().__init__(listing)
         self.answer = asyncio.Event()
+        self.llm_asked = asyncio.Event()
+
+    async def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]:
+        self.llm_asked.set()
+        async for delta in super().generate(request):
+            yield delta
 
     async def voice_list(self) -> tts_pb2.ListVoicesResponse | None:
         await self.answer.wait()
@@ -276,8 +282,7 @@ async def test_the_voice_lookup_does_not_hold_back_the_llm() -> None:
     services = SlowListing(LISTING)
     answering = asyncio.create_task(answered(services, "fr", voice_id="joe"))
     async with asyncio.timeout(5):
-        while not services.requests:
-            await asyncio.sleep(0.01)
+        await services.llm_asked.wait()
     assert services.starts == []  # the LLM writes while the voice is still being looked up
     services.answer.set()
     client = await answering

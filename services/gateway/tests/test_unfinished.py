@@ -17,6 +17,7 @@ from parley_gateway.conversation.unfinished import words_unfinished
         "Count from one to 10.",
         'He said "stop."',
         "Why is the sky blue during the day?  ",
+        "Wait, really?...",  # a closing mark before the dots: the sentence ended
     ],
 )
 def test_finished_sentences(text: str) -> None:
@@ -37,6 +38,8 @@ def test_finished_sentences(text: str) -> None:
         "Where are you from?",  # a stranded preposition waits for the cap: the price of the rule
         "...",
         "",
+        "So I was thinking about the weekend...",  # an ellipsis: the speech trails off
+        "Je me demandais…",  # in any language
     ],
 )
 def test_unfinished_sentences(text: str) -> None:
@@ -47,6 +50,7 @@ def test_english_word_rules_apply_to_an_unknown_language_only_as_english() -> No
     assert words_unfinished("Is it far to walk?", "")
     assert not words_unfinished("Quel temps fait-il à Paris?", "fr")
     assert not words_unfinished("Je voudrais aller to?", "fr")  # the English rules stay out of French
+    assert words_unfinished("Je me demandais…", "fr")
 
 
 def test_closing_marks_of_other_scripts() -> None:

@@ -46,19 +46,17 @@ Events arrive in the order the session sees them; reply ids are the session's.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from parley_gateway.conversation.unfinished import words_unfinished
+from parley_gateway.conversation.unfinished import intelligible, lowered_words, words_unfinished
 from parley_gateway.metrics import BARGE_INS_TOTAL, PREEMPTIVE_TOTAL, STAGE_SECONDS, TURN_ENDS_TOTAL
 from parley_gateway.protocol import event
 
 # A transcript is echo when at least this share of its words are in the reply being played.
 ECHO_WORD_SHARE = 0.6
-_WORD = re.compile(r"[\w']+")
 
 
 class Clock(Protocol):
@@ -307,7 +305,7 @@ class TurnTaker:
             return
         if turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE} and self._judge_words(turn):
             return  # the turn ended here, and its reply started
-        if text and _intelligible(text) and self.settings.preemptive:
+        if text and intelligible(text) and self.settings.preemptive:
             if turn.echo_suspect is not None and not self._decide_echo(turn, text):
                 return  # the assistant's own voice; wait for the turn's end to say so
             turn.guess = self._start(text, held=True, turn_end=None, timings={})
@@ -452,7 +450,7 @@ class TurnTaker:
         if text is None:
             return  # the ASR stream failed; the error was reported
         heard_echo = turn.echo_suspect is not None and not self._decide_echo(turn, text)
-        if heard_echo or not _intelligible(text):
+        if heard_echo or not intelligible(text):
             # Nothing to answer: a cough, a tap, or the assistant's own voice.
             reason = {"reason": "echo"} if heard_echo else {}
             self.ports.send(event("transcript.final", text="", **_language(turn), **reason))
@@ -530,13 +528,9 @@ def _language(turn: _Turn) -> dict[str, object]:
     return {"language": turn.language, "language_probability": round(turn.language_probability, 3)}
 
 
-def _intelligible(text: str) -> bool:
-    return any(c.isalnum() for c in text)
-
-
 def _is_echo(transcript: str, reply_text: str) -> bool:
-    heard = [w.lower() for w in _WORD.findall(transcript)]
-    spoken = {w.lower() for w in _WORD.findall(reply_text)}
+    heard = lowered_words(transcript)
+    spoken = set(lowered_words(reply_text))
     if not heard:
         return True
     return sum(w in spoken for w in heard) / len(heard) >= ECHO_WORD_SHARE

@@ -9,8 +9,9 @@ answers the wrong question, so the rules lean towards "unfinished":
 
 * **No closing punctuation.** Whisper writes a full stop, question or exclamation mark where it
   hears a sentence end, and none where the speech breaks off ("What a good present for",
-  "who wrote the famous novel about" heard as "... album out"). A transcript that does not end
-  on one, in any script, is unfinished.
+  "who wrote the famous novel about" heard as "... album out"), or an ellipsis where it trails
+  off ("So I was thinking..."). A transcript that does not end on a closing mark, in any script,
+  is unfinished.
 * **A dangling word** (English only): a preposition, article, conjunction, possessive or filler
   that no English sentence ends on ("the weather in", "a present for", "um").
 * **An infinitive without its object** (English only): "to" and one more word ("the best way to
@@ -23,9 +24,11 @@ from __future__ import annotations
 import re
 
 _WORD = re.compile(r"[\w']+")
-# Where a sentence can end: Latin, CJK full-width, Arabic, Devanagari and ellipsis forms. Closing
-# quotes and brackets may follow the mark.
+# Where a sentence can end: Latin, CJK full-width, Arabic and Devanagari marks. Closing quotes and
+# brackets may follow the mark.
 _SENTENCE_END = re.compile(r"[.!?…。！？؟।]+[\"'”’»)\]」』]*\s*$")
+# An ellipsis alone is where Whisper hears the speech trail off ("So I was thinking..."), not end.
+_TRAILING_OFF = re.compile(r"(?<![.!?])(\.\.\.|…)[\"'”’»)\]」』]*\s*$")
 # Words an English sentence does not end on. Prepositions can be stranded ("where are you
 # from?"): such a question then waits for the silence cap.
 OPEN_ENDINGS = frozenset(
@@ -40,16 +43,25 @@ def words_unfinished(text: str, language: str = "") -> bool:
 
     `language`: the transcript's ISO 639-1 code ("" when unknown, read as English).
     """
-    if not any(c.isalnum() for c in text):
-        return True  # nothing intelligible: a breath or a click, not a finished question
-    if not _SENTENCE_END.search(text):
+    if not intelligible(text):
+        return True  # a breath or a click, not a finished question
+    if not _SENTENCE_END.search(text) or _TRAILING_OFF.search(text):
         return True
     if language not in ENGLISH:
         return False
-    words = [w.lower() for w in _WORD.findall(text)]
+    words = lowered_words(text)
     if words[-1] in OPEN_ENDINGS:
         return True
     return len(words) >= 2 and words[-2] == "to" and not _capitalised_last_word(text)
+
+
+def intelligible(text: str) -> bool:
+    """Whether a transcript has any word or number in it."""
+    return any(c.isalnum() for c in text)
+
+
+def lowered_words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
 
 
 def _capitalised_last_word(text: str) -> bool:
