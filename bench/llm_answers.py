@@ -33,8 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from parley.assembly import ModelFileError
 from parley_gateway.conversation.sentences import SentenceChunker
-from parley_llm.assembly import ModelFileError
 from parley_llm.catalogue import CATALOGUE, choose_model
 from parley_llm.config import LlmSettings
 from parley_llm.engines.base import ChatMessage

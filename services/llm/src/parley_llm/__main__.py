@@ -6,9 +6,9 @@ import asyncio
 
 import grpc
 
+from parley.assembly import log_progress
 from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.server import ServiceRuntime, ServiceSpec, run_service
-from parley_llm.assembly import log_progress
 from parley_llm.catalogue import choose_model
 from parley_llm.config import LlmSettings
 from parley_llm.engines.base import ChatMessage, TextGenerator
