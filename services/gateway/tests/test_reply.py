@@ -68,7 +68,8 @@ class Clock:
 def context(services: Scripted, recorder: Recorder, history: History) -> ReplyContext:
     return ReplyContext(
         services=services,  # type: ignore[arg-type]
-        settings=GatewaySettings().conversation().reply,
+        # A piece a sentence, as these tests count audio by sentence (test_sentences.py cuts pieces).
+        settings=GatewaySettings(first_piece_max_words=0).conversation().reply,
         clock=Clock(),
         send=recorder,
         watcher=recorder,

@@ -15,8 +15,8 @@ def feed(chunker: SentenceChunker, text: str) -> list[str]:
     return out + chunker.flush()
 
 
-def feed_in(pieces: list[str], first_clause_min_chars: int) -> list[str]:
-    chunker = SentenceChunker(first_clause_min_chars)
+def feed_in(pieces: list[str], first_clause_min_chars: int, first_piece_max_words: int = 0) -> list[str]:
+    chunker = SentenceChunker(first_clause_min_chars, first_piece_max_words=first_piece_max_words)
     out: list[str] = []
     for piece in pieces:
         out += chunker.push(piece)
@@ -31,6 +31,72 @@ def test_first_piece_leaves_at_a_long_enough_clause() -> None:
 
 def test_short_clauses_wait_for_the_sentence() -> None:
     assert feed(SentenceChunker(50), "Yes, sure. Anything else?") == ["Yes, sure.", "Anything else?"]
+
+
+def test_with_a_word_cap_a_long_first_clause_leaves_after_that_many_words() -> None:
+    chunker = SentenceChunker(20, first_piece_max_words=4)
+    pieces = feed(chunker, "The capital city France has is Paris, a lovely city. It has many museums to see.")
+    assert pieces == ["The capital city France", "has is Paris, a lovely city.", "It has many museums to see."]
+    # A phrase that starts within the cap starts the next piece, and the opening goes on to four words.
+    pieces = feed(SentenceChunker(20, first_piece_max_words=4), "The capital of France is Paris, a lovely city.")
+    assert pieces == ["The capital", "of France is Paris,", "a lovely city."]
+
+
+def test_the_word_cap_never_splits_a_short_first_sentence_or_a_clause() -> None:
+    assert feed(SentenceChunker(20, first_piece_max_words=4), "Sure! I can. Help is here.") == [
+        "Sure!",
+        "I can.",
+        "Help is here.",
+    ]
+    # Past the cap the last clause mark wins however short, else the cut comes before a phrase's first word.
+    assert feed(SentenceChunker(20, first_piece_max_words=4), "Well, that is a very good question.") == [
+        "Well,",
+        "that is",
+        "a very good question.",
+    ]
+    assert feed(SentenceChunker(20, first_piece_max_words=4), "I think that a very good question.") == [
+        "I think that",
+        "a very good question.",
+    ]
+    assert feed(SentenceChunker(4, first_piece_max_words=4), "Of course, it is a very good question.") == [
+        "Of course,",
+        "it is",
+        "a very good question.",
+    ]
+    assert feed(SentenceChunker(4, first_piece_max_words=2), "Of course, it is a very good question.") == [
+        "Of course,",  # the opening's two words are out: the rest is one sentence
+        "it is a very good question.",
+    ]
+
+
+def test_after_a_short_first_sentence_the_next_piece_leaves_early_too() -> None:
+    text = 'Sure! The classic books to read are "To Kill a Mockingbird" and "1984". Both are great.'
+    assert feed(SentenceChunker(20, first_piece_max_words=4), text) == [
+        "Sure!",
+        "The classic books",  # the opening's fourth word is "to": the cut comes before it
+        'to read are "To Kill a Mockingbird" and "1984".',
+        "Both are great.",
+    ]
+    assert feed(SentenceChunker(20), text) == [  # without a cap only the first piece is early
+        "Sure!",
+        'The classic books to read are "To Kill a Mockingbird" and "1984".',
+        "Both are great.",
+    ]
+
+
+def test_with_a_word_cap_clauses_end_pieces_until_four_times_its_words_are_out() -> None:
+    text = (
+        "Sure! To make green tea, you boil some fresh water, then you pour it over the leaves in a cup, "
+        "and you wait for three minutes. After that, you take the leaves out, and you can drink it."
+    )
+    assert feed(SentenceChunker(20, first_piece_max_words=4), text) == [
+        "Sure!",
+        "To make green tea,",  # the opening: at its last clause mark within four words
+        "you boil some fresh water,",  # the lead-in: clause marks past 20 characters
+        "then you pour it over the leaves in a cup,",
+        "and you wait for three minutes.",  # 20 words out: whole sentences from here
+        "After that, you take the leaves out, and you can drink it.",
+    ]
 
 
 def test_text_without_punctuation_is_flushed_at_the_end() -> None:
@@ -107,12 +173,15 @@ REPLIES = [
 
 @pytest.mark.parametrize("reply", REPLIES)
 @pytest.mark.parametrize("first_clause_min_chars", [0, 10, 40])
-def test_any_split_into_deltas_gives_the_same_pieces(reply: str, first_clause_min_chars: int) -> None:
-    whole = feed_in([reply], first_clause_min_chars)
-    assert feed_in(list(reply), first_clause_min_chars) == whole
+@pytest.mark.parametrize("first_piece_max_words", [0, 4])
+def test_any_split_into_deltas_gives_the_same_pieces(
+    reply: str, first_clause_min_chars: int, first_piece_max_words: int
+) -> None:
+    whole = feed_in([reply], first_clause_min_chars, first_piece_max_words)
+    assert feed_in(list(reply), first_clause_min_chars, first_piece_max_words) == whole
     rng = random.Random(99)
     for longest in (2, 3, 5, 8):
-        assert feed_in(chunked(reply, rng, longest), first_clause_min_chars) == whole
+        assert feed_in(chunked(reply, rng, longest), first_clause_min_chars, first_piece_max_words) == whole
     assert " ".join(whole).split() == reply.split()  # nothing lost, nothing added
 
 

@@ -136,10 +136,13 @@ async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
             await asyncio.sleep(0.001)
 
 
-def open_session(services: FakeServices, **options: Any) -> tuple[ConversationSession, Client]:
+def open_session(
+    services: FakeServices, settings: GatewaySettings | None = None, **options: Any
+) -> tuple[ConversationSession, Client]:
     client = Client()
     start = SessionStart.model_validate({"type": "session.start", **options})
-    session = ConversationSession(GatewaySettings().conversation(), services, client, start, clock=VirtualClock())
+    settings = settings or GatewaySettings()
+    session = ConversationSession(settings.conversation(), services, client, start, clock=VirtualClock())
     return session, client
 
 
@@ -350,7 +353,7 @@ class DyingTts(FakeServices):
 
 async def test_a_reply_whose_tts_instance_dies_is_finished_by_another_from_the_sentence_cut() -> None:
     services = DyingTts()
-    session, client = open_session(services)
+    session, client = open_session(services, GatewaySettings(first_piece_max_words=0))  # a piece a sentence
     session.on_text("Tell me three things")
     await until(lambda: "response.done" in client.types())
     first, second = services.spoken

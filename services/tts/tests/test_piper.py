@@ -87,6 +87,19 @@ def test_engine_speaks_a_sentence_at_a_time(synthesizer: PiperSynthesizer) -> No
         speak(synthesizer, Utterance("hi", StoredVoice("v_1", "hello", b"")))
 
 
+def closing_silence_ms(audio: Float32Array, rate: int) -> float:
+    return float((audio.size - 1 - np.flatnonzero(np.abs(audio) > 0.02)[-1]) / rate * 1000)
+
+
+def test_a_text_that_breaks_off_mid_phrase_ends_without_a_sentences_silence(synthesizer: PiperSynthesizer) -> None:
+    rate = synthesizer.sample_rate
+    cut = np.concatenate(speak(synthesizer, Utterance("The capital of France", "joe")))
+    assert closing_silence_ms(cut, rate) <= 45  # the next piece follows as across a phrase break
+    for closed in ("The capital of France.", "The capital of France,", "Is it Paris?"):
+        audio = np.concatenate(speak(synthesizer, Utterance(closed, "joe")))
+        assert closing_silence_ms(audio, rate) > 100, closed  # a sentence or clause keeps its pause
+
+
 def test_text_the_voice_would_spell_out_is_refused_before_any_audio(synthesizer: PiperSynthesizer) -> None:
     # Scripts an English voice can only read by name, a long phrase per character.
     for text in ("你好，世界。今天天气很好。", "שלום עולם, מה שלומך היום", "𝕳𝖊𝖑𝖑𝖔 𝖋𝖗𝖎𝖊𝖓𝖉"):

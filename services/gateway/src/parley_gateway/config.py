@@ -67,6 +67,15 @@ class GatewaySettings(CommonSettings):
     first_clause_min_chars: int = Field(
         default=20, ge=1, description="The first TTS request leaves at the first clause boundary past this length."
     )
+    first_piece_max_words: int = Field(
+        default=4,
+        ge=0,
+        description="The first TTS request leaves after this many words when no clause or sentence has ended by "
+        "then (earlier audio, for a break in the sentence's melody); after a shorter first sentence ('Sure!') the "
+        "next piece leaves the same way, until the pieces sent hold this many words; until they hold four times as "
+        "many, clause marks end pieces too. 0: the first piece waits for a clause or sentence end, and later pieces "
+        "are whole sentences (docs/benchmarks.md, 'The first words of a reply').",
+    )
     voice: str = Field(default="", description="Default TTS voice; empty means the TTS service's default.")
     echo_guard_ms: int = Field(
         default=300,
@@ -306,6 +315,7 @@ class GatewaySettings(CommonSettings):
                 output_sample_rate=self.output_sample_rate,
                 voice=self.voice,
                 first_clause_min_chars=self.first_clause_min_chars,
+                first_piece_max_words=self.first_piece_max_words,
                 llm_max_tokens=self.llm_max_tokens,
                 history_turns=self.history_turns,
                 stall_timeout_s=self.reply_stall_timeout_s,
@@ -390,6 +400,7 @@ class ReplySettings:
     output_sample_rate: int  # the gateway's; a session may ask for another
     voice: str
     first_clause_min_chars: int
+    first_piece_max_words: int  # 0: the first piece waits for a clause or sentence end
     llm_max_tokens: int
     history_turns: int  # past turns the LLM sees
     stall_timeout_s: float

@@ -263,7 +263,8 @@ class Reply:
     async def _write(self, request: llm_pb2.GenerateRequest, speech: ReplySpeech) -> None:
         """The LLM's reply: to the client as text, and sentence by sentence to the speech."""
         context = self.context
-        chunker = SentenceChunker(context.settings.first_clause_min_chars, self.language)
+        settings = context.settings
+        chunker = SentenceChunker(settings.first_clause_min_chars, self.language, settings.first_piece_max_words)
         async for delta in context.services.generate(request):
             self._moved()
             self._mark("llm_first_token")
@@ -271,8 +272,10 @@ class Reply:
                 self.text += delta.text
                 self.output.send(event("response.text.delta", response_id=self.id, text=delta.text))
                 for sentence in chunker.push(delta.text):
+                    self._mark("tts_first_piece")
                     speech.say(sentence)
         for sentence in chunker.flush():
+            self._mark("tts_first_piece")
             speech.say(sentence)
         speech.end()
 

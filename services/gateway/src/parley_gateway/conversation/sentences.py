@@ -1,7 +1,14 @@
 """Cuts streamed LLM text into pieces worth sending to TTS.
 
 The first piece leaves at the first clause boundary past a minimum length, so the first audio
-starts early; later pieces are whole sentences, which synthesise with better prosody.
+starts early; later pieces are whole sentences, which synthesise with better prosody. With a word
+cap (`first_piece_max_words`) a first sentence that runs on without a clause mark leaves after that
+many words, cut before a word an English phrase starts with (an article, a preposition): earlier
+audio for a break in the sentence's melody. The cap makes an opening of that many words: after a
+first piece shorter than that ("Sure!"), the next piece leaves by the same rules; and until the
+pieces hold four times the cap, clause marks still end pieces. Both keep the next audio ready
+before what came before it has finished playing: a long sentence written whole after a short
+opening would be heard after a gap.
 
 Sentences are found by `sentencex` (Wikimedia's rule-based segmenter: abbreviations such as
 "Dr.", "e.g." and "U.S.", decimals, ellipses and quotes are handled by its language rules). On a
@@ -40,9 +47,15 @@ import unicodedata
 
 from sentencex import segment
 
+from parley_gateway.conversation.language import base_language
+from parley_gateway.conversation.unfinished import OPEN_ENDINGS
+
 # The rules for a reply whose language is not known (the default prompt and voices are English).
 DEFAULT_LANGUAGE = "en"
 _CLAUSE_END = re.compile(r"[,;:—–](?=\s)|[，、；：]")
+_WHOLE_WORD = re.compile(r"\S+(?=\s)")
+# With a word cap, pieces may leave at clause marks until they hold this many times its words.
+LEAD_IN_OPENINGS = 4
 # Where the text is looked at: after whitespace, and in scripts written without spaces after the
 # full-width marks that end a sentence or clause and after every ideograph or kana (each is a
 # whole word, or part of one that sentencex never cuts).
@@ -50,11 +63,27 @@ _LOOK_AFTER = re.compile(r"[\s。！？，、；：\u3040-\u30ff\u3400-\u4dbf\u4
 
 
 class SentenceChunker:
-    def __init__(self, first_clause_min_chars: int, language: str = "") -> None:
+    def __init__(self, first_clause_min_chars: int, language: str = "", first_piece_max_words: int = 0) -> None:
         self.first_clause_min_chars = first_clause_min_chars
+        self.first_piece_max_words = first_piece_max_words  # 0: no cut inside a clause
         self.language = language or DEFAULT_LANGUAGE  # sentencex's rules for it
         self._buffer = ""
         self._emitted = 0
+        self._emitted_words = 0
+
+    @property
+    def _opening(self) -> bool:
+        """Whether the next piece is still part of the reply's opening, which leaves early: the first
+        piece, and with a word cap every piece until the pieces sent hold that many words (after a
+        short "Sure!" the next sentence would otherwise leave whole, and be heard after a gap)."""
+        return self._emitted == 0 or self._emitted_words < self.first_piece_max_words
+
+    @property
+    def _lead_in(self) -> bool:
+        """Whether the next piece may still leave at a clause mark: the opening, and with a word cap
+        until the pieces sent hold LEAD_IN_OPENINGS times as many words. The opening's few seconds of
+        audio would otherwise run out before a long sentence after it has been written and spoken."""
+        return self._opening or self._emitted_words < LEAD_IN_OPENINGS * self.first_piece_max_words
 
     def push(self, text: str) -> list[str]:
         pieces: list[str] = []
@@ -78,18 +107,39 @@ class SentenceChunker:
             if piece:
                 pieces.append(piece)
                 self._emitted += 1
+                self._emitted_words += len(piece.split())
         return pieces
+
+    def _word_cap_cut(self, lead: int) -> int | None:
+        """Where a piece of the opening with no sentence end yet leaves once it has `first_piece_max_words`
+        whole words (each followed by whitespace): after its last clause mark if it has one, however
+        short, else after that many words, or in English before the last of them (from the third on)
+        that a phrase starts with ("that is | a very good question", never "that is a very | good")."""
+        words = list(_WHOLE_WORD.finditer(self._buffer, lead))
+        if len(words) < self.first_piece_max_words:
+            return None
+        words = words[: self.first_piece_max_words]
+        clauses = list(_CLAUSE_END.finditer(self._buffer, lead, words[-1].end()))
+        if clauses:
+            return clauses[-1].end()
+        if base_language(self.language) == DEFAULT_LANGUAGE:
+            for index in range(len(words) - 1, 1, -1):
+                if words[index].group().lower() in OPEN_ENDINGS:
+                    return words[index - 1].end()
+        return words[-1].end()
 
     def _next_cut(self) -> int | None:
         """Where the next piece ends in the buffer, or None while it may still grow."""
         lengths = _segment_lengths(self._buffer, self.language)
-        if self._emitted == 0:
+        if self._lead_in:
             lead = len(self._buffer) - len(self._buffer.lstrip())
             # Clauses after a possible sentence end wait: that sentence end may come first.
             limit = lengths[0] if len(lengths) > 1 else len(self._buffer)
             for clause in _CLAUSE_END.finditer(self._buffer, lead, limit):
                 if clause.start() - lead >= self.first_clause_min_chars:
                     return clause.end()
+            if self._opening and self.first_piece_max_words and len(lengths) == 1:
+                return self._word_cap_cut(lead)
         end = 0
         # The last segment is never complete: the text after it may still belong to it.
         for length in lengths[:-1]:

@@ -51,6 +51,26 @@ MAX_PHONEMES_PER_CHAR = 8.0
 PHONEME_SLACK = 24
 # Pitch factor per dialogue speaker [S1]..[S4] (1.0: the voice as it is).
 SPEAKER_PITCH = {1: 1.0, 2: 1.3, 3: 0.82, 4: 1.15}
+# Piper closes every utterance with the silence that follows a sentence (~150-250 ms). A text
+# that breaks off mid-phrase ("The capital", the early first piece of a streamed reply) keeps
+# only this much of it, so that its next piece follows as speech does across a phrase break.
+PHRASE_BREAK_S = 0.04
+# Below this (of full scale, after the per-sentence normalisation) a sample is silence.
+SILENCE_LEVEL = 0.02
+
+
+def breaks_off(text: str) -> bool:
+    """Whether a text stops inside a phrase: it ends on a letter or digit, no mark closing it."""
+    stripped = text.rstrip()
+    return bool(stripped) and stripped[-1].isalnum()
+
+
+def without_closing_silence(audio: Float32Array, keep_samples: int) -> Float32Array:
+    """The audio up to its last sound, and `keep_samples` of the silence after it."""
+    sounding = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
+    if not sounding.size:
+        return audio
+    return audio[: sounding[-1] + 1 + keep_samples]
 
 
 class _NoContext:
@@ -140,10 +160,12 @@ class PiperSynthesizer:
                 "the text is in a script or symbols it cannot read"
             )
         config = SynthesisConfig(length_scale=1.0 / speed)
-        for sentence in sentences:
-            if not sentence:
-                continue
+        spoken = [sentence for sentence in sentences if sentence]
+        for index, sentence in enumerate(spoken):
             audio = np.asarray(voice.phoneme_ids_to_audio(voice.phonemes_to_ids(sentence), config), dtype=np.float32)
             peak = float(np.max(np.abs(audio))) if audio.size else 0.0
             # What piper's own synthesize() does: normalise each sentence to full scale.
-            yield (audio / peak if peak > 1e-8 else np.zeros_like(audio)).clip(-1.0, 1.0)
+            audio = (audio / peak if peak > 1e-8 else np.zeros_like(audio)).clip(-1.0, 1.0)
+            if index == len(spoken) - 1 and breaks_off(text):
+                audio = without_closing_silence(audio, round(PHRASE_BREAK_S * voice.config.sample_rate))
+            yield audio
