@@ -93,8 +93,9 @@ class GatewaySettings(CommonSettings):
         ge=0,
         le=1,
         description="A pause whose end-of-turn verdict (P(turn complete) from the VAD's turn model) reaches this "
-        "ends the turn at once, unless its transcript leaves the sentence unfinished (no closing full stop, or "
-        "ending on `in`, `the`, `and`, `to call`, ...). Pauses without a verdict end on the VAD's silence rule.",
+        "ends the turn at once, unless its transcript leaves the sentence unfinished (no closing full stop, a "
+        "trailing ellipsis, or ending on `in`, `the`, `and`, `to call`, ...). Pauses without a verdict end on the "
+        "VAD's silence rule.",
     )
     end_of_turn_incomplete_threshold: float = Field(
         default=0.5,
