@@ -208,19 +208,23 @@ class Clock:
         return 10.0
 
 
-async def answered(services: Services, language: str, voice_id: str = "") -> Client:
-    client = Client()
-    context = ReplyContext(
+def reply_context(services: Services, client: Client, history: History, voice_id: str = "") -> ReplyContext:
+    return ReplyContext(
         services=services,  # type: ignore[arg-type]
         settings=GatewaySettings().conversation().reply,
         clock=Clock(),
         send=client,
         watcher=client,
-        history=RecordedHistory(History(10, 1000)),
+        history=RecordedHistory(history),
         llm_request=lambda text: llm_pb2.GenerateRequest(messages=[llm_pb2.Message(role="user", content=text)]),
         speak_start=tts_pb2.SpeakStart(voice=voice_id, sample_rate=16000, conversation_id="sess_1"),
         name="test",
     )
+
+
+async def answered(services: Services, language: str, voice_id: str = "") -> Client:
+    client = Client()
+    context = reply_context(services, client, History(10, 1000), voice_id)
     reply = Reply(context, "Comment ça va ?", held=False, turn_end=9.0, timings={}, language=language)
     async with asyncio.timeout(5):
         await reply.wait()
@@ -300,6 +304,35 @@ async def test_with_no_voice_for_the_language_the_reply_is_text_only_with_a_noti
     done = client.events("response.done")[0]
     assert done["status"] == "completed" and done["text"] == "Bonjour, je vais bien. Et vous ?"
     assert not any(isinstance(m, bytes) for m in client.sent) and not client.events("response.audio.done")
+
+
+class Unending(Services):
+    """An LLM that writes one sentence and then nothing more (until the reply is cut short)."""
+
+    def __init__(self, listing: tts_pb2.ListVoicesResponse) -> None:
+        super().__init__(listing)
+        self.wrote = asyncio.Event()
+
+    async def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]:
+        yield llm_pb2.TextDelta(text="Bonjour, je vais bien. ")
+        self.wrote.set()
+        await asyncio.Event().wait()
+        yield llm_pb2.TextDelta(text="never")
+
+
+async def test_a_text_only_reply_cut_short_keeps_in_history_what_the_client_read() -> None:
+    services = Unending(tts_pb2.ListVoicesResponse(voices=[voice("joe", "en", "piper")], default_voice="joe"))
+    client, history = Client(), History(10, 1000)
+    reply = Reply(reply_context(services, client, history), "Comment ça va ?", False, 9.0, {}, language="fr")
+    async with asyncio.timeout(5):
+        await services.wrote.wait()
+        reply.cancel()
+        await reply.wait()
+    assert client.events("response.cancelled") and client.events("error")[0]["code"] == "voice_unavailable"
+    assert [(turn.role, turn.content) for turn in history] == [
+        ("user", "Comment ça va ?"),
+        ("assistant", "Bonjour, je vais bien."),  # no audio, yet read: not an empty turn
+    ]
 
 
 async def test_a_tts_instance_that_refuses_the_language_gives_the_same_notice() -> None:

@@ -102,6 +102,7 @@ class Reply:
         self.played_ms: float | None = None  # what the client reported having played
         self.speaker_similarity: float | None = None
         self._created = False  # response.created went out (to the output: it may be held)
+        self._text_only = False  # no voice speaks its language: its words reach the client as text only
         self._loop = asyncio.get_running_loop()
         self._moved_at = self._loop.time()  # the watchdog's: when the reply last made progress
         self._task = asyncio.create_task(self._run(previous))
@@ -191,14 +192,14 @@ class Reply:
             await self._watched(self._make(previous))
         except asyncio.CancelledError:
             if self._created:
-                out.defer(lambda: self._remember(self.heard_text(self.spoken.audio_ms)))
+                out.defer(lambda: self._remember(self._received_text()))
                 if not out.discarded:
                     RESPONSES_TOTAL.labels("cancelled").inc()
                 out.send(event("response.cancelled", response_id=self.id, audio_sent_ms=round(self.spoken.audio_ms)))
             raise
         except ServiceError as exc:
             self._create()  # a reply that failed before it began still answers its turn
-            out.defer(lambda: self._remember(self.heard_text(self.spoken.audio_ms)))
+            out.defer(lambda: self._remember(self._received_text()))
             out.defer(lambda: RESPONSES_TOTAL.labels("failed").inc())
             out.send(error_event(exc.code, exc.message))
             out.defer(lambda: self._finish("failed"))
@@ -323,8 +324,14 @@ class Reply:
             start.voice, start.engine = voice.id, ""
         return start
 
+    def _received_text(self) -> str:
+        """What of a reply cut short reached the user: the audio they heard, or all its text when it was
+        text only."""
+        return self.text.strip() if self._text_only else self.heard_text(self.spoken.audio_ms)
+
     def _no_voice(self, detail: str) -> None:
         """Tell the client this reply comes as text only: no voice speaks its language."""
+        self._text_only = True
         name = language_name(self.language)
         message = (
             f"no running voice speaks {name} ({self.language}): this reply is sent as text only; "
