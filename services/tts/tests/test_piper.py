@@ -34,6 +34,7 @@ class Probed:
     engine = "piper"
     cloning = False
     numbers_written_out: frozenset[str] = frozenset()
+    speaks_phrases = True
 
     def __init__(self, inner: PiperSynthesizer) -> None:
         self.inner = inner
@@ -194,6 +195,38 @@ async def test_a_reply_is_spoken_piece_by_piece_as_its_text_arrives(synthesizer:
     done = responses[-1]
     assert done.HasField("done") and done.done.audio_s == pytest.approx(sum(len(r.audio.pcm) for r in audio) / 32000)
     assert not done.done.HasField("speaker_similarity")  # a built-in voice: nothing to compare with
+
+
+class SpeaksSentences(Probed):
+    """Piper standing in for an engine that speaks whole sentences or clauses (as FireRedTTS2 does)."""
+
+    speaks_phrases = False
+
+    def __init__(self, inner: PiperSynthesizer) -> None:
+        super().__init__(inner)
+        self.texts: list[str] = []
+
+    def synthesize(self, utterance: Utterance, context: Context) -> Iterator[Float32Array]:
+        self.texts.append(utterance.text)
+        return super().synthesize(utterance, context)
+
+
+async def test_an_engine_that_speaks_sentences_gets_a_piece_cut_mid_phrase_with_the_next(
+    synthesizer: PiperSynthesizer,
+) -> None:
+    engine = SpeaksSentences(synthesizer)
+    servicer = servicer_for(engine)
+    async with serving(lambda s: tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, s)) as channel:
+        requests = speak_requests(
+            tts_pb2.SpeakRequest(start=tts_pb2.SpeakStart(sample_rate=16000)),
+            *(tts_pb2.SpeakRequest(text=t) for t in ("The capital", "of France is Paris,", "a lovely city.", "Bye")),
+            tts_pb2.SpeakRequest(end_of_text=True),
+            gap_s=0.05,
+        )
+        responses = [r async for r in tts_pb2_grpc.TextToSpeechStub(channel).Speak(requests)]
+    assert engine.texts == ["The capital of France is Paris,", "a lovely city.", "Bye"]
+    # The joined audio is named by the last of its pieces: the client knows both were spoken.
+    assert sorted({r.piece for r in responses if r.HasField("audio")}) == [1, 2, 3]
 
 
 async def test_a_reply_stream_without_its_start_or_end_is_refused_or_dropped(synthesizer: PiperSynthesizer) -> None:

@@ -84,7 +84,7 @@ class Counted:
     def __init__(self, inner: SpeechSynthesizer) -> None:
         self.inner = inner
         self.engine, self.cloning, self.sample_rate = inner.engine, inner.cloning, inner.sample_rate
-        self.numbers_written_out = inner.numbers_written_out
+        self.numbers_written_out, self.speaks_phrases = inner.numbers_written_out, inner.speaks_phrases
         self.encoded = 0
         self.contexts: list[Context] = []
         self.before: list[list[tuple[str, bool]]] = []

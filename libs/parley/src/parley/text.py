@@ -62,3 +62,9 @@ def _nfkc(text: str) -> str:
         start = mark.end()
     parts.append(unicodedata.normalize("NFKC", text[start:]))
     return "".join(parts)
+
+
+def breaks_off(text: str) -> bool:
+    """Whether a piece of text stops inside a phrase: it ends on a letter or digit, no mark closing it."""
+    stripped = text.rstrip()
+    return bool(stripped) and stripped[-1].isalnum()

@@ -39,6 +39,7 @@ class EngineRuntime:
     voices: dict[str, VoiceInfo]
     new_context: Callable[[], Context] = field(repr=False)  # makes memory only; never touches a model
     pool: ModelPool[SpeechSynthesizer] = field(repr=False)
+    speaks_phrases: bool = True
 
     def rate_of(self, voice: str | StoredVoice) -> int:
         return self.sample_rate if isinstance(voice, StoredVoice) else self.voices[voice].sample_rate
@@ -60,6 +61,7 @@ class Engines:
                 {v.id: v for v in synthesizer.voices()},
                 synthesizer.new_context,
                 ModelPool(f"tts-{synthesizer.engine}"),
+                synthesizer.speaks_phrases,
             )
             self.by_name[synthesizer.engine] = runtime
         runtime.pool.add(synthesizer)

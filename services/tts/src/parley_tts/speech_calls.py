@@ -19,6 +19,7 @@ from parley.models import PoolTimeout
 from parley.pcm import Float32Array, float_to_pcm16
 from parley.server import ServiceRuntime
 from parley.streams import StreamAborted, read_to_end
+from parley.text import breaks_off
 from parley.tts.v1 import tts_pb2
 from parley_tts.config import TtsSettings
 from parley_tts.engines.base import CannotClone, Context, UnspeakableText, Utterance
@@ -176,19 +177,14 @@ class SpeechCalls:
                 self.runtime.stream("Speak", context),
                 self.conversations.context(start.conversation_id, voice.engine, voice.engine.new_context()) as memory,
             ):
-                index = 0
-                while (text := await pieces.get()) is not None:
-                    if text:
-                        utterance = Utterance(prepare_text(text, language, voice.engine), voice.voice, speed=speed)
-                        async for samples in self.output.audio(voice, utterance, memory, out_rate, heard):
-                            if not sent:
-                                FIRST_AUDIO_SECONDS.observe(time.perf_counter() - started)
-                            chunk = AudioChunk(
-                                pcm=float_to_pcm16(samples), sample_rate=out_rate, start_s=sent / out_rate
-                            )
-                            yield tts_pb2.SpeakResponse(audio=chunk, piece=index)
-                            sent += samples.size
-                    index += 1
+                async for text, index in _spoken_pieces(pieces, voice.engine.speaks_phrases):
+                    utterance = Utterance(prepare_text(text, language, voice.engine), voice.voice, speed=speed)
+                    async for samples in self.output.audio(voice, utterance, memory, out_rate, heard):
+                        if not sent:
+                            FIRST_AUDIO_SECONDS.observe(time.perf_counter() - started)
+                        chunk = AudioChunk(pcm=float_to_pcm16(samples), sample_rate=out_rate, start_s=sent / out_rate)
+                        yield tts_pb2.SpeakResponse(audio=chunk, piece=index)
+                        sent += samples.size
                 await reader  # raises what the reader met (a refused piece, an aborted stream)
             score = await self.output.similarity(voice, heard)
             done = tts_pb2.SpeakDone(audio_s=sent / out_rate, speaker_similarity=score)
@@ -217,3 +213,22 @@ class SpeechCalls:
             raise StreamAborted  # ended without end_of_text: the client gave up
         finally:
             pieces.put_nowait(None)
+
+
+async def _spoken_pieces(pieces: asyncio.Queue[str | None], speaks_phrases: bool) -> AsyncIterator[tuple[str, int]]:
+    """Each piece's text to speak and its index (the call's order, empty pieces counted), until None.
+
+    For an engine that does not speak phrases, a piece that breaks off mid-phrase waits and is spoken
+    with the next one(s), as one utterance named by the last of them: its audio then tells the client
+    that the pieces before it have been spoken too.
+    """
+    index, waiting = 0, list[str]()
+    while (text := await pieces.get()) is not None:
+        if text:
+            waiting.append(text)
+            if speaks_phrases or not breaks_off(text):
+                yield " ".join(waiting), index
+                waiting = []
+        index += 1
+    if waiting:
+        yield " ".join(waiting), index - 1

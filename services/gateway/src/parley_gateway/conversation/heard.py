@@ -32,7 +32,9 @@ class SpokenAudio:
             played_ms = self.audio_ms
         heard: list[str] = []
         for piece in self.pieces:
-            if played_ms >= piece.end_ms:
+            # A piece with no audio of its own was spoken at the start of the next: heard once that plays.
+            spoken_with_next = piece.start_ms == piece.end_ms
+            if played_ms >= piece.end_ms and not (spoken_with_next and played_ms <= piece.start_ms):
                 heard.append(piece.text)
             elif played_ms > piece.start_ms:
                 words = piece.text.split()

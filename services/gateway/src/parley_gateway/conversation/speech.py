@@ -128,6 +128,10 @@ class ReplySpeech:
                     feed.answered(index)
                     piece = spoken.pieces[index]
                     if index != speaking:
+                        # Pieces with no audio of their own were spoken with this one (an engine that
+                        # joins a piece cut mid-phrase to the next): they are heard once it starts.
+                        for joined in spoken.pieces[speaking + 1 : index]:
+                            joined.start_ms = joined.end_ms = spoken.audio_ms
                         piece.start_ms, speaking = spoken.audio_ms, index
                     spoken.audio_ms += duration_s(response.audio.pcm, rate) * 1000
                     piece.end_ms = spoken.audio_ms

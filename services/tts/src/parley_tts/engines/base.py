@@ -79,6 +79,10 @@ class SpeechSynthesizer(Protocol):
     # Languages whose digits the service writes out in words before the engine gets the text; in
     # any other language the engine reads them itself (Piper's espeak-ng does, in every language).
     numbers_written_out: frozenset[str]
+    # True: a piece of a streamed reply that breaks off mid-phrase ("The capital") is spoken as it
+    # comes. False: it waits to be spoken with the next piece, for a model whose authors speak whole
+    # sentences or clauses (parley.text.breaks_off).
+    speaks_phrases: bool
     sample_rate: int  # of stored voices' audio; built-in voices say their own
 
     def voices(self) -> list[VoiceInfo]:

@@ -883,6 +883,9 @@ class FireRedTTS2Synthesizer:
     # Upstream gives the model digits as written; in English and Chinese, its authors' own languages,
     # so do we (parity with their reference). Elsewhere they are written out in the text's language.
     numbers_written_out = frozenset(LANGUAGES) - {"en", "zh"}
+    # Upstream speaks whole sentences, and a random voice's first piece becomes its voice prompt:
+    # a reply's early few-word pieces are joined to what follows them (not measured otherwise).
+    speaks_phrases = False
     sample_rate = FireRedTTS2Model.sample_rate
 
     def __init__(

@@ -28,6 +28,7 @@ import soxr
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from parley.pcm import Float32Array
+from parley.text import breaks_off
 from parley_tts.engines.base import (
     CannotClone,
     Context,
@@ -57,12 +58,6 @@ SPEAKER_PITCH = {1: 1.0, 2: 1.3, 3: 0.82, 4: 1.15}
 PHRASE_BREAK_S = 0.04
 # Below this (of full scale, after the per-sentence normalisation) a sample is silence.
 SILENCE_LEVEL = 0.02
-
-
-def breaks_off(text: str) -> bool:
-    """Whether a text stops inside a phrase: it ends on a letter or digit, no mark closing it."""
-    stripped = text.rstrip()
-    return bool(stripped) and stripped[-1].isalnum()
 
 
 def without_closing_silence(audio: Float32Array, keep_samples: int) -> Float32Array:
@@ -103,6 +98,7 @@ class PiperSynthesizer:
     engine = "piper"
     cloning = False
     numbers_written_out: frozenset[str] = frozenset()  # espeak-ng reads them in the voice's language
+    speaks_phrases = True  # each utterance alone anyway; a cut one ends without a sentence's silence
 
     def __init__(self, voices_dir: Path | None, threads: int) -> None:
         # Our own session options rather than PiperVoice.load's defaults (a thread per core,
