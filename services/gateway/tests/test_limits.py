@@ -379,14 +379,19 @@ def test_with_keys_each_key_is_its_own_client() -> None:
 
 def test_two_hundred_bad_frames_get_a_handful_of_errors() -> None:
     http = gateway(session_start_timeout_s=1.5, max_errors_per_second=5)
+    started = time.monotonic()
     with http.websocket_connect("/v1/conversation") as ws:
         for _ in range(200):
             ws.send_text("{not json")
         events, code = receive_until_closed(ws)
+    open_s = time.monotonic() - started
     codes = [e["code"] for e in events]
-    assert len(events) <= 10 and codes.count("invalid_json") == 5, codes
+    passed = codes.count("invalid_json")
+    # A burst of five, then five a second: a busy machine that reads the frames slowly lets a few more
+    # through as the bucket refills, never more than that.
+    assert 5 <= passed <= 5 + 5 * open_s and len(events) <= 20, (codes, open_s)
     summaries = [e["count"] for e in events if e["code"] == "errors_suppressed"]
-    assert sum(summaries) == 195 and codes[-1] == "session_start_timeout" and code == 1008
+    assert passed + sum(summaries) == 200 and codes[-1] == "session_start_timeout" and code == 1008
 
 
 def test_the_audit_log_says_who_did_what_without_keys_or_content(caplog: pytest.LogCaptureFixture) -> None:
