@@ -47,11 +47,10 @@ import unicodedata
 
 from sentencex import segment
 
-from parley_gateway.conversation.language import base_language
+# A reply whose language is not known gets the default language's rules (the prompt and voices are English).
+from parley_gateway.conversation.language import DEFAULT_LANGUAGE, base_language
 from parley_gateway.conversation.unfinished import OPEN_ENDINGS
 
-# The rules for a reply whose language is not known (the default prompt and voices are English).
-DEFAULT_LANGUAGE = "en"
 _CLAUSE_END = re.compile(r"[,;:—–](?=\s)|[，、；：]")
 _WHOLE_WORD = re.compile(r"\S+(?=\s)")
 # With a word cap, pieces may leave at clause marks until they hold this many times its words.
