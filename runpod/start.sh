@@ -146,17 +146,20 @@ fi
 # a service cannot start at all (naming it and its last error). On RunPod the container then
 # stays up, as for a refused start: its web terminal is where the operator fixes the cause.
 launch() {
-    local child="" status=0 stopping=0
+    local child="" status=0 stopping=0 woken=0
     # This shell is the container's first process: it passes `docker stop`'s SIGTERM on (set before
     # the launcher starts, so a signal in between is not lost).
-    trap 'stopping=1; [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null || true' TERM INT
+    trap 'stopping=1 woken=1; [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null || true' TERM INT
     "${as_parley[@]}" python deploy/run_stack.py "$@" &
     child=$!
     if [[ "$stopping" == 1 ]]; then kill -TERM "$child" 2>/dev/null || true; fi
+    # A signal wakes `wait` with 128+n, not the launcher's status: wait again. (Asking whether the
+    # launcher still runs is racy: it may have stopped, and been reaped, while the trap ran.) Bash
+    # keeps a reaped child's status, so waiting again always gives the launcher's own.
     while :; do
-        status=0
+        woken=0 status=0
         wait "$child" || status=$?
-        kill -0 "$child" 2>/dev/null || break  # gone: `status` is its own; else a signal woke `wait`
+        [[ "$woken" == 1 ]] || break
     done
     trap - TERM INT
     if [[ "$status" != 0 && "$stopping" == 0 && -n "${RUNPOD_POD_ID:-}" ]]; then

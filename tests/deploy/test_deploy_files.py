@@ -651,12 +651,17 @@ class Pod:
         # status, and with STANDIN_WAIT it runs until a SIGTERM (which it notes) as a launcher does.
         self._script(
             self.root / "bin" / "python",
+            # The handler is in place before started.json appears: a test that signals once it
+            # sees the file must not kill a stand-in that has not yet set it.
             f"#!{sys.executable}\nimport json, os, signal, sys\n"
-            f"json.dump({{'argv': sys.argv[1:], 'cwd': os.getcwd(), 'env': dict(os.environ)}}, "
-            f"open({str(self.root / 'started.json')!r}, 'w'))\n"
             "if os.environ.get('STANDIN_WAIT'):\n"
             f"    noted = {str(self.root / 'terminated')!r}\n"
             "    signal.signal(signal.SIGTERM, lambda *_: open(noted, 'w') or sys.exit(0))\n"
+            f"started = {str(self.root / 'started.json')!r}\n"
+            "with open(started + '.part', 'w') as file:\n"
+            "    json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(), 'env': dict(os.environ)}, file)\n"
+            "os.replace(started + '.part', started)\n"
+            "if os.environ.get('STANDIN_WAIT'):\n"
             "    signal.pause()\n"
             "sys.exit(int(os.environ.get('STANDIN_EXIT', '0')))\n",
         )
