@@ -95,6 +95,13 @@ CONFIGS = {
     # Not run unless asked for: only a near-certain "incomplete" (under 0.05) waits; the silence rule
     # decides the rest of what the model is unsure of (the defaults before cut-offs were measured).
     "turn-model-eager": {"PARLEY_GATEWAY_END_OF_TURN_INCOMPLETE_THRESHOLD": "0.05"},
+    # Not run unless asked for: the defaults before doubtful turns (PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS,
+    # PARLEY_GATEWAY_MIN_WORD_CONFIDENCE): one that sounds and reads differently waits the full cap, and
+    # the recogniser's confidence is not asked.
+    "turn-model-one-wait": {
+        "PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS": "1500",
+        "PARLEY_GATEWAY_MIN_WORD_CONFIDENCE": "0",
+    },
 }
 DEFAULT_CONFIGS = ("turn-model", "silence")
 QUIET = 0.005  # peak amplitude under which a 10 ms frame counts as silence

@@ -38,6 +38,15 @@ def test_transcribes_with_short_and_stock_encoder_windows(recognizer: FasterWhis
     assert "kitchen" in result.text.lower() and "lights" in result.text.lower()
     # English only: nothing to detect, English for sure.
     assert (result.language, result.language_probability, recognizer.languages) == ("en", 1.0, {"en"})
+    assert 0.6 < result.confidence <= 1.0, "clear speech, heard right: sure of its words"
+
+
+def test_words_from_unclear_speech_have_less_confidence(recognizer: FasterWhisperRecognizer) -> None:
+    """The same sentence played backwards: Whisper still writes words, and says it is unsure of them."""
+    speech = pcm16_to_float(speak("Please turn on the kitchen lights."))
+    clear = recognizer.transcribe(speech, None)
+    unclear = recognizer.transcribe(np.ascontiguousarray(speech[::-1]), None)
+    assert unclear.text and 0 < unclear.confidence < 0.6 < clear.confidence, (unclear, clear)
 
 
 def test_utterances_longer_than_the_window_are_whole(recognizer: FasterWhisperRecognizer) -> None:
@@ -67,7 +76,7 @@ async def test_transcribe_stream_and_its_end_marker(recognizer: FasterWhisperRec
         stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
         results = [r async for r in stub.Transcribe(audio(speech, end=True))]
         assert [r.is_final for r in results] == [False] * (len(results) - 1) + [True]
-        assert "tokyo" in results[-1].text.lower()
+        assert "tokyo" in results[-1].text.lower() and 0 < results[-1].confidence <= 1
         assert results[-1].audio_duration_s == pytest.approx(len(speech) / 32000, abs=0.01)
 
         # A stream that ends without its marker was cancelled: no result at all.

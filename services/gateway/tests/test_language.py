@@ -368,7 +368,12 @@ class Recognizer:
         if self.error is not None:
             raise self.error
         yield asr_pb2.Transcript(
-            text="Bonjour à tous", is_final=True, language="fr", language_probability=0.93, audio_duration_s=1.8
+            text="Bonjour à tous",
+            is_final=True,
+            language="fr",
+            language_probability=0.93,
+            audio_duration_s=1.8,
+            confidence=0.81,
         )
 
 
@@ -394,7 +399,8 @@ async def transcribed(services: Recognizer, language: str | None) -> tuple[list[
 
 async def test_the_final_transcript_brings_its_language_and_how_sure_it_is() -> None:
     heard, sent = await transcribed(Recognizer(None), None)
-    assert heard == [Heard("Bonjour à tous", "fr", pytest.approx(0.93), pytest.approx(1.8))]  # type: ignore[arg-type]
+    expected = Heard("Bonjour à tous", "fr", pytest.approx(0.93), pytest.approx(1.8), pytest.approx(0.81))  # type: ignore[arg-type]
+    assert heard == [expected]
     assert sent == []
 
 

@@ -100,7 +100,12 @@ def ports() -> RecordedPorts:
 
 
 # The verdicts in these tests are written against these bands (unsure: 0.05 to 0.7), whatever the defaults.
-BANDS = {"end_of_turn_threshold": 0.7, "incomplete_threshold": 0.05, "incomplete_turn_max_silence_s": 1.2}
+BANDS = {
+    "end_of_turn_threshold": 0.7,
+    "incomplete_threshold": 0.05,
+    "incomplete_turn_max_silence_s": 1.2,
+    "doubtful_turn_max_silence_s": 1.2,  # one wait for every incomplete turn, unless a test says otherwise
+}
 
 
 def machine(ports: RecordedPorts, clock: VirtualClock, **settings: Any) -> TurnTaker:
@@ -362,19 +367,25 @@ def test_a_pause_judged_complete_ends_the_turn_there(ports: RecordedPorts, clock
     assert [e["type"] for e in ports.events].count("vad.speech_stopped") == 1
 
 
+class TimingPorts(RecordedPorts):
+    """Also keeps the timings each reply started with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timings: list[dict[str, object]] = []
+
+    def start_reply(self, user_text: str, held: bool, turn_end: float | None, timings: dict[str, object]) -> str:
+        self.timings.append(timings)
+        return super().start_reply(user_text, held, turn_end, timings)
+
+
 def test_the_verdict_and_the_reason_reach_the_replys_timings(clock: VirtualClock) -> None:
-    seen: list[dict[str, object]] = []
-
-    class Timings(RecordedPorts):
-        def start_reply(self, user_text: str, held: bool, turn_end: float | None, timings: dict[str, object]) -> str:
-            seen.append(timings)
-            return super().start_reply(user_text, held, turn_end, timings)
-
-    turns = machine(Timings(), clock)
+    ports = TimingPorts()
+    turns = machine(ports, clock)
     turns.speech_started(0, 0)
     turns.speech_paused(32000, 2000, 200, end_of_turn=0.9312, end_of_turn_ms=70.44)
     turns.transcribed(1, "What time is it?", "en")
-    assert seen == [
+    assert ports.timings == [
         {
             "vad_silence_ms": 200,
             "end_of_turn": 0.931,
@@ -644,3 +655,171 @@ def test_a_complete_turn_whose_dangling_words_come_after_the_stop_waits(
     assert "vad.speech_stopped" not in [e["type"] for e in ports.events]
     clock.advance(0.71)
     assert ports.events[-2] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}  # the cap
+
+
+def test_an_incomplete_sounding_turn_whose_words_finish_a_sentence_waits_less(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "What is your favourite colour?", "en")
+    assert ports.of("start") == [("start", "r1", "What is your favourite colour?", "held")]
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.39)  # 0.89 s of silence
+    assert ports.of("release") == []
+    clock.advance(0.02)  # 0.91 s: the shorter wait, not the 1.2 s cap
+    assert ports.of("release") == [("release", "r1", True)]
+    [done] = [e for e in ports.events if e["type"] == "vad.speech_stopped"]
+    assert done == {"type": "vad.speech_stopped", "audio_end_ms": 2000}
+
+
+def test_speech_within_the_shorter_wait_still_continues_the_turn(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "What time does the museum?", "en")  # a first half misheard as a question
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.3)
+    turns.speech_started(40000, 2800)  # "open on Sundays"
+    assert ports.of("drop") == [("drop", "r1")] and ports.of("release") == []
+    clock.advance(5.0)
+    assert "vad.speech_stopped" not in [e["type"] for e in ports.events]
+
+
+def test_words_that_finish_a_sentence_after_the_stop_shorten_the_wait_then(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)  # the words are not in yet: the cap's wait
+    clock.advance(0.2)  # 0.7 s of silence
+    turns.transcribed(1, "What is your favourite colour?", "en")
+    assert ports.of("start") == [("start", "r1", "What is your favourite colour?", "held")]
+    clock.advance(0.19)
+    assert ports.of("release") == []
+    clock.advance(0.02)  # 0.91 s
+    assert ports.of("release") == [("release", "r1", True)]
+
+
+def test_finished_words_that_come_after_the_shorter_wait_end_the_turn_at_once(clock: VirtualClock) -> None:
+    ports = TimingPorts()
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.5)  # 1.0 s of silence, past the shorter wait: the transcript was slow
+    turns.transcribed(1, "What is your favourite colour?", "en")
+    assert ports.final()["text"] == "What is your favourite colour?"
+    [timings] = ports.timings
+    assert timings["turn_end"] == "doubtful" and timings["vad_silence_ms"] == 1000
+    assert clock.pending() == []
+
+
+def test_dangling_words_keep_the_full_wait(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "What is the tallest mountain in", "en")
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.69)  # 1.19 s of silence
+    assert ports.of("release") == []
+    clock.advance(0.02)
+    assert ports.of("release") == [("release", "r1", True)]
+
+
+def test_a_complete_sounding_turn_that_ends_on_to_and_a_verb_waits_less(clock: VirtualClock) -> None:
+    ports = TimingPorts()
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.9, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Can you recommend a good book to read?", "en")
+    assert ports.of("release") == []  # doubtful words: not ended at the pause
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.39)
+    assert ports.of("release") == []
+    clock.advance(0.02)  # 0.91 s of silence
+    assert ports.of("release") == [("release", "r1", True)]
+    assert ports.timings == [{}]  # the held reply's; its timings come with the release
+
+
+def test_an_incomplete_sounding_turn_that_ends_on_to_and_a_verb_keeps_the_full_wait(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.02, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Could you remind me to call?", "en")
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.69)  # 1.19 s
+    assert ports.of("release") == []
+    clock.advance(0.02)
+    assert ports.of("release") == [("release", "r1", True)]
+
+
+def test_a_complete_sounding_turn_whose_doubtful_words_come_after_the_stop_waits_less(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.9, end_of_turn_ms=70.0)
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)  # its words are not in: it waits for them
+    clock.advance(0.1)
+    turns.transcribed(1, "Can you recommend a good book to read?", "en")
+    clock.advance(0.29)  # 0.89 s
+    assert ports.of("release") == []
+    clock.advance(0.02)
+    assert ports.of("release") == [("release", "r1", True)]
+
+
+def test_finished_words_the_asr_was_unsure_of_do_not_end_the_turn_at_the_pause(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    """A first half misheard into a question sounds and reads finished; the recogniser's doubt keeps it open."""
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9, min_word_confidence=0.6)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.95, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Who wrote the famous album out?", "en", 1.0, confidence=0.48)
+    assert ports.of("release") == [] and ports.of("start") == [
+        ("start", "r1", "Who wrote the famous album out?", "held")
+    ]
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.2)
+    turns.speech_started(40000, 2700)  # "a white whale": the same turn goes on
+    assert ports.of("drop") == [("drop", "r1")] and ports.of("release") == []
+
+
+@pytest.mark.parametrize("confidence", [0.0, 0.61])
+def test_finished_words_the_asr_was_sure_of_or_could_not_tell_end_the_turn_at_the_pause(
+    ports: RecordedPorts, clock: VirtualClock, confidence: float
+) -> None:
+    turns = machine(ports, clock, min_word_confidence=0.6)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.95, end_of_turn_ms=70.0)
+    turns.transcribed(1, "What time is it?", "en", 1.0, confidence=confidence)
+    assert ports.calls[-1] == ("start", "r1", "What time is it?", "live")
+
+
+def test_words_the_asr_was_unsure_of_wait_the_shorter_wait_after_a_complete_verdict(
+    ports: RecordedPorts, clock: VirtualClock
+) -> None:
+    turns = machine(ports, clock, doubtful_turn_max_silence_s=0.9, min_word_confidence=0.6)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.95, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Tell me a fun fact, I'm out early fence.", "en", 1.0, confidence=0.48)
+    clock.advance(0.3)
+    turns.speech_stopped(2000, 500)
+    clock.advance(0.39)
+    assert ports.of("release") == []
+    clock.advance(0.02)
+    assert ports.of("release") == [("release", "r1", True)]

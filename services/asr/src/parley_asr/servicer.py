@@ -127,6 +127,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             is_final=final,
             language=result.language,
             language_probability=result.language_probability,
+            confidence=result.confidence,
             audio_duration_s=duration,
             processing_s=elapsed,
         )

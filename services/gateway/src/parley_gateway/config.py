@@ -114,6 +114,26 @@ class GatewaySettings(CommonSettings):
         "anyway; renewed speech before it continues the turn. At or under the VAD's min_silence_ms it changes "
         "nothing.",
     )
+    doubtful_turn_max_silence_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=10_000,
+        description="The same wait for a turn whose sound and words disagree: it sounds incomplete at its pause "
+        "but its transcript reads as a finished sentence (a closing full stop or question mark, no dangling word), "
+        'or it sounds complete but its words end on `to` and a verb ("a good book to read?"). At or over '
+        "INCOMPLETE_TURN_MAX_SILENCE_MS it changes nothing; lower, such questions are answered sooner, and a "
+        "longer pause to think after words that happen to read as finished is taken for the end "
+        "(docs/benchmarks.md).",
+    )
+    min_word_confidence: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="A transcript the ASR was less sure of than this (its confidence: the geometric mean of its "
+        "tokens' probabilities) is not taken for a finished sentence at a pause, however it reads: a first half "
+        "misheard into a question scores low. A turn judged complete then waits "
+        "DOUBTFUL_TURN_MAX_SILENCE_MS. 0 turns the check off; engines that cannot tell send no confidence.",
+    )
     # Languages (a session started without `language` follows the one it hears)
     language_switch_probability: float = Field(
         default=0.8,
@@ -328,6 +348,8 @@ class GatewaySettings(CommonSettings):
             end_of_turn_threshold=self.end_of_turn_threshold,
             incomplete_threshold=self.end_of_turn_incomplete_threshold,
             incomplete_turn_max_silence_s=self.incomplete_turn_max_silence_ms / 1000,
+            doubtful_turn_max_silence_s=self.doubtful_turn_max_silence_ms / 1000,
+            min_word_confidence=self.min_word_confidence,
             language_switch_probability=self.language_switch_probability,
             language_switch_min_audio_s=self.language_switch_min_audio_s,
         )
@@ -426,6 +448,8 @@ class ConversationSettings:
     end_of_turn_threshold: float
     incomplete_threshold: float
     incomplete_turn_max_silence_s: float
+    doubtful_turn_max_silence_s: float = 1.0
+    min_word_confidence: float = 0.6
     language_switch_probability: float = 0.8
     language_switch_min_audio_s: float = 1.5
 

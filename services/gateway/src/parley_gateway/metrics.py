@@ -22,7 +22,8 @@ PREEMPTIVE_TOTAL = Counter(
 TURN_ENDS_TOTAL = Counter(
     "parley_gateway_turn_ends_total",
     "User turns ended, by what ended them: silence (the VAD's rule), end_of_turn (judged complete at a pause), "
-    "max_silence (judged incomplete, no more speech came), commit",
+    "max_silence (judged incomplete, no more speech came), doubtful (the sound and the words disagreed, no more "
+    "speech came within the shorter wait), commit",
     ["reason"],
 )
 BARGE_INS_TOTAL = Counter("parley_gateway_barge_ins_total", "Replies cut short by the user's speech")

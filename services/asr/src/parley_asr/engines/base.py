@@ -13,6 +13,8 @@ class Recognition:
     language: str
     # How sure the detection of `language` was; 1.0 when it was asked for or the model knows one language.
     language_probability: float = 1.0
+    # How sure the recogniser was of the words: exp(mean token log-probability), 0..1; 0 when it cannot tell.
+    confidence: float = 0.0
 
 
 class SpeechRecognizer(Protocol):

@@ -36,6 +36,7 @@ tokens repeated back to back.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -145,14 +146,17 @@ class FasterWhisperRecognizer:
             without_timestamps=True,
         )
         texts: list[str] = []
+        log_probabilities: list[float] = []
         for segment in segments:  # decoded lazily, one segment at a time
             if stop.is_set():
                 break
             texts.append(segment.text.strip())
+            log_probabilities.append(segment.avg_logprob)
         return Recognition(
             text=" ".join(texts).strip(),
             language=info.language,
             language_probability=probability or (info.language_probability if self.multilingual else 1.0),
+            confidence=math.exp(sum(log_probabilities) / len(log_probabilities)) if log_probabilities else 0.0,
         )
 
     def _short_window(
@@ -183,7 +187,14 @@ class FasterWhisperRecognizer:
             max_length=len(prompt) + int(MAX_TOKENS_PER_S * duration_s) + 8,
             suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
+            # Each hypothesis's log-probability per token (CTranslate2 divides by the length).
+            return_scores=True,
         )[0]
         hypotheses = [[t for t in sequence if t < tokenizer.eot] for sequence in result.sequences_ids]
-        tokens = next((h for h in hypotheses if not loops(h)), hypotheses[0])
-        return Recognition(text=tokenizer.decode(tokens).strip(), language=language, language_probability=probability)
+        best = next((i for i, h in enumerate(hypotheses) if not loops(h)), 0)
+        return Recognition(
+            text=tokenizer.decode(hypotheses[best]).strip(),
+            language=language,
+            language_probability=probability,
+            confidence=math.exp(result.scores[best]),
+        )

@@ -89,6 +89,8 @@ class ConversationSession:
                 end_of_turn_threshold=settings.end_of_turn_threshold,
                 incomplete_threshold=settings.incomplete_threshold,
                 incomplete_turn_max_silence_s=settings.incomplete_turn_max_silence_s,
+                doubtful_turn_max_silence_s=settings.doubtful_turn_max_silence_s,
+                min_word_confidence=settings.min_word_confidence,
             ),
             ports=self,
             clock=self.clock,
@@ -190,7 +192,7 @@ class ConversationSession:
     def _transcribed(self, turn: int, heard: Heard) -> None:
         if heard.text:
             self.language.heard(heard.language, heard.language_probability, heard.audio_s)
-        self.turns.transcribed(turn, heard.text, heard.language, heard.language_probability)
+        self.turns.transcribed(turn, heard.text, heard.language, heard.language_probability, heard.confidence)
 
     def end_transcription(self, turn: int) -> None:
         if turn in self._transcriptions:

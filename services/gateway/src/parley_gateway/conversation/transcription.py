@@ -36,6 +36,7 @@ class Heard:
     language: str = ""
     language_probability: float = 0.0  # how sure the ASR was of `language` (0..1)
     audio_s: float = 0.0  # the audio it covers
+    confidence: float = 0.0  # how sure the ASR was of the words (0..1; 0: it could not tell)
 
 
 # Called once per utterance with its turn and what was heard.
@@ -104,7 +105,9 @@ class Transcription:
             async for result in self.services.transcribe(self._requests, metadata, lambda: self.end_sent_at):
                 if result.is_final:
                     text = result.text.strip()
-                    heard = Heard(text, result.language, result.language_probability, result.audio_duration_s)
+                    heard = Heard(
+                        text, result.language, result.language_probability, result.audio_duration_s, result.confidence
+                    )
                 elif self.end_at is None:
                     self.send(event("transcript.partial", text=result.text.strip(), stable=result.stable_text.strip()))
         except ServiceError as exc:

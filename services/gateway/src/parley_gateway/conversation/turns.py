@@ -24,12 +24,19 @@ silence rule decides, as it does for a pause without a verdict, once the words a
 if they dangle, the turn waits as an incomplete one (so does a complete one whose words
 came only after the silence rule). The defaults (under 0.5 waits, up to 1.5 s) favour
 letting people finish over answering fast: a turn cut off answers the wrong question,
-a turn that waits costs a second. On the benchmark's synthetic voices the model scores
-some complete questions under 0.1, and those wait (bench/turn_cutoffs.py).
+a turn that waits costs a second. When the sound and the words disagree, the turn waits
+less, `doubtful_turn_max_silence_s` (1 s: long enough for most pauses to think to show as
+renewed speech): a turn judged incomplete whose words read as a finished sentence (the
+model scores some finished questions under 0.1, "What is your favourite colour?" on the
+benchmark's synthetic voices), and one judged complete or unsure whose words are only
+doubtful: "a good book to read?" (unfinished.py), or words the ASR was unsure of
+(`min_word_confidence`: a first half misheard into a question, "who wrote the famous
+album out?", scores low) (bench/turn_cutoffs.py).
 
     pause, complete   ─► transcript ─► the turn ends now (vad.speech_stopped, released)
     pause, incomplete ─► speech stopped ─► wait ─► more silence: the turn ends
                                                 └► speech again: the turn goes on
+                         (shorter when the words disagree with the sound)
     pause, unsure     ─► speech stopped ─► its words ─► the turn ends (the silence rule)
                                                     └► they dangle: wait, as above
 
@@ -51,7 +58,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from parley_gateway.conversation.unfinished import intelligible, lowered_words, words_unfinished
+from parley_gateway.conversation.unfinished import Words, intelligible, lowered_words, read_words
 from parley_gateway.metrics import BARGE_INS_TOTAL, PREEMPTIVE_TOTAL, STAGE_SECONDS, TURN_ENDS_TOTAL
 from parley_gateway.protocol import event
 
@@ -112,6 +119,10 @@ class TurnSettings:
     end_of_turn_threshold: float = 0.7  # a pause verdict at or over it ends the turn there
     incomplete_threshold: float = 0.5  # a pause verdict under it makes the turn wait for more silence
     incomplete_turn_max_silence_s: float = 1.5  # a turn judged incomplete ends after this much silence
+    # ... or after this much when the sound and the words disagree
+    doubtful_turn_max_silence_s: float = 1.0
+    # Words the ASR was less sure of than this (0..1) are only doubtful, however finished they read
+    min_word_confidence: float = 0.6
 
 
 class TurnEnd(Enum):
@@ -120,6 +131,7 @@ class TurnEnd(Enum):
     SILENCE = "silence"  # the VAD's silence rule (min_silence_ms)
     END_OF_TURN = "end_of_turn"  # judged complete at a pause
     MAX_SILENCE = "max_silence"  # judged incomplete, and no more speech came
+    DOUBTFUL = "doubtful"  # the sound and the words disagreed, and no more speech came
     COMMIT = "commit"  # input.commit
 
 
@@ -151,10 +163,12 @@ class _Turn:
     transcript: str | None = None  # known once the ASR stream answered
     language: str = ""
     language_probability: float = 0.0
+    confidence: float = 0.0  # how sure the ASR was of the words (0..1; 0: it could not tell)
     transcribed: bool = False
     guess: str | None = None  # id of the held reply started at a pause
     echo_suspect: str | None = None  # id of the reply it started over, within the echo window
-    verdict: Verdict | None = None  # the end-of-turn verdict of its latest pause, if it had one
+    verdict: Verdict | None = None  # the end-of-turn verdict of its latest pause, if it had one (words included)
+    sound: Verdict | None = None  # that verdict from the sound alone, as the VAD gave it
     end_of_turn: dict[str, object] = field(default_factory=dict)  # that verdict, for the reply's timings
     pause: _Pause | None = None  # its latest pause
     waiting: Timer | None = None  # judged incomplete, the VAD stopped: the silence cap's timer
@@ -218,7 +232,7 @@ class TurnTaker:
         if turn is None:
             return
         turn.pause = _Pause(position, audio_end_ms, silence_ms)
-        turn.verdict, turn.end_of_turn = None, {}
+        turn.verdict, turn.sound, turn.end_of_turn = None, None, {}
         if self.settings.preemptive and not turn.ended:
             turn.ended = True
             self.ports.end_transcription(turn.id)
@@ -231,7 +245,7 @@ class TurnTaker:
         if turn is None or turn.pause is None or turn.verdict is not None:
             return  # no pause of this turn waits for a verdict
         STAGE_SECONDS.labels("end_of_turn").observe(end_of_turn_ms / 1000)
-        turn.verdict = self._verdict(end_of_turn)
+        turn.verdict = turn.sound = self._verdict(end_of_turn)
         turn.end_of_turn = {"end_of_turn": round(end_of_turn, 3), "end_of_turn_ms": round(end_of_turn_ms, 1)}
         # A turn judged complete or unsure needs its words now (to check them), preemptive or not.
         if turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE}:
@@ -257,17 +271,16 @@ class TurnTaker:
             self._ended_at_pause = None  # the VAD closes speech whose turn ended at its pause: said already
             return
         turn = self.turn
-        wait_s = self.settings.incomplete_turn_max_silence_s - silence_ms / 1000
         # A complete or unsure verdict whose words are not in yet: they may dangle ("a present for"), so wait
         # for them.
         words_unheard = turn is not None and turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE} and not turn.transcribed
-        if turn is not None and (turn.verdict is Verdict.INCOMPLETE or words_unheard) and wait_s > 0:
-            # Judged incomplete: this silence is a pause to think. Wait for more of it (or for speech).
+        if turn is not None and (turn.verdict is Verdict.INCOMPLETE or words_unheard):
+            # Judged incomplete: this silence may be a pause to think. Wait for more of it (or for speech).
             position = turn.pause.position if turn.pause is not None else 0
             turn.pause = _Pause(position, audio_end_ms, silence_ms)
-            waiting, turn.waited_since = turn, self.clock.now()
-            turn.waiting = self.clock.call_later(wait_s, lambda: self._waited(waiting))
-            return
+            turn.waited_since = self.clock.now()
+            if self._wait(turn):
+                return
         self.ports.send(event("vad.speech_stopped", audio_end_ms=audio_end_ms))
         if turn is not None:
             self._stop({"vad_silence_ms": silence_ms}, TurnEnd.SILENCE)
@@ -286,20 +299,32 @@ class TurnTaker:
     # ---- results of the session's I/O ----------------------------------------
 
     def transcribed(
-        self, turn_id: int, text: str | None, language: str = "", language_probability: float = 0.0
+        self,
+        turn_id: int,
+        text: str | None,
+        language: str = "",
+        language_probability: float = 0.0,
+        confidence: float = 0.0,
     ) -> None:
-        """A turn's ASR stream answered (None: it failed, and the error was reported)."""
+        """A turn's ASR stream answered (None: it failed, and the error was reported); `confidence`: how sure the
+        ASR was of the words (0..1; 0 when it could not tell)."""
         turn = self._finishing.get(turn_id) or (self.turn if self.turn and self.turn.id == turn_id else None)
         if turn is None or turn.transcribed:
             return  # abandoned (speech resumed) or aborted
         turn.transcribed, turn.transcript, turn.language = True, text, language
-        turn.language_probability = language_probability
-        if turn.waiting is not None and turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE}:
-            # The silence rule came before the words; now they tell whether that silence was a pause to think.
-            if not self._words_dangle(turn):
-                self._waited(turn, TurnEnd.SILENCE)
+        turn.language_probability, turn.confidence = language_probability, confidence
+        if turn.waiting is not None:
+            # The VAD stopped the turn before its words came; now they tell how long that silence may last.
+            if turn.verdict in {Verdict.COMPLETE, Verdict.UNSURE}:
+                if self._words(turn) is Words.FINISHED:
+                    self._waited(turn, TurnEnd.SILENCE)
+                    return
+                turn.verdict = Verdict.INCOMPLETE
+            turn.waiting.cancel()
+            turn.waiting = None
+            if not self._wait(turn):
+                self._waited(turn, self._max_silence(turn)[1])
                 return
-            turn.verdict = Verdict.INCOMPLETE
         if turn.stopped:
             self._finish(turn)
             return
@@ -360,7 +385,7 @@ class TurnTaker:
         if turn.waiting is not None:
             turn.waiting.cancel()
             turn.waiting = None
-        turn.verdict = None  # the next pause is judged afresh
+        turn.verdict = turn.sound = None  # the next pause is judged afresh
         if turn.ended:
             # The pause was not the end: drop the guess, transcribe the whole utterance again.
             self._open(turn.speech_start, turn.echo_suspect)
@@ -374,7 +399,7 @@ class TurnTaker:
         """
         if turn is not self.turn:
             return False
-        if self._words_dangle(turn):
+        if self._words(turn) is not Words.FINISHED:
             turn.verdict = Verdict.INCOMPLETE
             return False
         if turn.verdict is not Verdict.COMPLETE:
@@ -386,11 +411,16 @@ class TurnTaker:
         self._stop({"vad_silence_ms": pause.silence_ms}, TurnEnd.END_OF_TURN)
         return True
 
-    @staticmethod
-    def _words_dangle(turn: _Turn) -> bool:
-        """Nothing intelligible was said, or the words leave their sentence unfinished (unfinished.py)."""
-        text = turn.transcript or ""
-        return words_unfinished(text, turn.language)
+    def _words(self, turn: _Turn) -> Words:
+        """What the turn's transcript says of its sentence (unfinished.py).
+
+        Words the ASR was unsure of are at best doubtful: a first half misheard into a question ("Who wrote the
+        famous novel about" as "who wrote the famous album out?") reads as finished, and scores low.
+        """
+        words = read_words(turn.transcript or "", turn.language)
+        if words is Words.FINISHED and 0 < turn.confidence < self.settings.min_word_confidence:
+            return Words.DOUBTFUL
+        return words
 
     def _verdict(self, end_of_turn: float) -> Verdict:
         if end_of_turn >= self.settings.end_of_turn_threshold:
@@ -399,13 +429,40 @@ class TurnTaker:
             return Verdict.INCOMPLETE
         return Verdict.UNSURE
 
+    def _max_silence(self, turn: _Turn) -> tuple[float, TurnEnd]:
+        """How much silence a turn the VAD stopped may still end in, and what ends it then.
+
+        The incomplete turn's cap, or the shorter one when the sound and the (known) words disagree: it sounds
+        incomplete but reads as a finished sentence, or sounds complete (or unsure) but reads only as doubtful.
+        """
+        full = self.settings.incomplete_turn_max_silence_s, TurnEnd.MAX_SILENCE
+        if not turn.transcribed:
+            return full
+        words = self._words(turn)
+        sounds_incomplete = turn.sound is Verdict.INCOMPLETE
+        if (words is Words.FINISHED and sounds_incomplete) or (words is Words.DOUBTFUL and not sounds_incomplete):
+            return min(full[0], self.settings.doubtful_turn_max_silence_s), TurnEnd.DOUBTFUL
+        return full
+
+    def _wait(self, turn: _Turn) -> bool:
+        """Wait, in silence since the VAD stopped `turn`, until its cap; False when no silence is left to wait."""
+        max_silence_s, reason = self._max_silence(turn)
+        pause = turn.pause
+        assert pause is not None
+        waited_s = pause.silence_ms / 1000 + (self.clock.now() - turn.waited_since)
+        if max_silence_s - waited_s <= 0:
+            return False
+        turn.waiting = self.clock.call_later(max_silence_s - waited_s, lambda: self._waited(turn, reason))
+        return True
+
     def _waited(self, turn: _Turn, reason: TurnEnd = TurnEnd.MAX_SILENCE) -> None:
         """The silence cap of a turn judged incomplete passed without speech (or an unsure turn's words came
         and do not dangle): it ends."""
-        if self.turn is not turn or turn.waiting is None:
+        if self.turn is not turn:
             return
-        turn.waiting.cancel()  # a no-op when it is this very timer that fired
-        turn.waiting = None
+        if turn.waiting is not None:
+            turn.waiting.cancel()  # a no-op when it is this very timer that fired
+            turn.waiting = None
         pause = turn.pause
         assert pause is not None
         self.ports.send(event("vad.speech_stopped", audio_end_ms=pause.audio_end_ms))

@@ -15,13 +15,16 @@ answers the wrong question, so the rules lean towards "unfinished":
 * **A dangling word** (English only): a preposition, article, conjunction, possessive or filler
   that no English sentence ends on ("the weather in", "a present for", "um").
 * **An infinitive without its object** (English only): "to" and one more word ("the best way to
-  cook", "remind me to call", "how to play"). Questions that end this way ("Where do you want to
-  go?") exist, and wait for the cap; most of the time the speaker is still choosing the object.
+  cook", "remind me to call", "how to play"). Questions that end this way ("Can you recommend a
+  good book to read?") are common too, so these words are only *doubtful*: a turn that sounds
+  finished waits a little (turns.py), and one that sounds unfinished waits as long as for a
+  dangling word.
 """
 
 from __future__ import annotations
 
 import re
+from enum import Enum
 
 _WORD = re.compile(r"[\w']+")
 # Where a sentence can end: Latin, CJK full-width, Arabic and Devanagari marks. Closing quotes and
@@ -38,21 +41,31 @@ OPEN_ENDINGS = frozenset(
 ENGLISH = frozenset({"", "en"})
 
 
-def words_unfinished(text: str, language: str = "") -> bool:
-    """Whether `text`, heard at a pause, reads as the start of a sentence still being spoken.
+class Words(Enum):
+    """What the words heard at a pause say of the sentence."""
+
+    FINISHED = "finished"
+    DOUBTFUL = "doubtful"  # it may have ended: "to" and a verb ("a good book to read?", "remind me to call?")
+    UNFINISHED = "unfinished"  # it goes on: no closing mark, a dangling word, nothing intelligible
+
+
+def read_words(text: str, language: str = "") -> Words:
+    """Whether `text`, heard at a pause, reads as a finished sentence or the start of one still being spoken.
 
     `language`: the transcript's ISO 639-1 code ("" when unknown, read as English).
     """
     if not intelligible(text):
-        return True  # a breath or a click, not a finished question
+        return Words.UNFINISHED  # a breath or a click, not a finished question
     if not _SENTENCE_END.search(text) or _TRAILING_OFF.search(text):
-        return True
+        return Words.UNFINISHED
     if language not in ENGLISH:
-        return False
+        return Words.FINISHED
     words = lowered_words(text)
     if words[-1] in OPEN_ENDINGS:
-        return True
-    return len(words) >= 2 and words[-2] == "to" and not _capitalised_last_word(text)
+        return Words.UNFINISHED
+    if len(words) >= 2 and words[-2] == "to" and not _capitalised_last_word(text):
+        return Words.DOUBTFUL
+    return Words.FINISHED
 
 
 def intelligible(text: str) -> bool:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from parley.audio.v1 import audio_pb2 as parley_dot_audio_dot_v1_dot_audio__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/asr/v1/asr.proto\x12\rparley.asr.v1\x1a\x1bparley/audio/v1/audio.proto\"\xa1\x01\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x18\n\x10\x61udio_duration_s\x18\x04 \x01(\x01\x12\x14\n\x0cprocessing_s\x18\x05 \x01(\x01\x12\x13\n\x0bstable_text\x18\x06 \x01(\t\x12\x1c\n\x14language_probability\x18\x07 \x01(\x02\x32]\n\x11SpeechRecognition\x12H\n\nTranscribe\x12\x1b.parley.audio.v1.AudioChunk\x1a\x19.parley.asr.v1.Transcript(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/asr/v1/asr.proto\x12\rparley.asr.v1\x1a\x1bparley/audio/v1/audio.proto\"\xb5\x01\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x18\n\x10\x61udio_duration_s\x18\x04 \x01(\x01\x12\x14\n\x0cprocessing_s\x18\x05 \x01(\x01\x12\x13\n\x0bstable_text\x18\x06 \x01(\t\x12\x1c\n\x14language_probability\x18\x07 \x01(\x02\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x32]\n\x11SpeechRecognition\x12H\n\nTranscribe\x12\x1b.parley.audio.v1.AudioChunk\x1a\x19.parley.asr.v1.Transcript(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.asr.v1.asr_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSCRIPT']._serialized_start=72
-  _globals['_TRANSCRIPT']._serialized_end=233
-  _globals['_SPEECHRECOGNITION']._serialized_start=235
-  _globals['_SPEECHRECOGNITION']._serialized_end=328
+  _globals['_TRANSCRIPT']._serialized_end=253
+  _globals['_SPEECHRECOGNITION']._serialized_start=255
+  _globals['_SPEECHRECOGNITION']._serialized_end=348
 # @@protoc_insertion_point(module_scope)

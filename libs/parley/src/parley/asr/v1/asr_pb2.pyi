@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Transcript(_message.Message):
-    __slots__ = ("text", "is_final", "language", "audio_duration_s", "processing_s", "stable_text", "language_probability")
+    __slots__ = ("text", "is_final", "language", "audio_duration_s", "processing_s", "stable_text", "language_probability", "confidence")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
@@ -14,6 +14,7 @@ class Transcript(_message.Message):
     PROCESSING_S_FIELD_NUMBER: _ClassVar[int]
     STABLE_TEXT_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     text: str
     is_final: bool
     language: str
@@ -21,4 +22,5 @@ class Transcript(_message.Message):
     processing_s: float
     stable_text: str
     language_probability: float
-    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., language: _Optional[str] = ..., audio_duration_s: _Optional[float] = ..., processing_s: _Optional[float] = ..., stable_text: _Optional[str] = ..., language_probability: _Optional[float] = ...) -> None: ...
+    confidence: float
+    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., language: _Optional[str] = ..., audio_duration_s: _Optional[float] = ..., processing_s: _Optional[float] = ..., stable_text: _Optional[str] = ..., language_probability: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...
