@@ -186,14 +186,15 @@ async def paused_turn(ws_url: str, question: PausedQuestion, trailing_silence_s:
     ]
     reply_audio = [t for t, e in conv.received.events if e["type"] == "response.audio.started"]
     answered = [e for e in conv.received.of_type("response.done") if e["status"] == "completed"]
-    finals = [e["text"] for e in conv.received.of_type("transcript.final") if e["text"].strip()]
+    heard = [e for e in conv.received.of_type("transcript.final") if e["text"].strip()]
     return {
         "question": f"{question.first} ... {question.second}",
         "pause_ms": round(question.pause_s * 1000),
         "cut_off": bool(turn_over) and min(turn_over) < speech_end,
         "answered_early": bool(reply_audio) and min(reply_audio) < speech_end,
         "replies": len(conv.received.of_type("response.created")),
-        "transcripts": finals,
+        "transcripts": [e["text"] for e in heard],
+        "confidences": [e.get("confidence") for e in heard],  # the recogniser's, per transcript
         "turn_ends": [e["timings"].get("turn_end") for e in answered],
         "end_of_turn": [e["timings"].get("end_of_turn") for e in answered],
     }
@@ -208,7 +209,7 @@ async def measure(
         cut_turns.append(turn)
         print(
             f"  pause {turn['pause_ms']:3d} ms  {'CUT OFF' if turn['cut_off'] else 'ok     '}"
-            f"  ends {turn['turn_ends']}  heard {turn['transcripts']}",
+            f"  ends {turn['turn_ends']}  heard {turn['transcripts']}  confidence {turn['confidences']}",
             flush=True,
         )
     latency_turns = []

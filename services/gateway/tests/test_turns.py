@@ -125,7 +125,7 @@ def test_preemptive_hit_releases_the_held_reply(ports: RecordedPorts, clock: Vir
     turns = machine(ports, clock)
     turns.speech_started(4800, 300)
     turns.speech_paused()
-    turns.transcribed(1, "What time is it?", "en", 0.97)
+    turns.transcribed(1, "What time is it?", "en", 0.97, 0.88)
     assert ports.of("start") == [("start", "r1", "What time is it?", "held")]
     clock.advance(0.3)
     turns.speech_stopped(1500, 500)
@@ -143,6 +143,7 @@ def test_preemptive_hit_releases_the_held_reply(ports: RecordedPorts, clock: Vir
         "text": "What time is it?",
         "language": "en",
         "language_probability": 0.97,
+        "confidence": 0.88,
     }
     assert turns.reply is not None and turns.reply.id == "r1"
 
@@ -293,6 +294,7 @@ def test_speech_in_the_echo_window_that_repeats_the_reply_is_ignored(ports: Reco
         "text": "",
         "language": "en",
         "language_probability": 0.0,
+        "confidence": 0.0,
         "reason": "echo",
     }
 
@@ -823,3 +825,11 @@ def test_words_the_asr_was_unsure_of_wait_the_shorter_wait_after_a_complete_verd
     assert ports.of("release") == []
     clock.advance(0.02)
     assert ports.of("release") == [("release", "r1", True)]
+
+
+def test_by_default_the_asrs_confidence_decides_nothing(ports: RecordedPorts, clock: VirtualClock) -> None:
+    turns = TurnTaker(TurnSettings(), ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 200, end_of_turn=0.95, end_of_turn_ms=70.0)
+    turns.transcribed(1, "Tell me a fun fact about elephants.", "en", 1.0, confidence=0.3)
+    assert ports.calls[-1] == ("start", "r1", "Tell me a fun fact about elephants.", "live")

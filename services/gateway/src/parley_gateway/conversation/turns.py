@@ -25,13 +25,13 @@ if they dangle, the turn waits as an incomplete one (so does a complete one whos
 came only after the silence rule). The defaults (under 0.5 waits, up to 1.5 s) favour
 letting people finish over answering fast: a turn cut off answers the wrong question,
 a turn that waits costs a second. When the sound and the words disagree, the turn waits
-less, `doubtful_turn_max_silence_s` (1 s: long enough for most pauses to think to show as
-renewed speech): a turn judged incomplete whose words read as a finished sentence (the
-model scores some finished questions under 0.1, "What is your favourite colour?" on the
-benchmark's synthetic voices), and one judged complete or unsure whose words are only
-doubtful: "a good book to read?" (unfinished.py), or words the ASR was unsure of
-(`min_word_confidence`: a first half misheard into a question, "who wrote the famous
-album out?", scores low) (bench/turn_cutoffs.py).
+less, `doubtful_turn_max_silence_s` (1.2 s: the VAD reports speech after a pause of 800 ms
+~300 ms late, and 1 s cut such turns off in bench/turn_cutoffs.py): a turn judged
+incomplete whose words read as a finished sentence (the model scores some finished
+questions under 0.1, "What is your favourite colour?" on the benchmark's synthetic
+voices), and one judged complete or unsure whose words are only doubtful: "a good book
+to read?" (unfinished.py), or, if `min_word_confidence` asks, words the ASR was unsure of
+(off by default: it did not catch the misheard first halves of bench/turn_cutoffs.py).
 
     pause, complete   ─► transcript ─► the turn ends now (vad.speech_stopped, released)
     pause, incomplete ─► speech stopped ─► wait ─► more silence: the turn ends
@@ -120,9 +120,9 @@ class TurnSettings:
     incomplete_threshold: float = 0.5  # a pause verdict under it makes the turn wait for more silence
     incomplete_turn_max_silence_s: float = 1.5  # a turn judged incomplete ends after this much silence
     # ... or after this much when the sound and the words disagree
-    doubtful_turn_max_silence_s: float = 1.0
+    doubtful_turn_max_silence_s: float = 1.2
     # Words the ASR was less sure of than this (0..1) are only doubtful, however finished they read
-    min_word_confidence: float = 0.6
+    min_word_confidence: float = 0.0  # 0: not asked
 
 
 class TurnEnd(Enum):
@@ -510,14 +510,14 @@ class TurnTaker:
         if heard_echo or not intelligible(text):
             # Nothing to answer: a cough, a tap, or the assistant's own voice.
             reason = {"reason": "echo"} if heard_echo else {}
-            self.ports.send(event("transcript.final", text="", **_language(turn), **reason))
+            self.ports.send(event("transcript.final", text="", **_heard(turn), **reason))
             if turn.guess is not None:
                 self._drop(turn.guess)
             return
         asr_ms = round((self.clock.now() - turn.turn_end) * 1000, 1)
         timings = {**turn.timings, "asr_ms": asr_ms}
         STAGE_SECONDS.labels("asr").observe(asr_ms / 1000)
-        self.ports.send(event("transcript.final", text=text, **_language(turn)))
+        self.ports.send(event("transcript.final", text=text, **_heard(turn)))
         guess = turn.guess
         if guess is not None and self._held.get(guess) == text:
             PREEMPTIVE_TOTAL.labels("hit").inc()
@@ -580,9 +580,14 @@ class TurnTaker:
         self.ports.drop_reply(reply_id)
 
 
-def _language(turn: _Turn) -> dict[str, object]:
-    """The turn's language for transcript.final, with how sure the detection was (0..1)."""
-    return {"language": turn.language, "language_probability": round(turn.language_probability, 3)}
+def _heard(turn: _Turn) -> dict[str, object]:
+    """How the turn was heard, for transcript.final: its language, how sure the detection was, and how sure the
+    ASR was of the words (0..1 each)."""
+    return {
+        "language": turn.language,
+        "language_probability": round(turn.language_probability, 3),
+        "confidence": round(turn.confidence, 3),
+    }
 
 
 def _is_echo(transcript: str, reply_text: str) -> bool:
