@@ -58,6 +58,7 @@ def test_an_infinitive_at_the_end_is_doubtful(text: str) -> None:
 
 def test_english_word_rules_apply_to_an_unknown_language_only_as_english() -> None:
     assert read_words("Is it far to walk?", "") is Words.DOUBTFUL
+    assert read_words("What is the weather like in?", "en-US") is Words.UNFINISHED  # a tag of English
     assert read_words("What is the weather like in?", "") is Words.UNFINISHED
     assert read_words("Quel temps fait-il à Paris?", "fr") is Words.FINISHED
     assert read_words("Je voudrais aller to?", "fr") is Words.FINISHED  # the English rules stay out of French

@@ -59,6 +59,12 @@ def base_language(code: str) -> str:
     return code.strip().replace("-", "_").split("_")[0].lower()
 
 
+def is_english(code: str) -> bool:
+    """Whether rules written for English words apply to text in `code`: English in any tag form ("en",
+    "en-US"), or unknown ("", read as English, the default)."""
+    return not code.strip() or base_language(code) == "en"
+
+
 def language_name(code: str) -> str:
     """The English name of an ISO 639 code ("fr" -> "French"); the code itself when it is unknown."""
     code = base_language(code)

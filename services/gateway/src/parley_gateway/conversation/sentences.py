@@ -48,7 +48,7 @@ import unicodedata
 from sentencex import segment
 
 # A reply whose language is not known gets the default language's rules (the prompt and voices are English).
-from parley_gateway.conversation.language import DEFAULT_LANGUAGE, base_language
+from parley_gateway.conversation.language import DEFAULT_LANGUAGE, is_english
 from parley_gateway.conversation.unfinished import OPEN_ENDINGS
 
 _CLAUSE_END = re.compile(r"[,;:—–](?=\s)|[，、；：]")
@@ -121,7 +121,7 @@ class SentenceChunker:
         clauses = list(_CLAUSE_END.finditer(self._buffer, lead, words[-1].end()))
         if clauses:
             return clauses[-1].end()
-        if base_language(self.language) == DEFAULT_LANGUAGE:
+        if is_english(self.language):
             for index in range(len(words) - 1, 1, -1):
                 if words[index].group().lower() in OPEN_ENDINGS:
                     return words[index - 1].end()

@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from enum import Enum
 
+from parley_gateway.conversation.language import is_english
+
 _WORD = re.compile(r"[\w']+")
 # Where a sentence can end: Latin, CJK full-width, Arabic and Devanagari marks. Closing quotes and
 # brackets may follow the mark.
@@ -38,7 +40,6 @@ OPEN_ENDINGS = frozenset(
     "a an the and or but nor of to in on at for from with about into onto near between by than because if "  # noqa: SIM905
     "my your our their um uh er erm".split()
 )
-ENGLISH = frozenset({"", "en"})
 
 
 class Words(Enum):
@@ -52,13 +53,13 @@ class Words(Enum):
 def read_words(text: str, language: str = "") -> Words:
     """Whether `text`, heard at a pause, reads as a finished sentence or the start of one still being spoken.
 
-    `language`: the transcript's ISO 639-1 code ("" when unknown, read as English).
+    `language`: the transcript's language ("" when unknown, read as English).
     """
     if not intelligible(text):
         return Words.UNFINISHED  # a breath or a click, not a finished question
     if not _SENTENCE_END.search(text) or _TRAILING_OFF.search(text):
         return Words.UNFINISHED
-    if language not in ENGLISH:
+    if not is_english(language):
         return Words.FINISHED
     words = lowered_words(text)
     if words[-1] in OPEN_ENDINGS:
