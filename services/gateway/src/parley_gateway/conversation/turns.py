@@ -24,19 +24,20 @@ silence rule decides, as it does for a pause without a verdict, once the words a
 if they dangle, the turn waits as an incomplete one (so does a complete one whose words
 came only after the silence rule). The defaults (under 0.5 waits, up to 1.5 s) favour
 letting people finish over answering fast: a turn cut off answers the wrong question,
-a turn that waits costs a second. When the sound and the words disagree, the turn waits
-less, `doubtful_turn_max_silence_s` (1.2 s: the VAD reports speech after a pause of 800 ms
-~300 ms late, and 1 s cut such turns off in bench/turn_cutoffs.py): a turn judged
-incomplete whose words read as a finished sentence (the model scores some finished
-questions under 0.1, "What is your favourite colour?" on the benchmark's synthetic
-voices), and one judged complete or unsure whose words are only doubtful: "a good book
-to read?" (unfinished.py), or, if `min_word_confidence` asks, words the ASR was unsure of
-(off by default: it did not catch the misheard first halves of bench/turn_cutoffs.py).
+a turn that waits costs a second. A turn whose sound and words disagree is *doubtful*
+and waits `doubtful_turn_max_silence_s`: one judged incomplete whose words read as a
+finished sentence (the model scores some finished questions under 0.1, "What is your
+favourite colour?" on the benchmark's synthetic voices), and one judged complete or unsure
+whose words are only doubtful: "a good book to read?" (unfinished.py), or, if
+`min_word_confidence` asks, words the ASR was unsure of. By default it waits as long as an
+incomplete turn: the same disagreement comes from first halves misheard into questions
+("What time does the museum?"), and a shorter wait (1.0 or 1.2 s) cut more of them off in
+bench/turn_cutoffs.py than it saved seconds.
 
     pause, complete   ─► transcript ─► the turn ends now (vad.speech_stopped, released)
     pause, incomplete ─► speech stopped ─► wait ─► more silence: the turn ends
                                                 └► speech again: the turn goes on
-                         (shorter when the words disagree with the sound)
+                         (doubtful when the words disagree with the sound: its own cap)
     pause, unsure     ─► speech stopped ─► its words ─► the turn ends (the silence rule)
                                                     └► they dangle: wait, as above
 
@@ -120,7 +121,7 @@ class TurnSettings:
     incomplete_threshold: float = 0.5  # a pause verdict under it makes the turn wait for more silence
     incomplete_turn_max_silence_s: float = 1.5  # a turn judged incomplete ends after this much silence
     # ... or after this much when the sound and the words disagree
-    doubtful_turn_max_silence_s: float = 1.2
+    doubtful_turn_max_silence_s: float = 1.5
     # Words the ASR was less sure of than this (0..1) are only doubtful, however finished they read
     min_word_confidence: float = 0.0  # 0: not asked
 
