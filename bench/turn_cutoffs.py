@@ -98,6 +98,14 @@ CONFIGS = {
     # Not run unless asked for: the defaults before doubtful turns (PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS,
     # PARLEY_GATEWAY_MIN_WORD_CONFIDENCE): one that sounds and reads differently waits the full cap, and
     # the recogniser's confidence is not asked.
+    # Not run unless asked for: speech after the VAD's stop needs its full min_speech_ms (200 ms) to be
+    # reported, as before PARLEY_VAD_RESUME_MIN_SPEECH_MS.
+    "turn-model-slow-resume": {"PARLEY_VAD_RESUME_MIN_SPEECH_MS": "200"},
+    # Not run unless asked for: incomplete and doubtful turns wait 1.2 s instead of 1.5 s.
+    "turn-model-cap-1200": {
+        "PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS": "1200",
+        "PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS": "1200",
+    },
     "turn-model-one-wait": {
         "PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS": "1500",
         "PARLEY_GATEWAY_MIN_WORD_CONFIDENCE": "0",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from parley_vad.segmenter import Kind, SegmenterOptions, SpeechSegmenter
+from parley_vad.segmenter import Kind, SegmenterOptions, SegmentEvent, SpeechSegmenter
 
 FRAME_S = 0.032
 
@@ -72,3 +72,28 @@ def test_pause_events_can_be_turned_off() -> None:
     probs = [0.9] * 20 + [0.0] * 20
     kinds = [kind for kind, _ in run(probs, min_silence_ms=500, min_speech_ms=100, pause_ms=0)]
     assert kinds == [Kind.SPEECH_STARTED, Kind.SPEECH_STOPPED]
+
+
+def test_speech_soon_after_a_stop_starts_sooner() -> None:
+    """A speaker who paused past the stop goes on: 96 ms of speech say so, where a new turn needs 200."""
+    probs = [0.9] * 20 + [0.0] * 22 + [0.9] * 10  # 704 ms of silence, then speech
+    options = {"min_silence_ms": 500, "min_speech_ms": 200, "speech_pad_ms": 0, "pause_ms": 0}
+    soon = run(probs, **options, resume_window_ms=1500, resume_min_speech_ms=96)
+    assert soon[-1] == (Kind.SPEECH_STARTED, round(42 * FRAME_S, 3))
+    decided = _events(probs, **options, resume_window_ms=1500, resume_min_speech_ms=96)
+    assert round(decided[-1].decided_at_s, 3) == round(45 * FRAME_S, 3)  # three frames in
+    as_before = _events(probs, **options, resume_window_ms=0, resume_min_speech_ms=96)
+    assert round(as_before[-1].decided_at_s, 3) == round(49 * FRAME_S, 3)  # seven frames: min_speech_ms
+
+
+def test_a_short_noise_long_after_a_stop_still_starts_nothing() -> None:
+    probs = [0.9] * 20 + [0.0] * 60 + [0.95] * 4 + [0.0] * 10  # 1.9 s after the end of speech: 128 ms
+    events = run(
+        probs, min_silence_ms=500, min_speech_ms=200, pause_ms=0, resume_window_ms=1500, resume_min_speech_ms=96
+    )
+    assert [kind for kind, _ in events] == [Kind.SPEECH_STARTED, Kind.SPEECH_STOPPED]
+
+
+def _events(probabilities: list[float], **options: int | float) -> list[SegmentEvent]:
+    segmenter = SpeechSegmenter(SegmenterOptions(**options), FRAME_S)  # type: ignore[arg-type]
+    return [e for e in (segmenter.push(p) for p in probabilities) if e is not None]

@@ -28,6 +28,19 @@ class VadSettings(ServiceSettings):
     pause_ms: int = Field(
         default=200, ge=0, description="Silence reported as a pause (preemptive work starts); 0 turns it off."
     )
+    resume_window_ms: int = Field(
+        default=1500,
+        ge=0,
+        description="After a stop, speech beginning within this long of the end of speech starts after "
+        "RESUME_MIN_SPEECH_MS instead of MIN_SPEECH_MS: the gateway keeps a turn judged incomplete open that long "
+        "(PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS), and learns sooner that the speaker went on.",
+    )
+    resume_min_speech_ms: int = Field(
+        default=96,
+        ge=0,
+        description="Speech that starts again soon after a stop (RESUME_WINDOW_MS); at or over MIN_SPEECH_MS "
+        "it changes nothing.",
+    )
     # Semantic end of turn: a verdict on every SPEECH_PAUSED (see parley.vad.v1 proto).
     turn_model: Literal["smart-turn-v3.2", "none"] = Field(
         default="smart-turn-v3.2",

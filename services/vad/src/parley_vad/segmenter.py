@@ -5,6 +5,11 @@ lower threshold to stay in speech), a minimum speech duration so that short
 noises never start a turn, and a minimum silence that ends it. A shorter
 silence first reports a pause (the turn may be over), and speech after a
 pause reports a resume: clients use the pause to start work early.
+
+Speech soon after a stop (within `resume_window_ms` of the end of speech) needs
+only `resume_min_speech_ms` to start: a client that keeps a turn open past the
+stop for someone who pauses to think (the gateway's incomplete turns) learns
+sooner that they went on, so its wait can be shorter.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class SegmenterOptions:
     min_speech_ms: int = 200
     speech_pad_ms: int = 300
     pause_ms: int = 200  # 0: no pause/resume events
+    resume_window_ms: int = 0  # after a stop, for this long from the end of speech ...
+    resume_min_speech_ms: int = 200  # ... this much speech starts speech again (instead of min_speech_ms)
 
     @property
     def release_threshold(self) -> float:
@@ -50,6 +57,7 @@ class SpeechSegmenter:
         self._speaking = False
         self._silence_since: float | None = None  # end of the last speech frame
         self._paused = False
+        self._stopped_speech_end: float | None = None  # end of speech of the last stop
 
     def push(self, probability: float) -> SegmentEvent | None:
         start, self._now = self._now, self._now + self.frame_s
@@ -59,7 +67,7 @@ class SpeechSegmenter:
         if probability >= opts.threshold:
             if self._candidate_start is None:
                 self._candidate_start = start
-            if self._now - self._candidate_start >= opts.min_speech_ms / 1000:
+            if self._now - self._candidate_start >= self._min_speech_s(self._candidate_start):
                 self._speaking = True
                 self._silence_since = None
                 begin = max(0.0, self._candidate_start - opts.speech_pad_ms / 1000)
@@ -68,6 +76,14 @@ class SpeechSegmenter:
         elif probability < opts.release_threshold:
             self._candidate_start = None  # a blip, not speech
         return None
+
+    def _min_speech_s(self, candidate_start: float) -> float:
+        """Speech that starts a segment: less of it soon after a stop."""
+        opts = self.options
+        ended = self._stopped_speech_end
+        if ended is not None and candidate_start - ended <= opts.resume_window_ms / 1000:
+            return min(opts.min_speech_ms, opts.resume_min_speech_ms) / 1000
+        return opts.min_speech_ms / 1000
 
     def _while_speaking(self, probability: float, start: float) -> SegmentEvent | None:
         opts = self.options
@@ -86,6 +102,7 @@ class SpeechSegmenter:
             self._speaking = self._paused = False
             ended = self._silence_since
             self._silence_since = None
+            self._stopped_speech_end = ended
             return SegmentEvent(Kind.SPEECH_STOPPED, ended, self._now, probability)
         if opts.pause_ms and not self._paused and silent_s >= opts.pause_ms / 1000:
             self._paused = True

@@ -99,6 +99,8 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
             min_speech_ms=asked.min_speech_ms if asked.min_speech_ms is not None else s.min_speech_ms,
             speech_pad_ms=asked.speech_pad_ms if asked.speech_pad_ms is not None else s.speech_pad_ms,
             pause_ms=asked.pause_ms if asked.pause_ms is not None else s.pause_ms,
+            resume_window_ms=s.resume_window_ms,
+            resume_min_speech_ms=s.resume_min_speech_ms,
         )
 
     async def Detect(  # noqa: N802 (gRPC method name)
