@@ -415,8 +415,8 @@ class TurnTaker:
     def _words(self, turn: _Turn) -> Words:
         """What the turn's transcript says of its sentence (unfinished.py).
 
-        Words the ASR was unsure of are at best doubtful: a first half misheard into a question ("Who wrote the
-        famous novel about" as "who wrote the famous album out?") reads as finished, and scores low.
+        With `min_word_confidence` set, words the ASR was less sure of are at best doubtful: a first half misheard
+        into a question reads as finished, and may score low.
         """
         words = read_words(turn.transcript or "", turn.language)
         if words is Words.FINISHED and 0 < turn.confidence < self.settings.min_word_confidence:
@@ -433,8 +433,9 @@ class TurnTaker:
     def _max_silence(self, turn: _Turn) -> tuple[float, TurnEnd]:
         """How much silence a turn the VAD stopped may still end in, and what ends it then.
 
-        The incomplete turn's cap, or the shorter one when the sound and the (known) words disagree: it sounds
-        incomplete but reads as a finished sentence, or sounds complete (or unsure) but reads only as doubtful.
+        The incomplete turn's cap, or the doubtful turn's when the sound and the (known) words disagree: it
+        sounds incomplete but reads as a finished sentence, or sounds complete (or unsure) but reads only as
+        doubtful.
         """
         full = self.settings.incomplete_turn_max_silence_s, TurnEnd.MAX_SILENCE
         if not turn.transcribed:
@@ -457,8 +458,8 @@ class TurnTaker:
         return True
 
     def _waited(self, turn: _Turn, reason: TurnEnd = TurnEnd.MAX_SILENCE) -> None:
-        """The silence cap of a turn judged incomplete passed without speech (or an unsure turn's words came
-        and do not dangle): it ends."""
+        """The wait of a turn the VAD stopped passed without speech (or the words of a turn judged complete or
+        unsure came and read finished): it ends."""
         if self.turn is not turn:
             return
         if turn.waiting is not None:
