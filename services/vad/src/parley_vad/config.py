@@ -32,8 +32,9 @@ class VadSettings(ServiceSettings):
         default=1500,
         ge=0,
         description="After a stop, speech beginning within this long of the end of speech starts after "
-        "RESUME_MIN_SPEECH_MS instead of MIN_SPEECH_MS: the gateway keeps a turn judged incomplete open that long "
-        "(PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS), and learns sooner that the speaker went on.",
+        "RESUME_MIN_SPEECH_MS instead of MIN_SPEECH_MS, so the gateway, which keeps a turn judged incomplete open "
+        "past the stop (PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS: keep this at least as long), learns sooner "
+        "that the speaker went on.",
     )
     resume_min_speech_ms: int = Field(
         default=96,
