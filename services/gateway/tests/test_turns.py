@@ -112,6 +112,14 @@ def machine(ports: RecordedPorts, clock: VirtualClock, **settings: Any) -> TurnT
     return TurnTaker(TurnSettings(**{**BANDS, **settings}), ports, clock)
 
 
+def assert_released_at(ports: RecordedPorts, clock: VirtualClock, silence_s: float, silence_now_s: float = 0.5) -> None:
+    """The held reply r1 stays held until the silence (`silence_now_s` now) reaches `silence_s`, and no longer."""
+    clock.advance(silence_s - silence_now_s - 0.01)
+    assert ports.of("release") == []
+    clock.advance(0.02)
+    assert ports.of("release") == [("release", "r1", True)]
+
+
 def playing_reply(turns: TurnTaker, clock: VirtualClock, text: str = "Here is a long answer about boats.") -> str:
     """A typed turn whose reply has started playing at the client (2 s of audio sent)."""
     turns.typed("tell me about boats")
@@ -669,10 +677,7 @@ def test_an_incomplete_sounding_turn_whose_words_finish_a_sentence_waits_less(
     assert ports.of("start") == [("start", "r1", "What is your favourite colour?", "held")]
     clock.advance(0.3)
     turns.speech_stopped(2000, 500)
-    clock.advance(0.39)  # 0.89 s of silence
-    assert ports.of("release") == []
-    clock.advance(0.02)  # 0.91 s: the shorter wait, not the 1.2 s cap
-    assert ports.of("release") == [("release", "r1", True)]
+    assert_released_at(ports, clock, 0.9)  # the shorter wait, not the 1.2 s cap
     [done] = [e for e in ports.events if e["type"] == "vad.speech_stopped"]
     assert done == {"type": "vad.speech_stopped", "audio_end_ms": 2000}
 
@@ -702,10 +707,7 @@ def test_words_that_finish_a_sentence_after_the_stop_shorten_the_wait_then(
     clock.advance(0.2)  # 0.7 s of silence
     turns.transcribed(1, "What is your favourite colour?", "en")
     assert ports.of("start") == [("start", "r1", "What is your favourite colour?", "held")]
-    clock.advance(0.19)
-    assert ports.of("release") == []
-    clock.advance(0.02)  # 0.91 s
-    assert ports.of("release") == [("release", "r1", True)]
+    assert_released_at(ports, clock, 0.9, silence_now_s=0.7)
 
 
 def test_finished_words_that_come_after_the_shorter_wait_end_the_turn_at_once(clock: VirtualClock) -> None:
@@ -730,10 +732,7 @@ def test_dangling_words_keep_the_full_wait(ports: RecordedPorts, clock: VirtualC
     turns.transcribed(1, "What is the tallest mountain in", "en")
     clock.advance(0.3)
     turns.speech_stopped(2000, 500)
-    clock.advance(0.69)  # 1.19 s of silence
-    assert ports.of("release") == []
-    clock.advance(0.02)
-    assert ports.of("release") == [("release", "r1", True)]
+    assert_released_at(ports, clock, 1.2)
 
 
 def test_a_complete_sounding_turn_that_ends_on_to_and_a_verb_waits_less(clock: VirtualClock) -> None:
@@ -745,10 +744,7 @@ def test_a_complete_sounding_turn_that_ends_on_to_and_a_verb_waits_less(clock: V
     assert ports.of("release") == []  # doubtful words: not ended at the pause
     clock.advance(0.3)
     turns.speech_stopped(2000, 500)
-    clock.advance(0.39)
-    assert ports.of("release") == []
-    clock.advance(0.02)  # 0.91 s of silence
-    assert ports.of("release") == [("release", "r1", True)]
+    assert_released_at(ports, clock, 0.9)
     assert ports.timings == [{}]  # the held reply's; its timings come with the release
 
 
@@ -761,10 +757,7 @@ def test_an_incomplete_sounding_turn_that_ends_on_to_and_a_verb_keeps_the_full_w
     turns.transcribed(1, "Could you remind me to call?", "en")
     clock.advance(0.3)
     turns.speech_stopped(2000, 500)
-    clock.advance(0.69)  # 1.19 s
-    assert ports.of("release") == []
-    clock.advance(0.02)
-    assert ports.of("release") == [("release", "r1", True)]
+    assert_released_at(ports, clock, 1.2)
 
 
 def test_a_complete_sounding_turn_whose_doubtful_words_come_after_the_stop_waits_less(
@@ -777,10 +770,7 @@ def test_a_complete_sounding_turn_whose_doubtful_words_come_after_the_stop_waits
     turns.speech_stopped(2000, 500)  # its words are not in: it waits for them
     clock.advance(0.1)
     turns.transcribed(1, "Can you recommend a good book to read?", "en")
-    clock.advance(0.29)  # 0.89 s
-    assert ports.of("release") == []
-    clock.advance(0.02)
-    assert ports.of("release") == [("release", "r1", True)]
+    assert_released_at(ports, clock, 0.9, silence_now_s=0.6)
 
 
 def test_finished_words_the_asr_was_unsure_of_do_not_end_the_turn_at_the_pause(
@@ -821,10 +811,7 @@ def test_words_the_asr_was_unsure_of_wait_the_shorter_wait_after_a_complete_verd
     turns.transcribed(1, "Tell me a fun fact, I'm out early fence.", "en", 1.0, confidence=0.48)
     clock.advance(0.3)
     turns.speech_stopped(2000, 500)
-    clock.advance(0.39)
-    assert ports.of("release") == []
-    clock.advance(0.02)
-    assert ports.of("release") == [("release", "r1", True)]
+    assert_released_at(ports, clock, 0.9)
 
 
 def test_by_default_the_asrs_confidence_decides_nothing(ports: RecordedPorts, clock: VirtualClock) -> None:

@@ -449,8 +449,8 @@ class ConversationSettings:
     end_of_turn_threshold: float
     incomplete_threshold: float
     incomplete_turn_max_silence_s: float
-    doubtful_turn_max_silence_s: float = 1.2
-    min_word_confidence: float = 0.0
+    doubtful_turn_max_silence_s: float
+    min_word_confidence: float
     language_switch_probability: float = 0.8
     language_switch_min_audio_s: float = 1.5
 

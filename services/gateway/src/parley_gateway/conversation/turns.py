@@ -280,7 +280,7 @@ class TurnTaker:
             position = turn.pause.position if turn.pause is not None else 0
             turn.pause = _Pause(position, audio_end_ms, silence_ms)
             turn.waited_since = self.clock.now()
-            if self._wait(turn):
+            if self._wait(turn) is None:
                 return
         self.ports.send(event("vad.speech_stopped", audio_end_ms=audio_end_ms))
         if turn is not None:
@@ -323,8 +323,8 @@ class TurnTaker:
                 turn.verdict = Verdict.INCOMPLETE
             turn.waiting.cancel()
             turn.waiting = None
-            if not self._wait(turn):
-                self._waited(turn, self._max_silence(turn)[1])
+            if (over := self._wait(turn)) is not None:
+                self._waited(turn, over)
                 return
         if turn.stopped:
             self._finish(turn)
@@ -446,16 +446,17 @@ class TurnTaker:
             return min(full[0], self.settings.doubtful_turn_max_silence_s), TurnEnd.DOUBTFUL
         return full
 
-    def _wait(self, turn: _Turn) -> bool:
-        """Wait, in silence since the VAD stopped `turn`, until its cap; False when no silence is left to wait."""
+    def _wait(self, turn: _Turn) -> TurnEnd | None:
+        """Wait, in silence since the VAD stopped `turn`, until its cap; when no silence is left to wait, what
+        ends it now instead."""
         max_silence_s, reason = self._max_silence(turn)
         pause = turn.pause
         assert pause is not None
         waited_s = pause.silence_ms / 1000 + (self.clock.now() - turn.waited_since)
         if max_silence_s - waited_s <= 0:
-            return False
+            return reason
         turn.waiting = self.clock.call_later(max_silence_s - waited_s, lambda: self._waited(turn, reason))
-        return True
+        return None
 
     def _waited(self, turn: _Turn, reason: TurnEnd = TurnEnd.MAX_SILENCE) -> None:
         """The wait of a turn the VAD stopped passed without speech (or the words of a turn judged complete or

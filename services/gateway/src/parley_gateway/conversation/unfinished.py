@@ -17,7 +17,7 @@ answers the wrong question, so the rules lean towards "unfinished":
 * **An infinitive without its object** (English only): "to" and one more word ("the best way to
   cook", "remind me to call", "how to play"). Questions that end this way ("Can you recommend a
   good book to read?") are common too, so these words are only *doubtful*: a turn that sounds
-  finished waits a little (turns.py), and one that sounds unfinished waits as long as for a
+  finished waits as a doubtful turn (turns.py), and one that sounds unfinished as long as for a
   dangling word.
 """
 
