@@ -13,7 +13,12 @@ the questions at each rate), and framed as the service receives it (300 ms of
 VAD padding before, 200 ms of pause after). A setting is `stock` or
 `b<beam>w<window s>`, e.g. `b1w10` (beam 1, 10 s window) or `b5w30`; a trailing
 `d` (`b1w10d`) leaves the language to the model's detection instead of giving
-it, and reports per language how often it was detected right.
+it, and reports per language how often it was detected right; then `f` (`b3w10f`)
+fills the short window past the audio with zero-valued features, as faster-whisper
+pads, or `s` (`b1w10ds`) with the features of silence, as Whisper's reference code
+does (without either: the engine's choice, silence for an English-only model).
+`--pause-ms` changes the silence after each clip (the pause at which the gateway
+ends a stream), `--lead-ms` the silence before it.
 
     python bench/asr_wer.py                                   # English, the default settings list
     python bench/asr_wer.py --settings stock b1w10 b3w10 --timing-passes 5
@@ -193,7 +198,7 @@ VOICES: dict[str, tuple[str, ...]] = {
 RATES = (140, 175, 210)  # words per minute: slow, espeak-ng's default, fast
 
 DEFAULT_SETTINGS = ["stock", "b1w10", "b2w10", "b3w10", "b5w10", "b1w15", "b5w15", "b1w30", "b5w30"]
-SETTING = re.compile(r"^b(\d+)w(\d+(?:\.\d+)?)(d?)$")
+SETTING = re.compile(r"^b(\d+)w(\d+(?:\.\d+)?)(d?)([fs]?)$")
 # Per detecting setting, per clip (by id): the language detected and its probability.
 DETECTED: dict[str, dict[int, tuple[str, float]]] = defaultdict(dict)
 
@@ -282,13 +287,13 @@ class Clip:
     audio: Float32Array
 
 
-def clips(languages: list[str], limit: int | None = None) -> list[Clip]:
+def clips(languages: list[str], limit: int | None = None, pause_s: float = 0.2, lead_s: float = 0.3) -> list[Clip]:
     made: list[Clip] = []
     for language in languages:
         for q, text in enumerate(QUESTIONS[language][:limit]):
             for v, voice in enumerate(VOICES[language]):
                 rate = RATES[(q + v) % len(RATES)]
-                pcm = silence(0.3) + speak(text, voice=voice, words_per_minute=rate) + silence(0.2)
+                pcm = silence(lead_s) + speak(text, voice=voice, words_per_minute=rate) + silence(pause_s)
                 made.append(Clip(language, text, voice, rate, pcm16_to_float(pcm)))
     return made
 
@@ -311,10 +316,12 @@ def decoder(setting: str, recognizer: FasterWhisperRecognizer) -> Decoder:
     match = SETTING.match(setting)
     if not match:
         raise SystemExit(f"unknown setting {setting!r}: 'stock' or b<beam>w<window s>, e.g. b1w10")
-    beam, window, detect = int(match.group(1)), float(match.group(2)), match.group(3) == "d"
+    beam, window, detect = int(match.group(1)), float(match.group(2)), bool(match.group(3))
+    silence_padding = {"f": False, "s": True}.get(match.group(4), recognizer.silence_padding)  # else the engine's
 
     def fast_path(clip: Clip) -> str:
         recognizer.beam_size, recognizer.encoder_window_s = beam, window
+        recognizer.silence_padding = silence_padding
         result = recognizer.transcribe(clip.audio, None if detect else clip.language, threading.Event())
         if detect:
             DETECTED[setting][id(clip)] = (result.language, result.language_probability)
@@ -337,6 +344,8 @@ def main() -> None:
         "--detect-among", nargs="+", default=[], help="detection chooses among these (PARLEY_ASR_DETECT_LANGUAGES)"
     )
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions (a quick look)")
+    parser.add_argument("--pause-ms", type=int, default=200, help="silence after each clip's words")
+    parser.add_argument("--lead-ms", type=int, default=300, help="silence before them (the VAD's padding)")
     parser.add_argument("--timing-clips", type=int, default=40, help="clips re-decoded for timing (0: none)")
     parser.add_argument("--timing-passes", type=int, default=3, help="timing passes over those clips")
     parser.add_argument("--show", default="short story about a cat", help="print every setting's text of this")
@@ -348,7 +357,7 @@ def main() -> None:
     )
     if not recognizer.multilingual and args.languages != ["en"]:
         raise SystemExit("an English-only model: --languages en")
-    audio = clips(args.languages, args.questions)
+    audio = clips(args.languages, args.questions, args.pause_ms / 1000, args.lead_ms / 1000)
     print(f"{len(audio)} clips, {os.cpu_count()} cores, load {load_average()}", flush=True)
     decoders = {s: decoder(s, recognizer) for s in args.settings}
     for decode in decoders.values():

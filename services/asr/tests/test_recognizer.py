@@ -20,7 +20,7 @@ from parley_asr.config import AsrSettings
 from parley_asr.engines.base import Recognition
 from parley_asr.engines.faster_whisper import FasterWhisperRecognizer
 from parley_asr.servicer import SpeechRecognitionServicer
-from tests.speech import speak
+from tests.speech import silence, speak
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,24 @@ def test_transcribes_with_short_and_stock_encoder_windows(recognizer: FasterWhis
     # English only: nothing to detect, English for sure.
     assert (result.language, result.language_probability, recognizer.languages) == ("en", 1.0, {"en"})
     assert 0.6 < result.confidence <= 1.0, "clear speech, heard right: sure of its words"
+
+
+def test_the_words_do_not_depend_on_the_silence_after_them(recognizer: FasterWhisperRecognizer) -> None:
+    """The window past the audio is silence, as Whisper's reference code pads it: the same words whether the
+    gateway ended the stream 100 ms into the silence after them or 300 ms (with zero-valued features, as
+    faster-whisper pads, "about elephants" came out four ways)."""
+    words = speak("Tell me a fun fact about elephants.")
+    recognizer.beam_size = AsrSettings().beam_size  # the service's finals
+    try:
+        # After the VAD's 300 ms of padding before the speech, as the gateway sends it.
+        heard = {
+            tail_s: recognizer.transcribe(pcm16_to_float(silence(0.3) + words + silence(tail_s)), None)
+            for tail_s in (0.1, 0.13, 0.2, 0.3)
+        }
+    finally:
+        recognizer.beam_size = 1
+    assert len({result.text for result in heard.values()}) == 1, heard
+    assert "fun fact" in heard[0.1].text.lower()
 
 
 def test_words_from_unclear_speech_have_less_confidence(recognizer: FasterWhisperRecognizer) -> None:

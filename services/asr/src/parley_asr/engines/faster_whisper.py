@@ -10,6 +10,18 @@ same words (docs/benchmarks.md has the word error rates). Windows much
 shorter than 10 s make Whisper repeat itself; 30 restores stock behaviour.
 Utterances that do not fit take faster-whisper's standard path.
 
+For an English-only model the window past the audio holds the features of
+silence, as Whisper's reference code computes them (`log_mel_spectrogram(audio,
+padding=N_SAMPLES)`: the audio padded with zeros), not faster-whisper's
+zero-valued features, which read as a faint sound: with those, how much silence
+followed the words changed them (tiny.en: "about elephants" with 130 ms, "about
+the elephant" with 100 or 200 ms, a garble with 300 ms), so a transcript depended
+on when the VAD's pause was handled. With silence's features it does not, and the
+word error rate of tiny.en's fast path is lower. A multilingual model keeps
+faster-whisper's padding: with silence, base detected the language of short
+questions less often (docs/benchmarks.md, "An earlier pause, judged as before,
+and words that do not depend on the silence after them").
+
 A decode asked to stop (a partial made worthless by the end of the utterance)
 gives up before its next stage: mel features, encoder, decoder, or the next
 segment on the standard path. CTranslate2's Whisper decoder itself cannot be
@@ -51,6 +63,7 @@ from parley_asr.catalogue import CATALOGUE, DEFAULT_MODEL, model_directory
 from parley_asr.engines.base import Recognition
 
 FRAMES_PER_S = 100  # Whisper's mel frames
+HOP_SAMPLES = 160  # audio samples per mel frame at 16 kHz
 FULL_WINDOW_S = 30.0
 WINDOW_MARGIN_S = 1.0
 # A hard ceiling on tokens per second of audio: stops a rare repetition loop.
@@ -90,6 +103,7 @@ class FasterWhisperRecognizer:
         detect_languages: frozenset[str] = frozenset(),
         partial_beam_size: int | None = None,
     ) -> None:
+
         path = model_path or embedded_model_path()
         if not (path / "model.bin").is_file():
             raise FileNotFoundError(f"no CTranslate2 Whisper model (model.bin) in {path}")
@@ -102,6 +116,9 @@ class FasterWhisperRecognizer:
             local_files_only=True,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
+        # What fills the short window past the audio: silence (an English-only model) or zero-valued features
+        # (a multilingual one, as faster-whisper pads): the module's docstring.
+        self.silence_padding = not self.multilingual
         # faster-whisper lists every code any Whisper knows ("yue" came with large-v3); a model
         # knows those whose language token its own vocabulary has.
         vocabulary = self.model.hf_tokenizer
@@ -163,9 +180,11 @@ class FasterWhisperRecognizer:
         self, audio: Float32Array, language: str | None, duration_s: float, stop: threading.Event, beam_size: int
     ) -> Recognition:
         stopped = Recognition(text="", language=language or "")
-        features = self.model.feature_extractor(audio)
         window = int(max(self.encoder_window_s, duration_s + WINDOW_MARGIN_S) * FRAMES_PER_S)
-        features = np.pad(features[:, :window], ((0, 0), (0, max(0, window - features.shape[1]))))
+        # Silence, not zero features, fills the window (the module's docstring).
+        padding = max(0, window * HOP_SAMPLES - audio.size) if self.silence_padding else 0
+        features = self.model.feature_extractor(np.pad(audio, (0, padding)))[:, :window]
+        features = np.pad(features, ((0, 0), (0, max(0, window - features.shape[1]))))
         if stop.is_set():
             return stopped
         encoded = self.model.encode(features)
