@@ -90,14 +90,11 @@ RATES = (150, 165, 180, 140, 175, 160)  # words per minute
 CONFIGS = {
     "turn-model": {},
     "silence": {"PARLEY_VAD_TURN_MODEL": "none"},
-    # Not run unless asked for: pauses reported (and judged) after 100 ms of silence instead of 200.
-    "turn-model-pause-100": {"PARLEY_VAD_PAUSE_MS": "100"},
+    # Not run unless asked for: pauses reported and judged after 100 ms of silence instead of 200.
+    "turn-model-pause-100": {"PARLEY_VAD_PAUSE_MS": "100", "PARLEY_VAD_TURN_SILENCE_MS": "100"},
     # Not run unless asked for: only a near-certain "incomplete" (under 0.05) waits; the silence rule
     # decides the rest of what the model is unsure of (the defaults before cut-offs were measured).
     "turn-model-eager": {"PARLEY_GATEWAY_END_OF_TURN_INCOMPLETE_THRESHOLD": "0.05"},
-    # Not run unless asked for: the defaults before doubtful turns (PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS,
-    # PARLEY_GATEWAY_MIN_WORD_CONFIDENCE): one that sounds and reads differently waits the full cap, and
-    # the recogniser's confidence is not asked.
     # Not run unless asked for: speech after the VAD's stop needs its full min_speech_ms (200 ms) to be
     # reported, as before PARLEY_VAD_RESUME_MIN_SPEECH_MS.
     "turn-model-slow-resume": {"PARLEY_VAD_RESUME_MIN_SPEECH_MS": "200"},
@@ -106,6 +103,14 @@ CONFIGS = {
         "PARLEY_GATEWAY_INCOMPLETE_TURN_MAX_SILENCE_MS": "1200",
         "PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS": "1200",
     },
+    # Not run unless asked for: pauses reported after 100 ms of silence (the pause's transcript and the held
+    # reply start then) and judged by the turn model after 200 ms, as its scores were measured.
+    "turn-model-early-pause": {"PARLEY_VAD_PAUSE_MS": "100", "PARLEY_VAD_TURN_SILENCE_MS": "200"},
+    # Not run unless asked for: pauses reported and judged after 200 ms of silence.
+    "turn-model-pause-200": {"PARLEY_VAD_PAUSE_MS": "200", "PARLEY_VAD_TURN_SILENCE_MS": "200"},
+    # Not run unless asked for: the defaults before doubtful turns (PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS,
+    # PARLEY_GATEWAY_MIN_WORD_CONFIDENCE): one that sounds and reads differently waits the full cap, and
+    # the recogniser's confidence is not asked.
     "turn-model-one-wait": {
         "PARLEY_GATEWAY_DOUBTFUL_TURN_MAX_SILENCE_MS": "1500",
         "PARLEY_GATEWAY_MIN_WORD_CONFIDENCE": "0",

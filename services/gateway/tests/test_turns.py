@@ -352,7 +352,8 @@ def test_a_held_reply_that_finished_early_is_not_running_once_released(
 
 
 # ---- semantic end of turn: the VAD's verdict on a pause -----------------------------------
-# The VAD reports a pause after 200 ms of silence and a stop after 500 ms; positions are at 16 kHz.
+# Here the VAD reports and judges a pause after 200 ms of silence (its verdict with the pause) and stops after
+# 500 ms; positions are at 16 kHz.
 
 
 def test_a_pause_judged_complete_ends_the_turn_there(ports: RecordedPorts, clock: VirtualClock) -> None:
@@ -622,6 +623,19 @@ def test_a_verdict_that_comes_after_the_pauses_transcript_still_ends_the_turn(
     turns.pause_judged(0.93, 71.0)
     assert ports.of("release") == [("release", "r1", True)]
     assert ports.events[-2] == {"type": "vad.speech_stopped", "audio_end_ms": 2000}
+
+
+def test_a_pause_judged_after_more_silence_than_it_was_reported_at_counts_that_silence(clock: VirtualClock) -> None:
+    """The VAD may report a pause early (early work starts) and judge it later (PARLEY_VAD_TURN_SILENCE_MS)."""
+    ports = TimingPorts()
+    turns = machine(ports, clock)
+    turns.speech_started(0, 0)
+    turns.speech_paused(32000, 2000, 100)
+    assert ports.of("end") == [("end", 1)]  # the early work starts at the pause
+    turns.pause_judged(0.93, 70.0, silence_ms=200)
+    turns.transcribed(1, "What time is it?", "en")
+    assert ports.calls[-1] == ("start", "r1", "What time is it?", "live")
+    assert ports.timings[-1]["vad_silence_ms"] == 200 and ports.timings[-1]["turn_end"] == "end_of_turn"
 
 
 def test_an_unsure_turn_stopped_before_its_words_ends_when_they_come(ports: RecordedPorts, clock: VirtualClock) -> None:

@@ -101,13 +101,14 @@ def servicer_with(turns: list[RecordingTurnDetector], **settings: object) -> Voi
 
 
 def verdicts(events: list[vad_pb2.VadEvent]) -> list[tuple[vad_pb2.VadEvent, vad_pb2.VadEvent | None]]:
-    """Each pause with the verdict that follows it (None: none came); a verdict never comes anywhere else."""
+    """Each pause with the verdict that follows it (None: none came); a verdict never comes anywhere else: right
+    after its pause, judged then or after more silence."""
     pairs: list[tuple[vad_pb2.VadEvent, vad_pb2.VadEvent | None]] = []
     for index, event in enumerate(events):
         if event.kind == JUDGED:
             pause = events[index - 1]
-            assert index and pause.kind == PAUSED, "a verdict follows its pause at once"
-            assert (event.timestamp_s, event.decided_at_s) == (pause.timestamp_s, pause.decided_at_s)
+            assert index and pause.kind == PAUSED, "a verdict follows its pause, before any other event"
+            assert event.timestamp_s == pause.timestamp_s and event.decided_at_s >= pause.decided_at_s
         elif event.kind == PAUSED:
             following = events[index + 1] if index + 1 < len(events) else None
             pairs.append((event, following if following is not None and following.kind == JUDGED else None))
@@ -169,13 +170,14 @@ async def test_the_model_hears_the_utterance_from_its_padded_start_to_the_pause(
     samples = pcm16_to_float(audio)
     starts = [round(event.timestamp_s * RATE) for event in events if event.kind == STARTED]
     pairs = verdicts(events)
-    pauses = [pause for pause, _ in pairs]
     assert len(starts) == len(pairs) == len(model.heard) == 2
-    for start, (pause, verdict), heard in zip(starts, pairs, model.heard, strict=True):
-        stop = round(pause.decided_at_s * RATE)
-        assert np.array_equal(heard, samples[max(start, stop - model.window_samples) : stop])
+    for start, (_, verdict), heard in zip(starts, pairs, model.heard, strict=True):
         assert verdict is not None and verdict.end_of_turn == pytest.approx(0.25)
-    assert model.heard[0].size == round((pauses[0].decided_at_s - events[0].timestamp_s) * RATE)
+        stop = round(verdict.decided_at_s * RATE)
+        assert np.array_equal(heard, samples[max(start, stop - model.window_samples) : stop])
+    first_verdict = pairs[0][1]
+    assert first_verdict is not None
+    assert model.heard[0].size == round((first_verdict.decided_at_s - events[0].timestamp_s) * RATE)
     assert model.heard[1].size == model.window_samples
 
 
@@ -262,3 +264,28 @@ async def test_a_pause_goes_out_before_its_verdict_is_made() -> None:
                 seen_pause.set()
     assert model.gate_opened == [True], "the model answered before the client had the pause"
     assert kinds.index(PAUSED) + 1 == kinds.index(JUDGED)
+
+
+async def test_a_pause_is_judged_once_its_silence_lasted_the_turn_silence() -> None:
+    """Reported after 100 ms of silence (early work starts), judged after 200 ms: the model hears that silence."""
+    model = RecordingTurnDetector(answer=0.8)
+    servicer = servicer_with([model], pause_ms=100, turn_silence_ms=200)
+    audio = silence(0.5) + noise(1.0, 8) + silence(1.0)
+    [events] = await detect(servicer, [audio], chunk_s=0.1)
+    [(pause, verdict)] = verdicts(events)
+    assert verdict is not None and verdict.end_of_turn == pytest.approx(0.8)
+    assert 0.1 <= pause.decided_at_s - pause.timestamp_s < 0.15
+    assert 0.2 <= verdict.decided_at_s - verdict.timestamp_s < 0.25
+    [heard] = model.heard
+    assert heard.size == round((verdict.decided_at_s - events[0].timestamp_s) * RATE)
+
+
+async def test_speech_back_before_the_turn_silence_leaves_that_pause_unjudged() -> None:
+    model = RecordingTurnDetector()
+    servicer = servicer_with([model], pause_ms=100, turn_silence_ms=200)
+    audio = silence(0.5) + noise(1.0, 9) + silence(0.15) + noise(1.0, 10) + silence(1.0)
+    [events] = await detect(servicer, [audio], chunk_s=0.1)
+    pairs = verdicts(events)
+    assert [verdict is not None for _, verdict in pairs] == [False, True]
+    assert vad_pb2.VadEvent.SPEECH_RESUMED in [event.kind for event in events]
+    assert len(model.heard) == 1

@@ -68,6 +68,45 @@ def test_speech_after_a_pause_resumes_the_turn() -> None:
     ]
 
 
+def test_a_pause_settles_after_more_silence() -> None:
+    """Reported at pause_ms (early work starts), judged at settle_ms: both name the same end of speech."""
+    probs = [0.9] * 20 + [0.0] * 20
+    options = {"min_silence_ms": 500, "min_speech_ms": 100, "speech_pad_ms": 0, "pause_ms": 100, "settle_ms": 200}
+    events = _events(probs, **options)
+    assert [(e.kind, round(e.timestamp_s, 3)) for e in events] == [
+        (Kind.SPEECH_STARTED, 0.0),
+        (Kind.SPEECH_PAUSED, round(20 * FRAME_S, 3)),
+        (Kind.PAUSE_SETTLED, round(20 * FRAME_S, 3)),
+        (Kind.SPEECH_STOPPED, round(20 * FRAME_S, 3)),
+    ]
+    paused, settled = events[1], events[2]
+    assert round(paused.decided_at_s, 3) == round(24 * FRAME_S, 3)  # 4 frames: 128 ms >= 100
+    assert round(settled.decided_at_s, 3) == round(27 * FRAME_S, 3)  # 7 frames: 224 ms >= 200
+
+
+def test_speech_back_before_the_pause_settles_leaves_it_unsettled() -> None:
+    probs = [0.9] * 20 + [0.0] * 5 + [0.9] * 10 + [0.0] * 20  # 160 ms of silence, then speech again
+    options = {"min_silence_ms": 500, "min_speech_ms": 100, "pause_ms": 100, "settle_ms": 200}
+    kinds = [kind for kind, _ in run(probs, **options)]
+    assert kinds == [
+        Kind.SPEECH_STARTED,
+        Kind.SPEECH_PAUSED,
+        Kind.SPEECH_RESUMED,
+        Kind.SPEECH_PAUSED,
+        Kind.PAUSE_SETTLED,
+        Kind.SPEECH_STOPPED,
+    ]
+
+
+def test_a_pause_reported_late_enough_is_settled_as_it_is_reported() -> None:
+    probs = [0.9] * 20 + [0.0] * 20
+    for settle_ms in (0, 150, 200):
+        options = SegmenterOptions(min_silence_ms=500, min_speech_ms=100, pause_ms=200, settle_ms=settle_ms)
+        assert options.settled_when_paused
+        kinds = [kind for kind, _ in run(probs, **vars(options))]
+        assert Kind.PAUSE_SETTLED not in kinds and Kind.SPEECH_PAUSED in kinds
+
+
 def test_pause_events_can_be_turned_off() -> None:
     probs = [0.9] * 20 + [0.0] * 20
     kinds = [kind for kind, _ in run(probs, min_silence_ms=500, min_speech_ms=100, pause_ms=0)]

@@ -26,7 +26,17 @@ class VadSettings(ServiceSettings):
     min_speech_ms: int = Field(default=200, ge=0, description="Speech shorter than this is noise, not a turn.")
     speech_pad_ms: int = Field(default=300, ge=0, description="Audio kept before the detected speech start.")
     pause_ms: int = Field(
-        default=200, ge=0, description="Silence reported as a pause (preemptive work starts); 0 turns it off."
+        default=100,
+        ge=0,
+        description="Silence reported as a pause: the gateway's early work (the pause's transcript, a held reply) "
+        "starts; 0 turns pauses off, and with them the turn model's verdicts.",
+    )
+    turn_silence_ms: int = Field(
+        default=200,
+        ge=0,
+        description="Silence after which the turn model judges a pause: its scores depend on the silence it hears "
+        "(docs/benchmarks.md measures them at 200 ms). At or under PAUSE_MS a pause is judged as it is reported; "
+        "over it, the early work a pause starts does not wait for the judgement.",
     )
     resume_window_ms: int = Field(
         default=1500,

@@ -4,7 +4,10 @@ Model-agnostic: it sees only probabilities and frame times. Hysteresis (a
 lower threshold to stay in speech), a minimum speech duration so that short
 noises never start a turn, and a minimum silence that ends it. A shorter
 silence first reports a pause (the turn may be over), and speech after a
-pause reports a resume: clients use the pause to start work early.
+pause reports a resume: clients use the pause to start work early. A pause that
+lasts `settle_ms` is settled: the moment to judge it (the VAD's turn model), later
+than the pause itself so that early work starts sooner than the judgement, which
+scores a pause by the silence it hears too.
 
 Speech soon after a stop (within `resume_window_ms` of the end of speech) needs
 only `resume_min_speech_ms` to start: a client that keeps a turn open past the
@@ -23,12 +26,13 @@ class Kind(Enum):
     SPEECH_STOPPED = 2
     SPEECH_PAUSED = 3
     SPEECH_RESUMED = 4
+    PAUSE_SETTLED = 5  # the pause has lasted settle_ms (only when that is longer than pause_ms)
 
 
 @dataclass(frozen=True)
 class SegmentEvent:
     kind: Kind
-    timestamp_s: float  # start of speech (padded), end of last speech, or start of renewed speech
+    timestamp_s: float  # start of speech (padded), end of last speech (a pause's too), or start of renewed speech
     decided_at_s: float  # stream time when the event was decided
     probability: float
 
@@ -40,8 +44,14 @@ class SegmenterOptions:
     min_speech_ms: int = 200
     speech_pad_ms: int = 300
     pause_ms: int = 200  # 0: no pause/resume events
+    settle_ms: int = 0  # a pause is settled after this much silence; at or under pause_ms: when reported
     resume_window_ms: int = 0  # after a stop, for this long from the end of speech ...
     resume_min_speech_ms: int = 200  # ... this much speech starts speech again (instead of min_speech_ms)
+
+    @property
+    def settled_when_paused(self) -> bool:
+        """A pause is settled the moment it is reported: no PAUSE_SETTLED follows it."""
+        return self.settle_ms <= self.pause_ms
 
     @property
     def release_threshold(self) -> float:
@@ -57,6 +67,7 @@ class SpeechSegmenter:
         self._speaking = False
         self._silence_since: float | None = None  # end of the last speech frame
         self._paused = False
+        self._settled = False  # the current pause was settled
         self._stopped_speech_end: float | None = None  # end of speech of the last stop
 
     def push(self, probability: float) -> SegmentEvent | None:
@@ -90,7 +101,7 @@ class SpeechSegmenter:
         if probability >= opts.threshold:
             self._silence_since = None
             if self._paused:
-                self._paused = False
+                self._paused = self._settled = False
                 return SegmentEvent(Kind.SPEECH_RESUMED, start, self._now, probability)
             return None
         if probability >= opts.release_threshold:
@@ -99,7 +110,7 @@ class SpeechSegmenter:
             self._silence_since = start
         silent_s = self._now - self._silence_since
         if silent_s >= opts.min_silence_ms / 1000:
-            self._speaking = self._paused = False
+            self._speaking = self._paused = self._settled = False
             ended = self._silence_since
             self._silence_since = None
             self._stopped_speech_end = ended
@@ -107,12 +118,15 @@ class SpeechSegmenter:
         if opts.pause_ms and not self._paused and silent_s >= opts.pause_ms / 1000:
             self._paused = True
             return SegmentEvent(Kind.SPEECH_PAUSED, self._silence_since, self._now, probability)
+        if self._paused and not self._settled and not opts.settled_when_paused and silent_s >= opts.settle_ms / 1000:
+            self._settled = True
+            return SegmentEvent(Kind.PAUSE_SETTLED, self._silence_since, self._now, probability)
         return None
 
     def flush(self) -> SegmentEvent | None:
         """End of stream: close an open speech segment."""
         if not self._speaking:
             return None
-        self._speaking = self._paused = False
+        self._speaking = self._paused = self._settled = False
         ended = self._silence_since if self._silence_since is not None else self._now
         return SegmentEvent(Kind.SPEECH_STOPPED, ended, self._now, 0.0)

@@ -51,13 +51,17 @@ def _to_proto(event: SegmentEvent) -> vad_pb2.VadEvent:
     )
 
 
-def _judged(pause: SegmentEvent, verdict: Verdict) -> vad_pb2.VadEvent:
-    """The turn model's verdict on a pause already sent."""
-    message = _to_proto(pause)
-    message.kind = vad_pb2.VadEvent.PAUSE_JUDGED
-    message.end_of_turn = verdict.probability
-    message.end_of_turn_ms = verdict.seconds * 1000
-    return message
+def _judged(settled: SegmentEvent, verdict: Verdict) -> vad_pb2.VadEvent:
+    """The turn model's verdict on a pause already sent, at the moment it was settled (the pause itself, or its
+    PAUSE_SETTLED)."""
+    return vad_pb2.VadEvent(
+        kind=vad_pb2.VadEvent.PAUSE_JUDGED,
+        timestamp_s=settled.timestamp_s,
+        decided_at_s=settled.decided_at_s,
+        probability=settled.probability,
+        end_of_turn=verdict.probability,
+        end_of_turn_ms=verdict.seconds * 1000,
+    )
 
 
 class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
@@ -99,6 +103,7 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
             min_speech_ms=asked.min_speech_ms if asked.min_speech_ms is not None else s.min_speech_ms,
             speech_pad_ms=asked.speech_pad_ms if asked.speech_pad_ms is not None else s.speech_pad_ms,
             pause_ms=asked.pause_ms if asked.pause_ms is not None else s.pause_ms,
+            settle_ms=s.turn_silence_ms,
             resume_window_ms=s.resume_window_ms,
             resume_min_speech_ms=s.resume_min_speech_ms,
         )
@@ -139,8 +144,10 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
                                 continue
                             if event.kind is Kind.SPEECH_STARTED:
                                 utterance_start = round(event.timestamp_s * rate)
-                            yield _to_proto(event)  # the pause too goes out at once: early work starts now
-                            if event.kind is Kind.SPEECH_PAUSED and recent is not None and self.turns is not None:
+                            if event.kind in _KINDS:
+                                yield _to_proto(event)  # the pause too goes out at once: early work starts now
+                            settled = Kind.SPEECH_PAUSED if options.settled_when_paused else Kind.PAUSE_SETTLED
+                            if event.kind is settled and recent is not None and self.turns is not None:
                                 # Awaited here, so the events after this pause keep their order behind its
                                 # verdict; the audio arriving meanwhile waits in the request stream.
                                 pause_end = round(event.decided_at_s * rate)

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
@@ -240,11 +240,14 @@ class TurnTaker:
         if end_of_turn is not None:
             self.pause_judged(end_of_turn, end_of_turn_ms)
 
-    def pause_judged(self, end_of_turn: float, end_of_turn_ms: float = 0.0) -> None:
-        """The VAD's verdict on the pause it just reported: P(turn complete), and the model's time for it."""
+    def pause_judged(self, end_of_turn: float, end_of_turn_ms: float = 0.0, silence_ms: int | None = None) -> None:
+        """The VAD's verdict on the pause it reported last: P(turn complete), the model's time for it, and the
+        silence the model heard (the VAD may judge a pause after more silence than it reported it at)."""
         turn = self.turn
         if turn is None or turn.pause is None or turn.verdict is not None:
             return  # no pause of this turn waits for a verdict
+        if silence_ms is not None:
+            turn.pause = replace(turn.pause, silence_ms=silence_ms)
         STAGE_SECONDS.labels("end_of_turn").observe(end_of_turn_ms / 1000)
         turn.verdict = turn.sound = self._verdict(end_of_turn)
         turn.end_of_turn = {"end_of_turn": round(end_of_turn, 3), "end_of_turn_ms": round(end_of_turn_ms, 1)}

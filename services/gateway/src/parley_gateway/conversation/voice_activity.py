@@ -75,8 +75,10 @@ class VoiceActivity:
             silence_ms = round((vad_event.decided_at_s - vad_event.timestamp_s) * 1000)
             self.turns.speech_paused(position, at_ms, silence_ms)
         elif vad_event.kind == VadEvent.PAUSE_JUDGED and vad_event.HasField("end_of_turn"):
-            # The VAD's turn model on the pause it just sent (none comes: it runs none, or was busy).
-            self.turns.pause_judged(vad_event.end_of_turn, vad_event.end_of_turn_ms)
+            # The VAD's turn model on the pause it sent last (none comes: it runs none, or was busy, or speech came
+            # back before the pause was long enough to judge).
+            silence_ms = round((vad_event.decided_at_s - vad_event.timestamp_s) * 1000)
+            self.turns.pause_judged(vad_event.end_of_turn, vad_event.end_of_turn_ms, silence_ms)
         elif vad_event.kind == VadEvent.SPEECH_RESUMED:
             self.turns.speech_resumed(position, at_ms)
         elif vad_event.kind == VadEvent.SPEECH_STOPPED:
