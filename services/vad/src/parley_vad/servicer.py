@@ -118,6 +118,8 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
         options = self._segmenter_options(await stream_options(context, DetectOptions))
         size, rate = detector.frame_samples, detector.sample_rate
         recent = self._recent_audio(detector, options)
+        # The event at which a pause is judged: the pause itself, or its settling after more silence.
+        judged_at = Kind.SPEECH_PAUSED if options.settled_when_paused else Kind.PAUSE_SETTLED
         utterance_start = 0  # stream sample where the current utterance's audio begins (padded)
         try:
             async with self.runtime.stream("Detect", context):
@@ -146,8 +148,7 @@ class VoiceActivityServicer(vad_pb2_grpc.VoiceActivityServicer):
                                 utterance_start = round(event.timestamp_s * rate)
                             if event.kind in _KINDS:
                                 yield _to_proto(event)  # the pause too goes out at once: early work starts now
-                            settled = Kind.SPEECH_PAUSED if options.settled_when_paused else Kind.PAUSE_SETTLED
-                            if event.kind is settled and recent is not None and self.turns is not None:
+                            if event.kind is judged_at and recent is not None and self.turns is not None:
                                 # Awaited here, so the events after this pause keep their order behind its
                                 # verdict; the audio arriving meanwhile waits in the request stream.
                                 pause_end = round(event.decided_at_s * rate)
