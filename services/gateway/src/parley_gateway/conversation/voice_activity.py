@@ -72,15 +72,17 @@ class VoiceActivity:
         if vad_event.kind == VadEvent.SPEECH_STARTED:
             self.turns.speech_started(position, at_ms)
         elif vad_event.kind == VadEvent.SPEECH_PAUSED:
-            silence_ms = round((vad_event.decided_at_s - vad_event.timestamp_s) * 1000)
-            self.turns.speech_paused(position, at_ms, silence_ms)
+            self.turns.speech_paused(position, at_ms, _silence_ms(vad_event))
         elif vad_event.kind == VadEvent.PAUSE_JUDGED and vad_event.HasField("end_of_turn"):
             # The VAD's turn model on the pause it sent last (none comes: it runs none, or was busy, or speech came
             # back before the pause was long enough to judge).
-            silence_ms = round((vad_event.decided_at_s - vad_event.timestamp_s) * 1000)
-            self.turns.pause_judged(vad_event.end_of_turn, vad_event.end_of_turn_ms, silence_ms)
+            self.turns.pause_judged(vad_event.end_of_turn, vad_event.end_of_turn_ms, _silence_ms(vad_event))
         elif vad_event.kind == VadEvent.SPEECH_RESUMED:
             self.turns.speech_resumed(position, at_ms)
         elif vad_event.kind == VadEvent.SPEECH_STOPPED:
-            silence_ms = round((vad_event.decided_at_s - vad_event.timestamp_s) * 1000)
-            self.turns.speech_stopped(at_ms, silence_ms)
+            self.turns.speech_stopped(at_ms, _silence_ms(vad_event))
+
+
+def _silence_ms(vad_event: VadEvent) -> int:
+    """The silence the VAD had seen when it decided a pause, a verdict or a stop: from the end of speech on."""
+    return round((vad_event.decided_at_s - vad_event.timestamp_s) * 1000)
