@@ -98,6 +98,21 @@ def test_speech_back_before_the_pause_settles_leaves_it_unsettled() -> None:
     ]
 
 
+def test_each_pause_of_a_turn_settles_anew() -> None:
+    probs = [0.9] * 20 + [0.0] * 10 + [0.9] * 10 + [0.0] * 20  # a settled 320 ms pause, then speech again
+    options = {"min_silence_ms": 500, "min_speech_ms": 100, "pause_ms": 100, "settle_ms": 200}
+    kinds = [kind for kind, _ in run(probs, **options)]
+    assert kinds == [
+        Kind.SPEECH_STARTED,
+        Kind.SPEECH_PAUSED,
+        Kind.PAUSE_SETTLED,
+        Kind.SPEECH_RESUMED,
+        Kind.SPEECH_PAUSED,
+        Kind.PAUSE_SETTLED,
+        Kind.SPEECH_STOPPED,
+    ]
+
+
 def test_a_pause_reported_late_enough_is_settled_as_it_is_reported() -> None:
     probs = [0.9] * 20 + [0.0] * 20
     for settle_ms in (0, 150, 200):
