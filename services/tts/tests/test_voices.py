@@ -195,6 +195,40 @@ async def test_two_instances_share_voices_and_they_survive_a_nats_restart(tmp_pa
         server.wait()
 
 
+async def test_every_listing_right_after_a_save_shows_every_voice(tmp_path: Path) -> None:
+    """A listing read while the server still sends it must not come back short (or empty)."""
+    port = free_port()
+    server = start_nats(port, tmp_path)
+    writer, reader = (
+        await connect(f"nats://127.0.0.1:{port}", "tts-1"),
+        await connect(f"nats://127.0.0.1:{port}", "tts-2"),
+    )
+    try:
+        a, b = await VoiceStore.open(writer, "listed"), await VoiceStore.open(reader, "listed")
+        short = []
+        for n in range(1, 31):
+            profile = VoiceProfile(
+                id=f"voice-{n:06d}",
+                name=f"V{n}",
+                language="en",
+                transcript="Hi.",
+                duration_s=4.0,
+                source_sample_rate=16000,
+            )
+            await a.create(profile, b"RIFF...", {})
+            listings = await asyncio.gather(*(b.all() for _ in range(20)))  # a busy server answers out of step
+            short += [(n, len(found)) for found in listings if len(found) != n]
+        deleted = "voice-000007"
+        assert await a.delete(deleted)
+        assert deleted not in [p.id for p in await b.all()] and len(await b.all()) == 29
+        assert short == []
+    finally:
+        await writer.close()
+        await reader.close()
+        server.terminate()
+        server.wait()
+
+
 # ---- uploads ---------------------------------------------------------------------------------------
 
 

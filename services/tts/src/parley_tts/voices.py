@@ -26,7 +26,8 @@ import numpy as np
 import soundfile
 import soxr
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from pydantic import BaseModel, Field
@@ -155,7 +156,9 @@ def _codes_object(voice_id: str, engine: str) -> str:
 class VoiceStore:
     """The shared voices, over one NATS connection (which reconnects by itself)."""
 
-    def __init__(self, profiles: KeyValue, blobs: ObjectStore) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, profiles: KeyValue, blobs: ObjectStore) -> None:
+        self._js = js
+        self._bucket = bucket
         self._profiles = profiles
         self._blobs = blobs
         self._codes_cache: dict[tuple[str, str], bytes] = {}
@@ -172,7 +175,7 @@ class VoiceStore:
             blobs = await js.object_store(f"{bucket}_blobs")
         except (BucketNotFoundError, NotFoundError):
             blobs = await js.create_object_store(f"{bucket}_blobs", description="Parley voice references and codes")
-        return cls(profiles, blobs)
+        return cls(js, bucket, profiles, blobs)
 
     async def create(self, profile: VoiceProfile, reference: bytes, codes: dict[str, bytes]) -> VoiceProfile:
         """Store a new voice; returns its profile as stored (listing the engines whose codes came with it)."""
@@ -199,12 +202,19 @@ class VoiceStore:
         return VoiceProfile.model_validate_json(entry.value)
 
     async def all(self) -> list[VoiceProfile]:
-        try:
-            keys = await self._profiles.keys()
-        except NoKeysError:
-            return []
-        found = await asyncio.gather(*(self.get(key) for key in keys))
+        found = await asyncio.gather(*(self.get(key) for key in await self._keys()))
         return sorted((p for p in found if p is not None), key=lambda p: p.created_at_unix_ms)
+
+    async def _keys(self) -> list[str]:
+        """Every key with a message in the bucket's stream (deleted ones too: `get` drops those).
+
+        Not `KeyValue.keys()`: that watches the bucket and takes "nothing pending" in the consumer's
+        info as the end, which a busy server reports before it sent the keys: the listing came back
+        empty right after a save. The stream's per-subject counts are one request and complete.
+        """
+        prefix = f"$KV.{self._bucket}."
+        info = await self._js.stream_info(f"KV_{self._bucket}", subjects_filter=f"{prefix}>")
+        return [subject.removeprefix(prefix) for subject in info.state.subjects or {}]
 
     async def delete(self, voice_id: str) -> bool:
         profile = await self.get(voice_id)
