@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from urllib.parse import urljoin, urlsplit
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conversation_client import ConversationClient
 from tests.speech import rms, silence, speak
@@ -35,8 +36,21 @@ def first_index(types: list[str], wanted: str) -> int:
     return types.index(wanted)
 
 
+def llm_prefills(stack: Stack) -> float:
+    """The prefills the LLM service read, by its own metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['llm_metrics']}/metrics") as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "parley_llm_prefill_seconds_count"
+    )
+
+
 async def test_spoken_question_gets_a_spoken_answer(stack: Stack) -> None:
     question = speak("What is the capital city of France?")
+    prefills_before = llm_prefills(stack)
     async with ConversationClient(stack.ws_url, input_sample_rate=16000) as conv:
         assert conv.session["session_id"].startswith("sess_")
         rate = conv.session["output_sample_rate"]
@@ -76,6 +90,8 @@ async def test_spoken_question_gets_a_spoken_answer(stack: Stack) -> None:
     # vad.speech_stopped left) to the first audio byte, give or take the socket's delivery.
     client_ms = (conv.received.audio[0][0] - conv.arrival("vad.speech_stopped")) * 1000
     assert abs(client_ms - timings["first_audio_sent_ms"]) < 100, (client_ms, timings)
+    # While the question was spoken its partial transcripts were read into the LLM's cache.
+    assert llm_prefills(stack) > prefills_before
 
 
 async def test_typed_turn_and_history(stack: Stack) -> None:

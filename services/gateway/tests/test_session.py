@@ -48,6 +48,7 @@ class FakeServices:
         self.slow_cancel: asyncio.Event | None = None  # set: a cancelled generation may finish
         self.transcript: Callable[[float], str] = lambda seconds: f"utterance of {seconds:.1f} s"
         self.asr_reads: asyncio.Event | None = None  # set: the ASR reads on (a slow network, say)
+        self.partial: str | None = None  # what the ASR says it heard so far, after an utterance's first chunk
 
     async def detect(self, audio: AudioRequests, metadata: Metadata) -> AsyncIterator[VadEvent]:
         drain = asyncio.create_task(self._drain(audio()))
@@ -68,6 +69,8 @@ class FakeServices:
         self.asr_streams.append(chunks)
         async for chunk in audio():
             chunks.append(chunk)
+            if self.partial is not None and len(chunks) == 1:
+                yield asr_pb2.Transcript(text=self.partial, is_final=False)
             if chunk.end_of_stream:
                 break
             if self.asr_reads is not None:
@@ -417,4 +420,73 @@ async def test_without_output_sample_rate_replies_come_at_the_gateway_rate() -> 
     await until(lambda: "response.done" in client.types())
     assert client.of("response.audio.started")[0]["sample_rate"] == GatewaySettings().output_sample_rate
     assert client.of("response.audio.done")[0]["audio_ms"] == 200
+    await session.close()
+
+
+def partial_services(services: FakeServices) -> FakeServices:
+    """The ASR tells what it heard so far ("What time") before its final ("What time is it?")."""
+    services.partial, services.transcript = " What time", lambda seconds: "What time is it?"
+    return services
+
+
+@pytest.mark.parametrize("prefill", [True, False])
+async def test_the_words_heard_so_far_are_read_into_the_llm_before_the_turn_ends(prefill: bool) -> None:
+    services = partial_services(FakeServices())
+    session, client = open_session(services, GatewaySettings(llm_prefill=prefill), system_prompt="Be brief.")
+    for _ in range(20):
+        session.on_audio(bytes(3200))
+    await until(lambda: services.vad_chunks_read == 20)
+    await services.vad_events.put(vad(VadEvent.SPEECH_STARTED, 0.0, 0.2))
+    await until(lambda: bool(client.of("transcript.partial")))
+    await asyncio.sleep(0.01)
+    assert len(services.generated) == (1 if prefill else 0)
+    await services.vad_events.put(vad(VadEvent.SPEECH_PAUSED, 1.8, 2.0))
+    await services.vad_events.put(vad(VadEvent.SPEECH_STOPPED, 1.8, 2.3))
+    await until(lambda: "response.done" in client.types())
+    *prefills, reply = services.generated
+    assert not reply.prefill_only and reply.messages[-1].content == "What time is it?"
+    if prefill:
+        # The same prompt as the reply's up to the words still to come: the LLM's cache holds it then.
+        [read] = prefills
+        assert read.prefill_only and read.messages[-1].content == "What time"
+        assert list(read.messages)[:-1] == list(reply.messages)[:-1] and read.session_id == reply.session_id
+    else:
+        assert prefills == []
+    await session.close()
+
+
+class SlowPrefillServices(FakeServices):
+    """An LLM that reads a prefill until the test lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefill_read = asyncio.Event()
+
+    async def generate(self, request: llm_pb2.GenerateRequest) -> AsyncIterator[llm_pb2.TextDelta]:
+        if request.prefill_only:
+            self.generated.append(request)
+            await self.prefill_read.wait()
+            yield llm_pb2.TextDelta(finish_reason="prefill")
+            return
+        async for delta in super().generate(request):
+            yield delta
+
+
+async def test_a_reply_asks_the_llm_once_the_prefill_of_its_words_is_read() -> None:
+    """Asked sooner, it would find the KV stream holding its words busy and read its whole prompt elsewhere."""
+    services = partial_services(SlowPrefillServices())
+    session, client = open_session(services)
+    for _ in range(20):
+        session.on_audio(bytes(3200))
+    await until(lambda: services.vad_chunks_read == 20)
+    await services.vad_events.put(vad(VadEvent.SPEECH_STARTED, 0.0, 0.2))
+    await until(lambda: len(services.generated) == 1)  # the partial's prefill, being read
+    await services.vad_events.put(vad(VadEvent.SPEECH_PAUSED, 1.8, 2.0))
+    await services.vad_events.put(vad(VadEvent.SPEECH_STOPPED, 1.8, 2.3))
+    await until(lambda: bool(client.of("transcript.final")))
+    await asyncio.sleep(0.05)
+    assert len(services.generated) == 1 and "response.done" not in client.types()
+    services.prefill_read.set()
+    await until(lambda: "response.done" in client.types())
+    assert [r.prefill_only for r in services.generated] == [True, False]
     await session.close()

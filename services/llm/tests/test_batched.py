@@ -21,7 +21,7 @@ from parley_llm.__main__ import capacity
 from parley_llm.catalogue import choose_model
 from parley_llm.config import DEFAULT_SYSTEM_PROMPT, LlmSettings
 from parley_llm.engines import llama_cpp_batched
-from parley_llm.engines.base import ChatMessage, Delta
+from parley_llm.engines.base import PREFILL, ChatMessage, Delta
 from parley_llm.engines.llama_cpp import LlamaCppGenerator
 from parley_llm.engines.llama_cpp_batched import (
     EXACT_ROWS,
@@ -469,3 +469,73 @@ def test_reusing_reply_cells_a_conversation_is_the_single_sequence_engines(
         assert_kv_holds_caches(engine)
     finally:
         engine.reuse_reply_cells = False
+
+
+def prefill(engine: LlamaCppBatchedGenerator, messages: list[ChatMessage]) -> tuple[list[Delta], int]:
+    """A prefill's deltas, and how many prompt tokens it decoded."""
+    before = evaluated()
+    deltas = list(engine.prefill(messages, MAX_TOKENS))
+    return deltas, round(evaluated() - before)
+
+
+def test_a_prefilled_partial_transcript_leaves_only_the_last_words_to_read(engine: LlamaCppBatchedGenerator) -> None:
+    """Read while the user speaks ("What is the capital of"), the conversation is in a KV stream when the
+    question ends: the reply reads only the rest ("France?" and the template's tail)."""
+    engine.reuse_reply_cells = True  # as the service runs
+    try:
+        partial, whole = conversation("What is the capital of"), conversation("What is the capital of France?")
+        final_prompt = engine._prompt(whole)[0]
+        deltas, decoded = prefill(engine, partial)
+        assert [(d.text, d.finish_reason) for d in deltas] == [("", PREFILL)]
+        settled = deltas[0].prompt_tokens
+        # Only what more words cannot change: not the template's tail after the partial words.
+        assert engine._prompt(partial)[0][:settled] == final_prompt[:settled]
+        assert settled < len(engine._prompt(partial)[0])
+        assert decoded <= settled
+        assert_kv_holds_caches(engine)
+        assert prefill(engine, partial)[1] == 0  # read already: nothing to do
+
+        size, kept = expected_reuse(engine, whole)
+        assert kept == settled  # the stream the prefill filled
+        (text, reason), read = answer(engine, whole)
+        assert read == size - settled < size // 4
+        assert "paris" in text.lower() and reason
+        assert_kv_holds_caches(engine)
+    finally:
+        engine.reuse_reply_cells = False
+
+
+async def test_a_prefill_through_the_service_answers_once_read(engine: LlamaCppBatchedGenerator) -> None:
+    servicer = servicer_for(engine, LlmSettings(queue_timeout_s=5))
+    async with serving(lambda s: llm_pb2_grpc.add_ConversationServicer_to_server(servicer, s)) as channel:
+        stub = llm_pb2_grpc.ConversationStub(channel)
+        request = ask("Tell me about the tallest mountain in", 0)
+        request.prefill_only = True
+        [done] = [d async for d in stub.Generate(request)]
+        assert (done.text, done.finish_reason, done.completion_tokens) == ("", PREFILL, 0)
+        assert done.prompt_tokens > 0
+        assert servicer.runtime.slots.active == 0 and servicer.pool.free == SEQUENCES
+    assert_kv_holds_caches(engine)
+
+
+async def test_an_engine_that_keeps_no_prompts_answers_a_prefill_at_once(engine: LlamaCppBatchedGenerator) -> None:
+    """The single-sequence engine (one sequence a copy) reads none: no model copy is waited for."""
+    servicer = servicer_for(engine, LlmSettings(parallel_sequences=1, queue_timeout_s=5))
+    before = evaluated()
+    async with serving(lambda s: llm_pb2_grpc.add_ConversationServicer_to_server(servicer, s)) as channel:
+        request = ask("Tell me about the tallest mountain in", 0)
+        request.prefill_only = True
+        [done] = [d async for d in llm_pb2_grpc.ConversationStub(channel).Generate(request)]
+    assert (done.finish_reason, done.prompt_tokens) == (PREFILL, 0) and evaluated() == before
+
+
+def test_a_prefill_while_a_reply_is_generated_is_skipped(engine: LlamaCppBatchedGenerator) -> None:
+    """Prefills use idle time only: a reply being generated would wait for their step."""
+    story = engine.stream(conversation("Tell me a long story about a dragon."), MAX_TOKENS, 0.0)
+    next(story)  # generating
+    deltas, decoded = prefill(engine, conversation("How far away from the earth is the"))
+    assert [(d.finish_reason, d.prompt_tokens) for d in deltas] == [(PREFILL, 0)] and decoded == 0
+    assert "".join(d.text for d in story)  # the story went on
+    deltas, decoded = prefill(engine, conversation("How far away from the earth is the"))
+    assert deltas[0].prompt_tokens > 0 and decoded > 0  # idle again: read
+    assert_kv_holds_caches(engine)

@@ -87,6 +87,13 @@ class GatewaySettings(CommonSettings):
         default=250, ge=0, description="Slack added to the estimate of when the client finishes playing a reply."
     )
     llm_max_tokens: int = Field(default=0, ge=0, description="Reply length limit; 0 means the LLM service's default.")
+    llm_prefill: bool = Field(
+        default=True,
+        description="While the user speaks, each partial transcript is read into the LLM's cache (a prefill), so "
+        "that the reply reads only the last words once they stop (docs/benchmarks.md, 'The prompt read while the "
+        "user speaks'). Costs LLM work on words that may still change, which the LLM service does only while it "
+        "decodes no other reply.",
+    )
     # Semantic end of turn: the VAD's verdict on each pause (PARLEY_VAD_TURN_MODEL)
     end_of_turn_threshold: float = Field(
         default=0.7,
@@ -351,6 +358,7 @@ class GatewaySettings(CommonSettings):
             incomplete_turn_max_silence_s=self.incomplete_turn_max_silence_ms / 1000,
             doubtful_turn_max_silence_s=self.doubtful_turn_max_silence_ms / 1000,
             min_word_confidence=self.min_word_confidence,
+            llm_prefill=self.llm_prefill,
             language_switch_probability=self.language_switch_probability,
             language_switch_min_audio_s=self.language_switch_min_audio_s,
         )
@@ -453,6 +461,7 @@ class ConversationSettings:
     min_word_confidence: float
     language_switch_probability: float = 0.8
     language_switch_min_audio_s: float = 1.5
+    llm_prefill: bool = True  # read partial transcripts into the LLM's cache while the user speaks
 
 
 @dataclass(frozen=True)

@@ -89,5 +89,11 @@ class LlmSettings(ServiceSettings):
         """Streams one model copy serves at once: its sequences, or one for the openai engine."""
         return self.parallel_sequences if self.engine == "llama_cpp" else 1
 
+    @property
+    def reads_prefills(self) -> bool:
+        """Whether a prefill (GenerateRequest.prefill_only) is read: only the batched engine keeps prompts for
+        the replies that follow; the others answer it at once, without waiting for a model copy."""
+        return self.engine == "llama_cpp" and self.parallel_sequences > 1
+
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="Used when a request has none.")
     max_request_chars: int = Field(default=32_000, ge=1, description="Largest conversation accepted, in characters.")

@@ -10,12 +10,17 @@ from parley.llm.v1 import llm_pb2, llm_pb2_grpc
 from parley.models import ModelPool, PoolTimeout
 from parley.server import ServiceRuntime
 from parley_llm.config import LlmSettings
-from parley_llm.engines.base import ChatMessage, TextGenerator
+from parley_llm.engines.base import PREFILL, ChatMessage, TextGenerator
 from parley_llm.prompt import spoken_turns
 from parley_llm.shaping import SpeechShaper
 
 FIRST_TOKEN_SECONDS = Histogram(
     "parley_llm_first_token_seconds", "Request to first token", buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5)
+)
+PREFILL_SECONDS = Histogram(
+    "parley_llm_prefill_seconds",
+    "Request to a conversation read into the cache (prefill_only)",
+    buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
 )
 TOKENS_PER_SECOND = Histogram("parley_llm_tokens_per_second", "Generation speed", buckets=(5, 10, 20, 40, 80, 160, 320))
 ROLES = {"system", "user", "assistant"}
@@ -56,6 +61,10 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, messages)
             return
         max_tokens = request.max_tokens or self.settings.max_tokens
+        if request.prefill_only:
+            async for done in self._prefill(messages, max_tokens, context):
+                yield done
+            return
         temperature = request.temperature if request.temperature >= 0 else self.settings.temperature
         async with self.runtime.stream("Generate", context):
             started = time.perf_counter()
@@ -86,3 +95,28 @@ class ConversationServicer(llm_pb2_grpc.ConversationServicer):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             if first_at is not None and tokens > 1:
                 TOKENS_PER_SECOND.observe((tokens - 1) / max(1e-6, time.perf_counter() - first_at))
+
+    async def _prefill(
+        self, messages: list[ChatMessage], max_tokens: int, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[llm_pb2.TextDelta]:
+        """A conversation read into a model copy's cache (GenerateRequest.prefill_only): one delta when done.
+
+        `max_tokens` as the reply will ask: a long history is cut to fit the same way."""
+        if not self.settings.reads_prefills:
+            yield llm_pb2.TextDelta(finish_reason=PREFILL)
+            return
+        async with self.runtime.stream("Prefill", context):
+            started = time.perf_counter()
+            try:
+                async with (
+                    self.pool.lease(self.settings.queue_timeout_s) as model,
+                    model.stream(lambda generator: generator.prefill(messages, max_tokens)) as deltas,
+                ):
+                    async for delta in deltas:
+                        if delta.finish_reason:
+                            PREFILL_SECONDS.observe(time.perf_counter() - started)
+                            yield llm_pb2.TextDelta(
+                                finish_reason=delta.finish_reason, prompt_tokens=delta.prompt_tokens
+                            )
+            except PoolTimeout as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

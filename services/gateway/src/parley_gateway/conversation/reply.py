@@ -87,7 +87,9 @@ class Reply:
         timings: dict[str, Any],
         previous: Reply | None = None,
         language: str = "",
+        prefill: asyncio.Task[None] | None = None,
     ) -> None:
+        """prefill: the LLM still reading this turn's words (prefill.py); the reply's request waits for it."""
         self.id = f"resp_{uuid.uuid4().hex[:12]}"
         self.context = context
         self.user_text = user_text
@@ -105,6 +107,7 @@ class Reply:
         self._text_only = False  # no voice speaks its language: its words reach the client as text only
         self._loop = asyncio.get_running_loop()
         self._moved_at = self._loop.time()  # the watchdog's: when the reply last made progress
+        self._prefill = prefill
         self._task = asyncio.create_task(self._run(previous))
 
     # ---- what the session does with it -----------------------------------------------
@@ -239,9 +242,11 @@ class Reply:
             # history. Waiting with asyncio.wait lets our own cancellation (a barge-in now) through.
             previous._task.cancel()
             await previous.wait()
+        if self._prefill is not None:
+            # Its KV stream is busy until then: sent now, the request would read its whole prompt elsewhere.
+            await asyncio.wait({self._prefill})
         self._moved()
-        request = context.llm_request(self.user_text)
-        instruct(request, answer_instruction(self.language))
+        request = reply_request(context.llm_request, self.user_text, self.language)
         self._create()
         speech = ReplySpeech(context.services, context.speak_start, self.spoken, self._audio, context.name)
         speaker = asyncio.create_task(self._speak(speech))
@@ -399,6 +404,15 @@ class Reply:
         self.context.send(
             event("response.done", response_id=self.id, status=status, text=self.text.strip(), timings=timings, **extra)
         )
+
+
+def reply_request(
+    llm_request: Callable[[str], llm_pb2.GenerateRequest], user_text: str, language: str
+) -> llm_pb2.GenerateRequest:
+    """The LLM request of a reply to `user_text` in `language`: the conversation's, asking for that language."""
+    request = llm_request(user_text)
+    instruct(request, answer_instruction(language))
+    return request
 
 
 def instruct(request: llm_pb2.GenerateRequest, instruction: str) -> None:

@@ -33,7 +33,8 @@ from parley_gateway.conversation.audio_ring import AudioRing
 from parley_gateway.conversation.history import History, RecordedHistory
 from parley_gateway.conversation.input_limits import SessionInputLimits
 from parley_gateway.conversation.language import LanguageRule, SessionLanguage
-from parley_gateway.conversation.reply import Reply, ReplyContext
+from parley_gateway.conversation.prefill import PromptPrefill
+from parley_gateway.conversation.reply import Reply, ReplyContext, reply_request
 from parley_gateway.conversation.reply_output import Send
 from parley_gateway.conversation.transcription import PIPELINE_RATE, Heard, Transcription
 from parley_gateway.conversation.turns import Timer, TurnClock, TurnSettings, TurnTaker
@@ -125,6 +126,11 @@ class ConversationSession:
         self.voice_activity = (
             None if self._push_to_talk else VoiceActivity(services, options.vad, self.ring, self.turns, send)
         )
+        self._prefill = (
+            PromptPrefill(services, lambda text: reply_request(self._llm_request, text, self.language.current))
+            if settings.llm_prefill
+            else None
+        )
 
     # ---- client input --------------------------------------------------------
 
@@ -184,7 +190,14 @@ class ConversationSession:
 
     def open_transcription(self, turn: int, start: int) -> None:
         transcription = Transcription(
-            self.services, self.ring, turn, start, self.options.language, self.send, self._transcribed
+            self.services,
+            self.ring,
+            turn,
+            start,
+            self.options.language,
+            self.send,
+            self._transcribed,
+            None if self._prefill is None else self._prefill.heard,
         )
         self._transcriptions[turn] = transcription
         transcription.task.add_done_callback(lambda _: self._transcriptions.pop(turn, None))
@@ -212,6 +225,7 @@ class ConversationSession:
             timings,
             previous=self._latest,
             language=self.language.current,
+            prefill=None if self._prefill is None else self._prefill.hand_over(),
         )
         self._latest = reply
         self._replies[reply.id] = reply
@@ -265,6 +279,8 @@ class ConversationSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._prefill is not None:
+            await self._prefill.close()
         await asyncio.gather(*(reply.close() for reply in self._replies.values()))
         if self.voice_activity is not None:
             await self.voice_activity.close()

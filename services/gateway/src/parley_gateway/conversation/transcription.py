@@ -53,7 +53,9 @@ class Transcription:
         language: str | None,
         send: Send,
         on_final: OnFinal,
+        on_partial: Callable[[str], None] | None = None,
     ) -> None:
+        """on_partial: each partial transcript's text, while the utterance goes on."""
         self.services = services
         self.ring = ring
         self.turn_id = turn_id
@@ -61,6 +63,7 @@ class Transcription:
         self.language = language
         self.send = send
         self.on_final = on_final
+        self.on_partial = on_partial
         self.end_at: int | None = None  # ring position of its last sample, once ended
         self.end_sent_at: float | None = None  # time.monotonic() when the end marker left
         self._more = asyncio.Event()
@@ -110,6 +113,8 @@ class Transcription:
                     )
                 elif self.end_at is None:
                     self.send(event("transcript.partial", text=result.text.strip(), stable=result.stable_text.strip()))
+                    if self.on_partial is not None:
+                        self.on_partial(result.text)
         except ServiceError as exc:
             self.send(self._error(exc))
         self.on_final(self.turn_id, heard)

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from llama_cpp import Llama
 
-from parley_llm.engines.base import ChatMessage, Delta
+from parley_llm.engines.base import ChatMessage, Delta, nothing_prefilled
 from parley_llm.prompt import TRANSCRIPT_STOPS, fit_history, transcript
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ class LlamaCppGenerator:
 
     def _count(self, messages: list[ChatMessage]) -> int:
         return len(self.llm.tokenize(transcript(messages).encode(), add_bos=True))
+
+    def prefill(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[Delta]:
+        return nothing_prefilled()  # `Llama` reuses its last prompt by itself; reading another here would evict it
 
     def stream(self, messages: list[ChatMessage], max_tokens: int, temperature: float) -> Iterator[Delta]:
         messages = fit_history(messages, self.context_tokens - max_tokens, self._count)

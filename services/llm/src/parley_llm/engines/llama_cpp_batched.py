@@ -27,6 +27,11 @@ never the last sampled one, which was not), and a new reply takes the free strea
 whose cached tokens share the longest prefix with its prompt (else the least recently
 used one), drops the cells past that prefix and reads only the rest of its prompt.
 
+Prefills (`prefill`): a conversation read into a free KV stream and nothing generated, so that
+the reply that follows finds it there (the gateway sends each partial transcript while the user
+speaks). Only the part of the prompt more words cannot change is read, and only in idle time:
+one that comes while other replies are decoded is answered at once, unread.
+
 llama.cpp's CPU matrix kernels round a token differently in a batch of fewer than
 `EXACT_ROWS` rows than in a larger one (plain weights too: logits up to ~0.4 apart,
 measured with this llama.cpp). A prompt read from scratch goes in large batches, its
@@ -59,7 +64,7 @@ import llama_cpp.llama_cpp as bindings
 from llama_cpp import Llama, llama_chat_format
 from prometheus_client import Counter, Gauge, Histogram
 
-from parley_llm.engines.base import ChatMessage, Delta
+from parley_llm.engines.base import PREFILL, ChatMessage, Delta
 from parley_llm.engines.llama_cpp import default_threads
 from parley_llm.prompt import TRANSCRIPT_STOPS, fit_history, transcript
 
@@ -70,6 +75,11 @@ PROMPT_TOKENS = Counter(
     "parley_llm_prompt_tokens",
     "Prompt tokens of admitted replies: read from a KV stream's cache (cached) or decoded (evaluated)",
     ["source"],
+)
+PREFILLS = Counter(
+    "parley_llm_prefills",
+    "Prefills (GenerateRequest.prefill_only): read into a KV stream, or skipped while other replies were decoded",
+    ["outcome"],
 )
 BATCH_TOKENS = Histogram(
     "parley_llm_batch_tokens", "Tokens decoded in one batched step", buckets=(1, 2, 3, 4, 6, 8, 16, 64, 256, 512)
@@ -172,6 +182,7 @@ class _Reply:
     messages: list[ChatMessage]
     max_tokens: int
     temperature: float
+    prefill: bool = False  # read the prompt's settled part into a KV stream, generate nothing
     out: queue.Queue[Delta | BaseException] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     dropped: threading.Event = field(default_factory=threading.Event)  # the scheduler is done with it
@@ -286,7 +297,16 @@ class LlamaCppBatchedGenerator:
     # -- the caller's side ---------------------------------------------------------
 
     def stream(self, messages: list[ChatMessage], max_tokens: int, temperature: float) -> Iterator[Delta]:
-        reply = _Reply(messages, max_tokens, temperature)
+        return self._deltas(_Reply(messages, max_tokens, temperature))
+
+    def prefill(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[Delta]:
+        """Read the prompt into a free KV stream (the one sharing most of it), where the reply that
+        follows finds it: a partial transcript read while the user still speaks leaves only the last
+        words and the template's tail to read once they stop. Only the part of the prompt that more
+        words cannot change is read (`_settled`)."""
+        return self._deltas(_Reply(messages, max_tokens, 0.0, prefill=True))
+
+    def _deltas(self, reply: _Reply) -> Iterator[Delta]:
         self._send(reply)
         finished = False
         try:
@@ -349,10 +369,15 @@ class LlamaCppBatchedGenerator:
                     reply.dropped.set()
                 while waiting and free_ids:
                     reply = waiting.popleft()
+                    if reply.prefill and active:
+                        self._skip(reply)
+                        continue
                     admitted = self._admit(reply, free_ids)
                     if admitted is not None:
                         active.append(admitted)
                         ACTIVE_SEQUENCES.inc()
+                        if admitted.reply.prefill and not admitted.pending:
+                            self._prefilled(admitted, active, free_ids)  # all of it was cached
                 if active:
                     self._step(active, free_ids)
         except BaseException as exc:
@@ -426,6 +451,8 @@ class LlamaCppBatchedGenerator:
             # Fitted to its own KV stream, which may hold fewer tokens than the context asked for.
             messages = fit_history(reply.messages, self._seq_context - reply.max_tokens, self._count)
             prompt, stops = self._prompt(messages)
+            if reply.prefill:
+                prompt = self._settled(prompt, messages)
             if len(prompt) >= self._seq_context:
                 raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self._seq_context}")
         except Exception as exc:
@@ -434,7 +461,7 @@ class LlamaCppBatchedGenerator:
             return None
         room = self._seq_context - len(prompt)  # tokens before its KV stream is full
         max_tokens = reply.max_tokens if 0 < reply.max_tokens < room else room
-        seq_id, common = self._stream_for(prompt, free_ids)
+        seq_id, common = self._stream_for(prompt, free_ids, whole=reply.prefill)
         free_ids.remove(seq_id)
         cached = self._cached[seq_id][:common]
         exact = min(common, self._exact[seq_id])
@@ -454,15 +481,25 @@ class LlamaCppBatchedGenerator:
             stops=[s.encode() for s in stops],
         )
 
-    def _stream_for(self, prompt: list[int], free_ids: list[int]) -> tuple[int, int]:
+    def _settled(self, prompt: list[int], messages: list[ChatMessage]) -> list[int]:
+        """The part of a prefill's prompt that more words in the user's last message cannot change:
+        what it shares with the prompt of the same message continued (not the template's tail, nor a
+        last token the next word may merge with)."""
+        last = messages[-1]
+        continued, _ = self._prompt([*messages[:-1], ChatMessage(last.role, f"{last.content} and more")])
+        return prompt[: _common_prefix(prompt, continued)]
+
+    def _stream_for(self, prompt: list[int], free_ids: list[int], whole: bool = False) -> tuple[int, int]:
         """The free KV stream whose cache shares the longest prefix with `prompt` (ties and
         no match: the least recently used), with its cells past that prefix removed; and
-        how many prompt tokens its cells already hold."""
+        how many prompt tokens its cells already hold (`whole`: all of them may be, for a
+        prefill, which needs no logits)."""
         shared = {seq_id: self._reusable(seq_id, prompt) for seq_id in free_ids}
         seq_id = max(free_ids, key=lambda s: (shared[s], -self._last_used[s]))
         # The last prompt token is always decoded: its row gives the logits of the first reply
         # token; unless reply cells are reused, in a batch large enough to round as a fresh one.
-        common = min(shared[seq_id], len(prompt) - (1 if self.reuse_reply_cells else EXACT_ROWS))
+        keep_out = 0 if whole else 1 if self.reuse_reply_cells else EXACT_ROWS
+        common = min(shared[seq_id], len(prompt) - keep_out)
         if common <= 0 or not llama_cpp.llama_memory_seq_rm(self._memory, seq_id, common, -1):
             # Nothing to keep, or a memory that cannot drop part of a sequence: start empty.
             common = 0
@@ -533,6 +570,7 @@ class LlamaCppBatchedGenerator:
         batch = self._batch
         batch.n_tokens = 0
         sampled: list[tuple[_Sequence, int]] = []  # (sequence, its row in the batch)
+        prefilled: list[_Sequence] = []  # prefills whose prompt is all in after this batch
         taken: list[tuple[_Sequence, list[int]]] = []
         for sequence in sequences:
             tokens = sequence.pending[: _take(len(sequence.pending), chunk)]
@@ -546,7 +584,9 @@ class LlamaCppBatchedGenerator:
                 batch.n_tokens += 1
             del sequence.pending[: len(tokens)]
             taken.append((sequence, tokens))
-            if not sequence.pending:  # all it had is in: its next token comes from this row
+            if not sequence.pending and sequence.reply.prefill:
+                prefilled.append(sequence)
+            elif not sequence.pending:  # all it had is in: its next token comes from this row
                 sequence.started = True
                 batch.logits[batch.n_tokens - 1] = True
                 sampled.append((sequence, batch.n_tokens - 1))
@@ -565,6 +605,8 @@ class LlamaCppBatchedGenerator:
             if len(tokens) >= EXACT_ROWS and sequence.exact == len(sequence.cached):
                 sequence.exact += len(tokens)
             sequence.cached += tokens
+        for sequence in prefilled:
+            self._prefilled(sequence, active, free_ids)
         for sequence, row in sampled:
             token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, row)
             delta = self._advance(sequence, token)
@@ -572,6 +614,23 @@ class LlamaCppBatchedGenerator:
                 sequence.reply.out.put(delta)
                 if delta.finish_reason:
                     self._drop(sequence, active, free_ids)
+
+    @staticmethod
+    def _skip(reply: _Reply) -> None:
+        """A prefill that came while other replies are decoded is not read: it uses idle time only.
+
+        Its few tokens cost a step of their own (the weights read once more: ~70 ms on two CPU cores
+        for 4 tokens, against ~30 for a generating token), which every reply being generated would
+        wait for, and the reply it prepares saves less than that (docs/benchmarks.md)."""
+        PREFILLS.labels("skipped").inc()
+        reply.out.put(Delta("", 0, PREFILL, 0))
+        reply.dropped.set()
+
+    def _prefilled(self, sequence: _Sequence, active: list[_Sequence], free_ids: list[int]) -> None:
+        """A prefill's prompt is in its KV stream: it leaves, its cells kept for the reply to come."""
+        PREFILLS.labels("read").inc()
+        sequence.reply.out.put(Delta("", 0, PREFILL, sequence.prompt_tokens))
+        self._drop(sequence, active, free_ids)
 
     def _advance(self, sequence: _Sequence, token: int) -> Delta | None:
         """Take a sampled token: the text it lets out, and whether the reply is over

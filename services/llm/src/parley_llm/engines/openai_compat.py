@@ -15,7 +15,7 @@ from typing import Any
 
 from openai import OpenAI
 
-from parley_llm.engines.base import ChatMessage, Delta
+from parley_llm.engines.base import ChatMessage, Delta, nothing_prefilled
 from parley_llm.prompt import TRANSCRIPT_STOPS, transcript
 
 
@@ -24,6 +24,9 @@ class OpenAICompatibleGenerator:
         self.client = OpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=1)
         self.model = model
         self.chat = prompt_format != "transcript"
+
+    def prefill(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[Delta]:
+        return nothing_prefilled()  # the server keeps its own cache, if any
 
     def stream(self, messages: list[ChatMessage], max_tokens: int, temperature: float) -> Iterator[Delta]:
         stream: Any

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/llm/v1/llm.proto\x12\rparley.llm.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"x\n\x0fGenerateRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.parley.llm.v1.Message\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x12\n\nsession_id\x18\x04 \x01(\t\"b\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x32V\n\x0c\x43onversation\x12\x46\n\x08Generate\x12\x1e.parley.llm.v1.GenerateRequest\x1a\x18.parley.llm.v1.TextDelta0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/llm/v1/llm.proto\x12\rparley.llm.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8e\x01\n\x0fGenerateRequest\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.parley.llm.v1.Message\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x14\n\x0cprefill_only\x18\x05 \x01(\x08\"b\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x32V\n\x0c\x43onversation\x12\x46\n\x08Generate\x12\x1e.parley.llm.v1.GenerateRequest\x1a\x18.parley.llm.v1.TextDelta0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGE']._serialized_start=42
   _globals['_MESSAGE']._serialized_end=82
-  _globals['_GENERATEREQUEST']._serialized_start=84
-  _globals['_GENERATEREQUEST']._serialized_end=204
-  _globals['_TEXTDELTA']._serialized_start=206
-  _globals['_TEXTDELTA']._serialized_end=304
-  _globals['_CONVERSATION']._serialized_start=306
-  _globals['_CONVERSATION']._serialized_end=392
+  _globals['_GENERATEREQUEST']._serialized_start=85
+  _globals['_GENERATEREQUEST']._serialized_end=227
+  _globals['_TEXTDELTA']._serialized_start=229
+  _globals['_TEXTDELTA']._serialized_end=327
+  _globals['_CONVERSATION']._serialized_start=329
+  _globals['_CONVERSATION']._serialized_end=415
 # @@protoc_insertion_point(module_scope)
