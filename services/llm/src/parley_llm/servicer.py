@@ -19,7 +19,7 @@ FIRST_TOKEN_SECONDS = Histogram(
 )
 PREFILL_SECONDS = Histogram(
     "parley_llm_prefill_seconds",
-    "Request to a conversation read into the cache (prefill_only)",
+    "Request to a prefill's answer (prefill_only): read into the cache, or skipped while other replies were decoded",
     buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
 )
 TOKENS_PER_SECOND = Histogram("parley_llm_tokens_per_second", "Generation speed", buckets=(5, 10, 20, 40, 80, 160, 320))
