@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from parley_vad.segmenter import Kind, SegmenterOptions, SegmentEvent, SpeechSegmenter
 
 FRAME_S = 0.032
@@ -84,28 +86,21 @@ def test_a_pause_settles_after_more_silence() -> None:
     assert round(settled.decided_at_s, 3) == round(27 * FRAME_S, 3)  # 7 frames: 224 ms >= 200
 
 
-def test_speech_back_before_the_pause_settles_leaves_it_unsettled() -> None:
-    probs = [0.9] * 20 + [0.0] * 5 + [0.9] * 10 + [0.0] * 20  # 160 ms of silence, then speech again
+@pytest.mark.parametrize(
+    ("silent_frames", "first_pause"),
+    [
+        (5, [Kind.SPEECH_PAUSED]),  # 160 ms of silence, then speech again: it never settled
+        (10, [Kind.SPEECH_PAUSED, Kind.PAUSE_SETTLED]),  # a settled 320 ms pause: the next one settles anew
+    ],
+    ids=["speech-back-before-it-settles", "each-pause-settles-anew"],
+)
+def test_a_pause_settles_only_when_it_lasts_and_each_pause_anew(silent_frames: int, first_pause: list[Kind]) -> None:
+    probs = [0.9] * 20 + [0.0] * silent_frames + [0.9] * 10 + [0.0] * 20
     options = {"min_silence_ms": 500, "min_speech_ms": 100, "pause_ms": 100, "settle_ms": 200}
     kinds = [kind for kind, _ in run(probs, **options)]
     assert kinds == [
         Kind.SPEECH_STARTED,
-        Kind.SPEECH_PAUSED,
-        Kind.SPEECH_RESUMED,
-        Kind.SPEECH_PAUSED,
-        Kind.PAUSE_SETTLED,
-        Kind.SPEECH_STOPPED,
-    ]
-
-
-def test_each_pause_of_a_turn_settles_anew() -> None:
-    probs = [0.9] * 20 + [0.0] * 10 + [0.9] * 10 + [0.0] * 20  # a settled 320 ms pause, then speech again
-    options = {"min_silence_ms": 500, "min_speech_ms": 100, "pause_ms": 100, "settle_ms": 200}
-    kinds = [kind for kind, _ in run(probs, **options)]
-    assert kinds == [
-        Kind.SPEECH_STARTED,
-        Kind.SPEECH_PAUSED,
-        Kind.PAUSE_SETTLED,
+        *first_pause,
         Kind.SPEECH_RESUMED,
         Kind.SPEECH_PAUSED,
         Kind.PAUSE_SETTLED,
