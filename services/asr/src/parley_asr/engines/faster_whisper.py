@@ -103,7 +103,6 @@ class FasterWhisperRecognizer:
         detect_languages: frozenset[str] = frozenset(),
         partial_beam_size: int | None = None,
     ) -> None:
-
         path = model_path or embedded_model_path()
         if not (path / "model.bin").is_file():
             raise FileNotFoundError(f"no CTranslate2 Whisper model (model.bin) in {path}")
